@@ -1,0 +1,55 @@
+"""taskmap: run a dependency graph of functions and coroutines on one machine.
+
+io-bound tasks overlap their waits on asyncio loops, cpu-bound tasks keep every
+core busy, and nothing polls.  A drop-in replacement for the original
+``taskmap`` package.  See README.md for the tour and DESIGN for the contract.
+"""
+
+from .errors import (
+    RemoteTaskError,
+    RemoteTraceback,
+    SerializationError,
+    TaskFailedError,
+    TaskmapError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+from .graph import (
+    Graph,
+    create_graph,
+    get_all_children,
+    get_ready_tasks,
+    mark_as_done,
+    mark_as_done_except,
+    reset_failed_tasks,
+    reset_tasks,
+)
+from .logs import in_progress
+from .runners import run, run_async, run_parallel, run_parallel_async
+from .state import TaskState
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Graph",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskFailedError",
+    "TaskState",
+    "TaskTimeoutError",
+    "TaskmapError",
+    "WorkerCrashedError",
+    "create_graph",
+    "get_all_children",
+    "get_ready_tasks",
+    "in_progress",
+    "mark_as_done",
+    "mark_as_done_except",
+    "reset_failed_tasks",
+    "reset_tasks",
+    "run",
+    "run_async",
+    "run_parallel",
+    "run_parallel_async",
+]

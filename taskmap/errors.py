@@ -1,0 +1,129 @@
+"""The exceptions taskmap raises or stores as task results.
+
+A small hierarchy in the manner of loky's: one base class, one class per way a
+task can fail without its own code raising, and a carrier for remote tracebacks
+that is attached as ``__cause__`` so that ``traceback`` prints the worker's
+stack below the coordinator's.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class TaskmapError(Exception):
+    """Base class of every error taskmap itself raises or records."""
+
+
+class TaskFailedError(TaskmapError, RuntimeError):
+    """Raised by a runner with ``raise_errors=True`` when a task fails.
+
+    ``task`` names the failing task; the task's own exception is ``__cause__``
+    and its text is part of the message.  It is a ``RuntimeError`` because the
+    original package's async runners raised one (``... check your logs``).
+    """
+
+    def __init__(self, task: str, error: BaseException) -> None:
+        self.task = task
+        self.error = error
+        super().__init__(
+            f"task {task!r} failed: {type(error).__name__}: {error}; check your logs"
+        )
+
+    def __reduce__(self):  # keep it picklable with its two arguments
+        return (type(self), (self.task, self.error))
+
+
+class WorkerCrashedError(TaskmapError):
+    """A worker process died while it was running the task.
+
+    ``exitcode`` is the process exit code; a negative value is the number of
+    the signal that killed it, named in ``signal_name``.
+    """
+
+    def __init__(self, task: str, pid: int | None, exitcode: int | None) -> None:
+        self.task = task
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = _signal_name(exitcode)
+        how = (
+            f"killed by signal {self.signal_name}"
+            if self.signal_name
+            else f"exit code {exitcode}"
+        )
+        super().__init__(f"worker pid {pid} running task {task!r} died ({how})")
+
+    def __reduce__(self):
+        return (type(self), (self.task, self.pid, self.exitcode))
+
+
+class TaskTimeoutError(TaskmapError, TimeoutError):
+    """The task ran longer than its time limit and was stopped."""
+
+    def __init__(self, task: str, limit: float) -> None:
+        self.task = task
+        self.limit = limit
+        super().__init__(f"task {task!r} exceeded its time limit of {limit:g} s")
+
+    def __reduce__(self):
+        return (type(self), (self.task, self.limit))
+
+
+class SerializationError(TaskmapError):
+    """A value or function could not be serialised or deserialised.
+
+    ``task`` names the task whose function, arguments or result it was, and
+    ``type_name`` the type of the offending value when it is known.
+    """
+
+    def __init__(self, task: str, what: str, type_name: str, detail: str) -> None:
+        self.task = task
+        self.what = what
+        self.type_name = type_name
+        self.detail = detail
+        super().__init__(
+            f"{what} of task {task!r} (type {type_name}) could not be serialised: {detail}"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.task, self.what, self.type_name, self.detail))
+
+
+class RemoteTaskError(TaskmapError):
+    """A task's exception whose class could not be rebuilt in the coordinator.
+
+    Carries the class name, message and traceback text of the original.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = traceback_text
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class RemoteTraceback(Exception):
+    """Holds the traceback text of an exception raised in a worker.
+
+    Set as ``__cause__`` of the exception stored in ``graph.results`` so that
+    printing the exception shows where it was raised in the worker.
+    """
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.traceback_text}"""'
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"

@@ -1,0 +1,367 @@
+"""The graph model: what a taskmap graph is, how it is built and validated,
+and the helpers the original package exposes on it.
+
+A graph is two dicts (task -> function, task -> tasks it depends on) plus the
+record of a run (``done``, ``results``).  Every helper here is linear in
+tasks + edges; the original package was quadratic or worse in several.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
+
+from .logs import setup_loggers
+
+Task = Hashable
+
+
+class DoneList(list):
+    """The ``done`` list of a graph: a plain list with a set index beside it.
+
+    It compares equal to a list (``graph.done == ['w']``) and keeps the order
+    in which tasks were done, but membership tests are O(1) so that marking
+    tasks one at a time stays linear over a whole graph.
+    """
+
+    __slots__ = ("_index",)
+
+    def __init__(self, items: Iterable[Task] = ()) -> None:
+        super().__init__()
+        self._index: set = set()
+        self.extend(items)
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._index
+
+    def append(self, task: Task) -> None:
+        if task not in self._index:
+            self._index.add(task)
+            super().append(task)
+
+    def extend(self, tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            self.append(task)
+
+    def __iadd__(self, tasks: Iterable[Task]) -> "DoneList":
+        self.extend(tasks)
+        return self
+
+    def insert(self, i: int, task: Task) -> None:  # type: ignore[override]
+        if task not in self._index:
+            self._index.add(task)
+            super().insert(i, task)
+
+    def remove(self, task: Task) -> None:
+        super().remove(task)
+        self._index.discard(task)
+
+    def remove_many(self, tasks: set) -> None:
+        """Remove every task of ``tasks`` in one pass (linear)."""
+        if tasks & self._index:
+            kept = [t for t in self if t not in tasks]
+            super().clear()
+            super().extend(kept)
+            self._index -= tasks
+
+    def pop(self, i: int = -1) -> Task:  # type: ignore[override]
+        task = super().pop(i)
+        self._index.discard(task)
+        return task
+
+    def clear(self) -> None:
+        super().clear()
+        self._index.clear()
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._reindex()
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._index = set(self)
+
+    def __reduce__(self):
+        return (DoneList, (list(self),))
+
+
+class Graph:
+    """A task graph and the record of its runs.
+
+    Attributes mirror the original package's namedtuple: ``funcs`` (task ->
+    callable), ``dependencies`` (task -> list of tasks, in argument order),
+    ``done`` (list of finished tasks, failed ones included), ``results``
+    (task -> value, exception, or the ancestor-failed string), ``in_progress``,
+    ``io_bound`` (list), ``name``.  ``attempts`` counts how often each task was
+    started in the last run and ``durations`` keeps the measured run time of
+    each task (seconds), used to order cpu tasks by critical path next time.
+    """
+
+    __slots__ = (
+        "funcs",
+        "dependencies",
+        "_done",
+        "results",
+        "in_progress",
+        "io_bound",
+        "name",
+        "lock",
+        "attempts",
+        "durations",
+    )
+
+    def __init__(
+        self,
+        funcs: dict,
+        dependencies: dict,
+        done: Iterable[Task] = (),
+        results: dict | None = None,
+        io_bound: Iterable[Task] = (),
+        name: str = "taskmap",
+    ) -> None:
+        self.funcs = funcs
+        self.dependencies = dependencies
+        self._done = DoneList(done)
+        self.results = {} if results is None else results
+        self.in_progress: list = []
+        self.io_bound = list(io_bound)
+        self.name = name
+        self.lock = 0  # kept for compatibility with the original namedtuple
+        self.attempts: dict = {}
+        self.durations: dict = {}
+
+    @property
+    def done(self) -> DoneList:
+        return self._done
+
+    @done.setter
+    def done(self, tasks: Iterable[Task]) -> None:
+        self._done = tasks if isinstance(tasks, DoneList) else DoneList(tasks)
+
+    def __repr__(self) -> str:
+        return (
+            f"<taskmap.Graph {self.name!r}: {len(self.dependencies)} tasks, "
+            f"{len(self._done)} done>"
+        )
+
+    def __getstate__(self):
+        return {slot: getattr(self, slot) for slot in self.__slots__}
+
+    def __setstate__(self, state) -> None:
+        for slot, value in state.items():
+            setattr(self, slot, value)
+
+
+def create_graph(
+    funcs: Mapping[Task, Callable[..., Any]],
+    dependencies: Mapping[Task, Iterable[Task]],
+    io_bound: Iterable[Task] | None = None,
+    done: Iterable[Task] | None = None,
+    results: dict | None = None,
+    name: str = "taskmap",
+    logging_config: Mapping[str, Any] | None = None,
+) -> Graph:
+    """Build and validate a graph.
+
+    ``dependencies`` defines the set of tasks; each task's function receives
+    the results of its dependencies, in the order listed, as positional
+    arguments (``None`` results left out).  Tasks in ``done`` are not run, and
+    their entries in ``results`` are fed to their children.
+
+    Raises ``ValueError`` naming the offenders for a dependency that is not a
+    key of ``dependencies``, a task with no function, names in
+    ``io_bound``/``done``/``results`` that are not tasks, and a cycle (shown as
+    its path, ``a -> b -> a``); ``TypeError`` for a function that is not
+    callable.  Linear in tasks + edges.
+
+    ``logging_config`` keys: ``level`` (default ``logging.DEBUG``), ``write``
+    (write a log file named after the graph, default False), ``stderr`` (print
+    the log lines to stderr as the original package did, default False).
+    """
+    setup_loggers(name, logging_config or {})
+
+    deps = {task: list(parents) for task, parents in dependencies.items()}
+    io_bound = list(io_bound or [])
+    done = list(done or [])
+    results = {} if results is None else results
+
+    _check_dependencies_present(deps)
+    _check_functions(funcs, deps)
+    _check_names("io_bound", io_bound, deps)
+    _check_names("done", done, deps)
+    _check_names("results", results, deps)
+    _check_acyclic(deps)
+
+    return Graph(
+        funcs=funcs if isinstance(funcs, dict) else dict(funcs),
+        dependencies=deps,
+        done=done,
+        results=results,
+        io_bound=io_bound,
+        name=name,
+    )
+
+
+def _preview(names: Iterable, limit: int = 10) -> str:
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return shown + more
+
+
+def _check_dependencies_present(deps: dict) -> None:
+    missing: dict = {}
+    for task, parents in deps.items():
+        for parent in parents:
+            if parent not in deps:
+                missing.setdefault(parent, task)
+    if missing:
+        detail = "; ".join(f"{m!r} (needed by {t!r})" for m, t in list(missing.items())[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise ValueError(
+            f"Tasks {_preview(missing)} are depended upon, but are not present as keys "
+            f"in the dependencies dictionary: {detail}{more}"
+        )
+
+
+def _check_functions(funcs: Mapping, deps: dict) -> None:
+    absent = [task for task in deps if task not in funcs]
+    if absent:
+        raise ValueError(
+            f"Tasks {_preview(absent)} are listed in the dependencies dict, but do not "
+            "correspond to functions in the funcs dict"
+        )
+    not_callable = [task for task in deps if not callable(funcs[task])]
+    if not_callable:
+        kinds = ", ".join(
+            f"{t!r} is a {type(funcs[t]).__name__}" for t in not_callable[:10]
+        )
+        raise TypeError(f"The functions of tasks {_preview(not_callable)} are not callable: {kinds}")
+
+
+def _check_names(what: str, names: Iterable, deps: dict) -> None:
+    unknown = [n for n in names if n not in deps]
+    if unknown:
+        raise ValueError(f"Names in {what} that are not tasks of the graph: {_preview(unknown)}")
+
+
+def _check_acyclic(deps: dict) -> None:
+    """Raise ValueError with a cycle's path if the graph has one (iterative DFS)."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(deps, WHITE)
+    for root in deps:
+        if colour[root] != WHITE:
+            continue
+        colour[root] = GREY
+        path = [root]
+        stack = [iter(deps[root])]
+        while stack:
+            for parent in stack[-1]:
+                c = colour[parent]
+                if c == WHITE:
+                    colour[parent] = GREY
+                    path.append(parent)
+                    stack.append(iter(deps[parent]))
+                    break
+                if c == GREY:
+                    cycle = path[path.index(parent):] + [parent]
+                    # path runs child -> parent; show it in the direction work flows
+                    cycle.reverse()
+                    raise ValueError(
+                        "Cyclic dependency: " + " -> ".join(str(t) for t in cycle)
+                    )
+            else:
+                colour[path.pop()] = BLACK
+                stack.pop()
+
+
+def children_index(graph_or_deps) -> dict:
+    """Map each task to the list of tasks that depend on it directly."""
+    deps = getattr(graph_or_deps, "dependencies", graph_or_deps)
+    children: dict = {task: [] for task in deps}
+    for task, parents in deps.items():
+        for parent in parents:
+            children[parent].append(task)
+    return children
+
+
+def descendants(children: Mapping, roots: Iterable[Task]) -> set:
+    """Every task reachable from ``roots`` through ``children``, roots excluded
+    unless reachable from another root."""
+    seen: set = set()
+    queue = deque()
+    for root in roots:
+        queue.extend(children.get(root, ()))
+    while queue:
+        task = queue.popleft()
+        if task not in seen:
+            seen.add(task)
+            queue.extend(children[task])
+    return seen
+
+
+def get_all_children(graph: Graph, task: Task) -> set:
+    """All descendants of ``task`` (children, their children, ...)."""
+    return descendants(children_index(graph), [task])
+
+
+def get_ready_tasks(graph: Graph, reverse: bool = True) -> list:
+    """Tasks not done and not in progress whose dependencies are all done.
+
+    io-bound tasks come first (``reverse=False`` puts them last, as in the
+    original); otherwise in the order of ``graph.dependencies``.
+    """
+    done = graph.done
+    in_progress = set(graph.in_progress)
+    io = set(graph.io_bound)
+    ready = [
+        task
+        for task, parents in graph.dependencies.items()
+        if task not in done
+        and task not in in_progress
+        and all(parent in done for parent in parents)
+    ]
+    first = [t for t in ready if t in io]
+    last = [t for t in ready if t not in io]
+    return first + last if reverse else last + first
+
+
+def _as_list(tasks) -> list:
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+        return [tasks]
+    return list(tasks)
+
+
+def mark_as_done(graph: Graph, tasks) -> Graph:
+    """Add ``tasks`` (one task or an iterable of tasks) to ``graph.done``."""
+    graph.done.extend(_as_list(tasks))
+    return graph
+
+
+def mark_as_done_except(graph: Graph, tasks) -> Graph:
+    """Mark every task as done except ``tasks`` (one task or an iterable)."""
+    keep = set(_as_list(tasks))
+    graph.done.extend(t for t in graph.dependencies if t not in keep)
+    return graph
+
+
+def reset_tasks(graph: Graph, tasks) -> Graph:
+    """Mark ``tasks`` and all their descendants as not done and clear their
+    results, so the next run reruns exactly them."""
+    tasks = set(_as_list(tasks))
+    rerun = descendants(children_index(graph), tasks) | tasks
+    graph.done.remove_many(rerun)
+    for task in rerun:
+        if task in graph.results:
+            graph.results[task] = None
+    return graph
+
+
+def reset_failed_tasks(graph: Graph) -> Graph:
+    """Reset every task whose result is an exception, and its descendants."""
+    failed = [t for t, r in graph.results.items() if isinstance(r, Exception)]
+    return reset_tasks(graph, failed)

@@ -1,0 +1,249 @@
+"""The public runners.
+
+``run`` and ``run_async`` execute in the calling process; ``run_parallel`` and
+``run_parallel_async`` hand the graph to the coordinator of the parallel
+runtime (:mod:`taskmap.coordinator`).  All four share the scheduling state
+(:mod:`taskmap.state`) and the bookkeeping (:mod:`taskmap.bookkeeping`), so
+their semantics are the same: arguments are the parents' results in order with
+``None`` left out, a failed task's result is its exception and its descendants
+get the ancestor string, ``raise_errors`` stops at the first failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .bookkeeping import Bookkeeper
+from .graph import Graph
+from .state import SchedulingState
+
+# io-bound plain functions run in threads so their waits overlap; a stress
+# test may start hundreds at once, so allow many (threads start on demand).
+IO_THREADS = 256
+
+
+def _state_for(graph: Graph) -> SchedulingState:
+    return SchedulingState(
+        graph.dependencies, graph.io_bound, graph.done, graph.durations or None
+    )
+
+
+def run(graph: Graph, raise_errors: bool = False) -> Graph:
+    """Run every task not yet done, one at a time, in this process.
+
+    Coroutine functions are awaited on a private event loop.  Returns the same
+    graph, with ``results`` and ``done`` filled in.  With ``raise_errors`` the
+    first failure raises :class:`taskmap.TaskFailedError` (its message holds
+    the original one; the original is its ``__cause__``).
+    """
+    state = _state_for(graph)
+    book = Bookkeeper(graph, state, raise_errors)
+    loop: asyncio.AbstractEventLoop | None = None
+    funcs = graph.funcs
+    names = state.names
+    state.start()
+    try:
+        while (i := state.pop_ready()) is not None:
+            name = names[i]
+            state.started(i)
+            book.log.starting(name)
+            try:
+                value = funcs[name](*book.args(i))
+                if inspect.isawaitable(value):
+                    if loop is None:
+                        loop = _private_loop()
+                    value = loop.run_until_complete(_await(value))
+            except Exception as error:
+                book.failed(i, error)
+            else:
+                book.succeeded(i, value)
+    finally:
+        if loop is not None:
+            loop.close()
+    return graph
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+def _private_loop() -> asyncio.AbstractEventLoop:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.new_event_loop()
+    raise RuntimeError(
+        "taskmap.run was called from a running event loop with a coroutine task; "
+        "use `await` on taskmap.run_async's coroutine form or call it from a thread"
+    )
+
+
+def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False) -> Graph:
+    """Run the graph on one asyncio event loop in this process.
+
+    Coroutine functions run concurrently; io-bound plain functions run in
+    threads so their waits overlap; other plain functions run on the loop one
+    at a time, io-bound tasks first, the rest by critical-path priority.
+    ``sleep`` is accepted for compatibility and ignored: nothing polls.
+    Returns the graph.  With ``raise_errors`` the first failure cancels what
+    is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
+    """
+    del sleep
+    _run_coroutine(lambda: _run_async(graph, raise_errors))
+    return graph
+
+
+def _run_coroutine(make_coro):
+    """``asyncio.run`` that also works when this thread already runs a loop
+    (e.g. in Jupyter): then the graph runs on a loop in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = asyncio.run(make_coro())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="taskmap-run-async")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+async def _run_async(graph: Graph, raise_errors: bool) -> None:
+    state = _state_for(graph)
+    book = Bookkeeper(graph, state, raise_errors)
+    loop = asyncio.get_running_loop()
+    funcs, names, is_io = graph.funcs, state.names, state.is_io
+    threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
+    running: dict[asyncio.Future, int] = {}
+
+    def launch(i: int) -> None:
+        """Start task i; returns after a plain cpu task has run inline."""
+        name = names[i]
+        state.started(i)
+        book.log.starting(name)
+        func = funcs[name]
+        args = book.args(i)
+        if is_io[i] and not inspect.iscoroutinefunction(func):
+            running[asyncio.ensure_future(_in_thread(loop, threads, func, args))] = i
+            return
+        try:
+            value = func(*args)
+        except Exception as error:
+            book.failed(i, error)
+            return
+        if inspect.isawaitable(value):
+            running[asyncio.ensure_future(value)] = i
+        else:
+            book.succeeded(i, value)
+
+    def collect(fut: asyncio.Future) -> None:
+        i = running.pop(fut)
+        error = fut.exception()
+        if error is None:
+            book.succeeded(i, fut.result())
+        elif isinstance(error, Exception):
+            book.failed(i, error)
+        else:  # KeyboardInterrupt and friends end the run
+            raise error
+
+    try:
+        state.start()
+        while not state.all_finished:
+            while (i := state.pop_io()) is not None:
+                launch(i)
+            if (i := state.pop_cpu()) is not None:
+                # let io tasks just launched reach their first await before a
+                # plain cpu function holds the loop
+                await asyncio.sleep(0)
+                launch(i)
+                for fut in [f for f in running if f.done()]:
+                    collect(fut)
+                continue
+            if not running:
+                break
+            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for fut in finished:
+                collect(fut)
+    finally:
+        for fut in running:
+            fut.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+            graph.in_progress[:] = [names[i] for i in running.values()]
+        threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def _in_thread(loop, threads, func, args):
+    value = await loop.run_in_executor(threads, func, *args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def default_ncores(ncores: int | None, nprocs: int | None, half: bool) -> int:
+    """Resolve the ``ncores``/``nprocs`` aliases (at least 1)."""
+    if ncores is not None and nprocs is not None and ncores != nprocs:
+        raise ValueError(f"ncores={ncores} and nprocs={nprocs} disagree; pass one of them")
+    n = ncores if ncores is not None else nprocs
+    if n is None:
+        cores = os.cpu_count() or 1
+        n = cores // 2 if half else cores
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"ncores must be an int, not {type(n).__name__}")
+    return max(1, n)
+
+
+def run_parallel(
+    graph: Graph,
+    sleep: float = 0.01,
+    ncores: int | None = None,
+    raise_errors: bool = False,
+    *,
+    nprocs: int | None = None,
+) -> Graph:
+    """Run the graph on ``ncores`` worker processes (default: all cores).
+
+    Tasks are cpu tasks unless listed in ``io_bound``.  ``nprocs`` is an alias
+    of ``ncores``; ``sleep`` is ignored.  Returns the graph.
+    """
+    del sleep
+    from .coordinator import run_graph
+
+    n = default_ncores(ncores, nprocs, half=False)
+    return run_graph(graph, n, raise_errors)
+
+
+def run_parallel_async(
+    graph: Graph,
+    sleep: float = 0.1,
+    ncores: int | None = None,
+    raise_errors: bool = False,
+    *,
+    nprocs: int | None = None,
+) -> Graph:
+    """Run the graph on ``ncores`` worker processes (default: half the cores,
+    at least 1), each running an asyncio loop: io-bound tasks start at once and
+    overlap their waits, cpu-bound tasks run one at a time per worker.
+
+    ``nprocs`` is an alias of ``ncores``; ``sleep`` is ignored.  Returns the
+    graph.  With ``raise_errors`` the first failure stops the run and raises
+    :class:`taskmap.TaskFailedError`, a ``RuntimeError`` whose message says
+    ``check your logs``.
+    """
+    del sleep
+    from .coordinator import run_graph
+
+    n = default_ncores(ncores, nprocs, half=True)
+    return run_graph(graph, n, raise_errors)

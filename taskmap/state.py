@@ -1,0 +1,240 @@
+"""The pure scheduling state every runner shares: no I/O, no processes.
+
+In the manner of ``graphlib.TopologicalSorter`` and dask's worker state
+machine, runners feed events in (``finished``, ``failed``, ``started``) and get
+instructions out (the tasks that became ready, the tasks to skip).  Tasks are
+numbered ``0..n-1`` in the order of ``graph.dependencies``; names are kept only
+at the edges.
+
+Ready tasks wait in two queues: io-bound tasks in arrival order (they only
+wait, so they always go first), cpu-bound tasks in a heap ordered by critical
+path priority, the longest chain of work below the task (counted in tasks, or
+in measured seconds when durations from an earlier run are known).  Finding
+ready tasks never scans the graph: each task keeps a count of unfinished
+dependencies, decremented as they finish.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable, Mapping
+from enum import IntEnum
+
+
+class TaskState(IntEnum):
+    """The closed set of states a task is in during a run."""
+
+    WAITING = 0  # some dependency has not finished
+    READY = 1  # all dependencies finished; queued, not yet handed out
+    RUNNING = 2  # handed to an executor
+    DONE = 3  # finished with a result (or was done before the run)
+    FAILED = 4  # raised, crashed or timed out; its result is the error
+    SKIPPED = 5  # an ancestor failed; result is the ancestor string
+
+
+FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED)
+
+
+def ancestor_failed_message(task) -> str:
+    """The result given to every descendant of a failed task."""
+    return f"Ancestor task {task} failed; task not run"
+
+
+class SchedulingState:
+    """Which tasks are ready, given which have finished.
+
+    ``names``: task names by number; ``parents[i]``: numbers of task i's
+    dependencies in argument order; ``children[i]``: tasks depending on i.
+    """
+
+    __slots__ = (
+        "names",
+        "index",
+        "parents",
+        "children",
+        "is_io",
+        "state",
+        "remaining",
+        "priority",
+        "ready_io",
+        "ready_cpu",
+        "unfinished",
+    )
+
+    def __init__(
+        self,
+        dependencies: Mapping,
+        io_bound: Iterable = (),
+        done: Iterable = (),
+        durations: Mapping | None = None,
+    ) -> None:
+        names = list(dependencies)
+        index = {name: i for i, name in enumerate(names)}
+        n = len(names)
+        parents = [[index[p] for p in dependencies[name]] for name in names]
+        children: list[list[int]] = [[] for _ in range(n)]
+        for i, ps in enumerate(parents):
+            for p in ps:
+                children[p].append(i)
+        io_set = set(io_bound)
+        self.names = names
+        self.index = index
+        self.parents = parents
+        self.children = children
+        self.is_io = bytearray(name in io_set for name in names)
+        self.state = bytearray(n)  # all WAITING
+        for name in done:
+            self.state[index[name]] = TaskState.DONE
+        self.unfinished = n - sum(1 for s in self.state if s == TaskState.DONE)
+        state = self.state
+        DONE = TaskState.DONE
+        self.remaining = [
+            sum(1 for p in ps if state[p] != DONE) for ps in parents
+        ]
+        self.priority = critical_path_priority(parents, children, names, durations)
+        self.ready_io: deque[int] = deque()
+        self.ready_cpu: list[tuple[float, int]] = []
+
+    # -- events in -------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue every task whose dependencies are all done already."""
+        state, remaining = self.state, self.remaining
+        for i in range(len(state)):
+            if state[i] == TaskState.WAITING and remaining[i] == 0:
+                self._make_ready(i)
+
+    def started(self, i: int) -> None:
+        """Task i was handed to an executor."""
+        self.state[i] = TaskState.RUNNING
+
+    def finished(self, i: int) -> int:
+        """Task i finished with a result; queue the children that became
+        ready.  Returns how many became ready."""
+        if self.state[i] in FINISHED:
+            return 0
+        self.state[i] = TaskState.DONE
+        self.unfinished -= 1
+        became = 0
+        remaining, state = self.remaining, self.state
+        for c in self.children[i]:
+            remaining[c] -= 1
+            if remaining[c] == 0 and state[c] == TaskState.WAITING:
+                self._make_ready(c)
+                became += 1
+        return became
+
+    def failed(self, i: int) -> list[int]:
+        """Task i failed.  Every descendant that has not started is skipped
+        (and counts as finished); returns those descendants.  Descendants
+        that already started or finished, possible only through tasks that
+        were done before the run, are left alone."""
+        if self.state[i] in FINISHED:
+            return []
+        self.state[i] = TaskState.FAILED
+        self.unfinished -= 1
+        skipped = []
+        state, children = self.state, self.children
+        stack = list(children[i])
+        seen = set()
+        while stack:
+            c = stack.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            s = state[c]
+            if s == TaskState.WAITING or s == TaskState.READY:
+                state[c] = TaskState.SKIPPED
+                self.unfinished -= 1
+                skipped.append(c)
+            elif s == TaskState.SKIPPED:
+                continue  # its descendants were skipped with it
+            stack.extend(children[c])
+        return skipped
+
+    def requeue(self, i: int) -> None:
+        """Put a started task back in its ready queue (for a retry)."""
+        self.state[i] = TaskState.WAITING
+        self._make_ready(i)
+
+    # -- instructions out ------------------------------------------------
+
+    def pop_io(self) -> int | None:
+        """The next ready io-bound task, or None."""
+        q = self.ready_io
+        while q:
+            i = q.popleft()
+            if self.state[i] == TaskState.READY:
+                return i
+        return None
+
+    def pop_cpu(self) -> int | None:
+        """The ready cpu-bound task with the longest chain below it, or None."""
+        h = self.ready_cpu
+        while h:
+            _, i = heapq.heappop(h)
+            if self.state[i] == TaskState.READY:
+                return i
+        return None
+
+    def pop_ready(self) -> int | None:
+        """The next ready task of either kind, io-bound first."""
+        i = self.pop_io()
+        return self.pop_cpu() if i is None else i
+
+    @property
+    def all_finished(self) -> bool:
+        return self.unfinished == 0
+
+    def has_ready(self) -> bool:
+        return bool(self.ready_io or self.ready_cpu)
+
+    def _make_ready(self, i: int) -> None:
+        self.state[i] = TaskState.READY
+        if self.is_io[i]:
+            self.ready_io.append(i)
+        else:
+            heapq.heappush(self.ready_cpu, (-self.priority[i], i))
+
+
+def topological_order(parents: list[list[int]], children: list[list[int]]) -> list[int]:
+    """Kahn's algorithm: tasks ordered so every task follows its parents."""
+    indeg = [len(ps) for ps in parents]
+    order = [i for i, d in enumerate(indeg) if d == 0]
+    k = 0
+    while k < len(order):
+        for c in children[order[k]]:
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                order.append(c)
+        k += 1
+    if len(order) != len(parents):
+        raise ValueError("graph has a cycle")
+    return order
+
+
+def critical_path_priority(
+    parents: list[list[int]],
+    children: list[list[int]],
+    names: list,
+    durations: Mapping | None = None,
+) -> list[float]:
+    """Length of the longest chain of work starting at each task, itself
+    included.  Weights are measured durations where known (the mean of known
+    ones for the rest), else 1 per task.  Linear in tasks + edges."""
+    n = len(parents)
+    if durations:
+        known = [durations[name] for name in names if name in durations]
+        default = (sum(known) / len(known)) if known else 1.0
+        weight = [float(durations.get(name, default)) for name in names]
+    else:
+        weight = [1.0] * n
+    longest = [0.0] * n
+    for i in reversed(topological_order(parents, children)):
+        below = 0.0
+        for c in children[i]:
+            if longest[c] > below:
+                below = longest[c]
+        longest[i] = weight[i] + below
+    return longest
