@@ -1,0 +1,388 @@
+"""The coordinator: the calling process's side of a parallel run.
+
+Data flow (compare CPython's ``concurrent/futures/process.py``)::
+
+    SchedulingState                 WorkerHandle k (one duplex pipe each)
+    io queue  (FIFO)   --dispatch-->  SUBMIT [task, func, io, args]  --> worker k
+    cpu queue (heap by critical path)
+                  ^                                                   |
+                  |  finished / failed                                v
+    Bookkeeper <--+-- RESULTS [task, ok, payload, start, end] <-- worker k
+                      sentinel k fires                         (process died)
+
+The coordinator blocks in ONE ``multiprocessing.connection.wait`` over every
+worker's pipe and every worker's process sentinel; each wake-up is sorted into
+results (record them, push the tasks that became ready), a worker's HELLO (it
+can take tasks), or a death.  Nothing sleeps or polls.
+
+io tasks are pushed to a worker the moment they are ready (to the worker with
+the fewest io tasks in flight): they only wait.  cpu tasks stay in the
+coordinator's heap until some worker has room: a worker holds at most
+``depth`` cpu tasks, 1 while tasks are long so each goes to the first free
+core, more when measured tasks are so short that the pipe's round trip would
+leave the core idle.  Everything that becomes ready together travels to a
+worker in one message.
+
+When a worker dies, the coordinator first reads whatever results it managed to
+send, then fails the task it was running with :class:`WorkerCrashedError`
+(naming pid and exit code or signal), puts its unstarted cpu tasks back in the
+queue, and starts a replacement.  On Ctrl-C or an abort it kills the busy
+workers (all workers on Ctrl-C) before the exception leaves the runner.
+"""
+
+from __future__ import annotations
+
+import itertools
+from multiprocessing.connection import wait
+
+from . import codec, messages
+from .bookkeeping import Bookkeeper
+from .errors import (
+    RemoteTaskError,
+    RemoteTraceback,
+    SerializationError,
+    TaskmapError,
+    WorkerCrashedError,
+)
+from .graph import Graph
+from .messages import Kind, Stage
+from .pool import WorkerHandle, WorkerPool, get_pool
+from .state import SchedulingState, TaskState
+
+MAX_CPU_DEPTH = 64
+PIPELINE_SECONDS = 0.0003  # work to keep queued at a worker when tasks are tiny
+MAX_START_FAILURES = 3
+
+_run_ids = itertools.count(1)
+
+
+def run_graph(graph: Graph, ncores: int, raise_errors: bool) -> Graph:
+    """Run every unfinished task of ``graph`` on ``ncores`` worker processes."""
+    state = SchedulingState(
+        graph.dependencies, graph.io_bound, graph.done, graph.durations or None
+    )
+    if state.all_finished:
+        return graph
+    pool = get_pool()
+    with pool.lock:
+        Coordinator(graph, state, pool, ncores, raise_errors).run()
+    return graph
+
+
+class Coordinator:
+    def __init__(
+        self,
+        graph: Graph,
+        state: SchedulingState,
+        pool: WorkerPool,
+        ncores: int,
+        raise_errors: bool,
+    ) -> None:
+        self.graph = graph
+        self.state = state
+        self.pool = pool
+        self.ncores = ncores
+        self.book = Bookkeeper(graph, state, raise_errors)
+        self.run_id = next(_run_ids)
+        self.encoded: dict[int, bytes] = {}  # task -> its encoded result
+        self.func_of, self.func_blobs = self._pickle_functions()
+        self.cpu_seconds: float | None = None  # moving average of cpu task time
+        self.start_failures = 0
+
+    # -- before the run ---------------------------------------------------
+
+    def _pickle_functions(self) -> tuple[list[int], dict[int, bytes]]:
+        """Pickle each distinct function once; a function that cannot be sent
+        to a worker stops the run before it starts, naming the task."""
+        funcs, names, state = self.graph.funcs, self.state.names, self.state.state
+        ids: dict[int, int] = {}
+        blobs: dict[int, bytes] = {}
+        func_of = [0] * len(names)
+        for i, name in enumerate(names):
+            if state[i] == TaskState.DONE:
+                continue
+            func = funcs[name]
+            key = id(func)
+            fid = ids.get(key)
+            if fid is None:
+                try:
+                    blob = codec.dumps_function(func)
+                except Exception as error:
+                    raise SerializationError(
+                        name, "function", type(func).__qualname__, str(error)
+                    ) from error
+                fid = ids[key] = len(ids)
+                blobs[fid] = blob
+            func_of[i] = fid
+        return func_of, blobs
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        state, book = self.state, self.book
+        self.pool.resize(self.ncores)
+        for w in self.pool.workers:
+            w.forget_tasks()
+            w.funcs_sent = set()
+        state.start()
+        if book.log.manager_on:
+            book.log.queueing(state.names[i] for i in list(state.ready_io) + [i for _, i in state.ready_cpu])
+        try:
+            while not state.all_finished:
+                self.dispatch()
+                self.wait_once()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        finally:
+            for w in self.pool.workers:
+                w.forget_tasks()
+
+    def wait_once(self) -> None:
+        workers = self.pool.workers
+        by_conn = {w.conn: w for w in workers}
+        by_sentinel = {w.sentinel: w for w in workers}
+        for obj in wait([*by_conn, *by_sentinel]):
+            w = by_conn.get(obj)
+            if w is not None:
+                if w in self.pool.workers:
+                    self.receive(w)
+                continue
+            w = by_sentinel[obj]
+            if w in self.pool.workers:
+                self.worker_died(w)
+
+    def receive(self, w: WorkerHandle) -> None:
+        """Read every message waiting on w's pipe."""
+        conn = w.conn
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                self.worker_died(w)
+                return
+            msg = messages.unpack(data)
+            kind = msg[0]
+            if kind == Kind.RESULTS:
+                for outcome in msg[1]:
+                    self.outcome(w, outcome)
+            elif kind == Kind.HELLO:
+                w.ready = True
+                w.pid = msg[1]
+                self.start_failures = 0
+            try:
+                if not conn.poll(0):
+                    return
+            except (EOFError, OSError):
+                self.worker_died(w)
+                return
+
+    def outcome(self, w: WorkerHandle, outcome: list) -> None:
+        i, ok, payload, start, end = outcome
+        if self.state.is_io[i]:
+            w.io_tasks.discard(i)
+        else:
+            if w.cpu_tasks and w.cpu_tasks[0] == i:
+                w.cpu_tasks.popleft()
+            else:
+                try:
+                    w.cpu_tasks.remove(i)
+                except ValueError:
+                    pass
+            took = end - start
+            avg = self.cpu_seconds
+            self.cpu_seconds = took if avg is None else 0.8 * avg + 0.2 * took
+        if self.state.state[i] != TaskState.RUNNING:
+            return  # cancelled or timed out meanwhile
+        name = self.state.names[i]
+        self.graph.durations[name] = end - start
+        if ok:
+            try:
+                value = codec.decode(payload)
+            except Exception as error:
+                failure = SerializationError(name, "result", "unknown", f"it could not be decoded in the coordinator: {error}")
+                failure.__cause__ = error
+                self.book.failed(i, failure, w.pid)
+                return
+            self.encoded[i] = payload
+            self.book.succeeded(i, value, w.pid)
+        else:
+            self.book.failed(i, self.rebuild_error(name, payload), w.pid)
+
+    def rebuild_error(self, name, failure: list) -> BaseException:
+        blob, type_name, message, text, stage = failure
+        error: BaseException | None = None
+        if blob is not None:
+            try:
+                error = codec.decode(blob)
+            except Exception:
+                error = None
+            if not isinstance(error, BaseException):
+                error = None
+        if error is None:
+            error = RemoteTaskError(type_name, message, text)
+        if stage != Stage.RUN:
+            what = {Stage.ARGS: "arguments", Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
+            wrapped = SerializationError(name, what, type_name, message)
+            wrapped.__cause__ = error
+            error = wrapped
+        else:
+            error.__cause__ = RemoteTraceback(text)
+        try:
+            error.remote_traceback = text  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return error
+
+    # -- handing out tasks ------------------------------------------------
+
+    def cpu_depth(self) -> int:
+        avg = self.cpu_seconds
+        if avg is None:
+            return 1
+        return min(MAX_CPU_DEPTH, 1 + int(PIPELINE_SECONDS / max(avg, 1e-7)))
+
+    def dispatch(self) -> None:
+        state = self.state
+        if not state.has_ready():
+            return
+        ready = [w for w in self.pool.workers if w.ready]
+        if not ready:
+            return
+        batches: dict[WorkerHandle, list] = {}
+        while (i := state.pop_io()) is not None:
+            w = min(ready, key=_io_load)
+            self.assign(w, i, True, batches)
+        if state.ready_cpu:
+            depth = self.cpu_depth()
+            while state.ready_cpu:
+                w = min(ready, key=_cpu_load)
+                if len(w.cpu_tasks) >= depth:
+                    break
+                i = state.pop_cpu()
+                if i is None:
+                    break
+                self.assign(w, i, False, batches)
+        for w, subs in batches.items():
+            self.send(w, subs)
+
+    def assign(self, w: WorkerHandle, i: int, io: bool, batches: dict) -> None:
+        state = self.state
+        args = []
+        for p in state.parents[i]:
+            blob = self.encoded.get(p)
+            if blob is None:
+                blob = self._encode_given_result(i, p)
+                if blob is None:
+                    return  # task i failed: its argument cannot be sent
+            if not codec.is_none(blob):
+                args.append(blob)
+        state.started(i)
+        (w.io_tasks.add(i) if io else w.cpu_tasks.append(i))
+        batches.setdefault(w, []).append([i, self.func_of[i], io, args])
+        self.book.log.starting(state.names[i], w.pid)
+
+    def _encode_given_result(self, i: int, p: int) -> bytes | None:
+        """Encode a result the run did not produce (given in ``results`` or
+        cleared by a reset); on failure fail task i, naming both tasks."""
+        names = self.state.names
+        value = self.graph.results.get(names[p])
+        try:
+            blob = codec.encode(value)
+        except Exception as error:
+            self.state.started(i)
+            failure = SerializationError(
+                names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
+            )
+            failure.__cause__ = error
+            self.book.failed(i, failure)
+            return None
+        self.encoded[p] = blob
+        return blob
+
+    def send(self, w: WorkerHandle, subs: list) -> None:
+        if w.run_id != self.run_id:
+            w.run_id = self.run_id
+            w.funcs_sent = set()
+        new = {}
+        for sub in subs:
+            fid = sub[1]
+            if fid not in w.funcs_sent:
+                w.funcs_sent.add(fid)
+                new[fid] = self.func_blobs[fid]
+        try:
+            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs))
+        except (OSError, ValueError):
+            # it died before taking them: they never started, so they go back
+            for sub in subs:
+                i = sub[0]
+                w.io_tasks.discard(i)
+                try:
+                    w.cpu_tasks.remove(i)
+                except ValueError:
+                    pass
+                self.state.requeue(i)
+            self.worker_died(w)
+
+    # -- faults -------------------------------------------------------------
+
+    def worker_died(self, w: WorkerHandle) -> None:
+        """Read what w sent before dying, fail the task(s) it was running,
+        requeue the cpu tasks it had not started, start a replacement."""
+        if w not in self.pool.workers:
+            return
+        self.pool.workers.remove(w)  # broken: no more dispatch to it
+        try:
+            while w.conn.poll(0):
+                msg = messages.unpack(w.conn.recv_bytes())
+                if msg[0] == Kind.RESULTS:
+                    for outcome in msg[1]:
+                        self.outcome(w, outcome)
+        except (EOFError, OSError):
+            pass
+        exitcode = w.exitcode()
+        if exitcode is None:  # closed its pipe but lives on: make sure
+            w.kill()
+            exitcode = w.process.exitcode
+        w.close()
+        running = list(w.io_tasks)
+        if w.cpu_tasks:
+            running.append(w.cpu_tasks.popleft())
+        unstarted = list(w.cpu_tasks)
+        w.forget_tasks()
+        if not w.ready:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                raise TaskmapError(
+                    f"worker processes die while starting (last exit code {exitcode}); "
+                    "see their stderr"
+                )
+        self.pool.spawn()
+        for i in unstarted:
+            if self.state.state[i] == TaskState.RUNNING:
+                self.state.requeue(i)
+        names, state = self.state.names, self.state.state
+        for i in running:
+            if state[i] == TaskState.RUNNING:
+                self.book.failed(i, WorkerCrashedError(names[i], w.pid, exitcode), w.pid)
+
+    def _abort(self, exc: BaseException) -> None:
+        """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.
+        raise_errors) kills the workers that still hold tasks."""
+        names, state = self.state.names, self.state.state
+        self.graph.in_progress[:] = [
+            names[i] for i in range(len(names)) if state[i] == TaskState.RUNNING
+        ]
+        if isinstance(exc, Exception):
+            for w in [w for w in self.pool.workers if w.busy]:
+                self.pool.discard(w, kill=True)
+        else:
+            self.pool.kill_all()
+
+
+def _io_load(w: WorkerHandle) -> int:
+    return len(w.io_tasks)
+
+
+def _cpu_load(w: WorkerHandle) -> int:
+    return len(w.cpu_tasks)

@@ -1,0 +1,94 @@
+"""The messages between the coordinator and its workers, all in one place.
+
+Each message is one msgpack array whose first element is its :class:`Kind`.
+Values (arguments, results, exceptions) inside messages are already encoded
+by :mod:`taskmap.codec` and travel as msgpack ``bin``, so the coordinator can
+forward a parent's result to its children without decoding and re-encoding it.
+
+coordinator -> worker
+    ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
+                 sent once per worker and run), and a batch of
+                 :class:`Submission` ``[task, func, io, args]``.
+    ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
+    ``SHUTDOWN`` finish now; the worker exits.
+worker -> coordinator
+    ``HELLO``    the worker is up and ready for tasks; carries its pid.
+    ``RESULTS``  a batch of :class:`Outcome` ``[task, ok, payload, start, end]``;
+                 ``payload`` is the encoded value when ``ok``, else a
+                 :class:`Failure` ``[error, type_name, message, traceback, stage]``.
+
+Closing the pipe is also a message: a worker whose pipe reaches EOF exits at
+once (its coordinator is gone); a coordinator that reads EOF treats the worker
+as crashed.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple
+
+import msgpack
+
+
+class Kind(IntEnum):
+    HELLO = 0
+    SUBMIT = 1
+    RESULTS = 2
+    CANCEL = 3
+    SHUTDOWN = 4
+
+
+class Stage(IntEnum):
+    """Where a task failed, so the coordinator can word the error."""
+
+    RUN = 0  # the task's own code raised
+    ARGS = 1  # the worker could not decode its arguments
+    FUNCTION = 2  # the worker could not load its function
+    RESULT = 3  # the worker could not encode its result
+
+
+class Submission(NamedTuple):
+    task: int
+    func: int
+    io: bool
+    args: list  # encoded values (bytes)
+
+
+class Failure(NamedTuple):
+    error: bytes | None  # the encoded exception, None if it would not round-trip
+    type_name: str
+    message: str
+    traceback: str
+    stage: int
+
+
+class Outcome(NamedTuple):
+    task: int
+    ok: bool
+    payload: object  # bytes when ok, else a Failure as a list
+    start: float  # time.monotonic() in the worker, comparable across processes
+    end: float
+
+
+def pack_hello(pid: int) -> bytes:
+    return msgpack.packb((Kind.HELLO, pid))
+
+
+def pack_submit(run_id: int, funcs: dict, submissions: list) -> bytes:
+    return msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions), use_bin_type=True)
+
+
+def pack_results(outcomes: list) -> bytes:
+    return msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True)
+
+
+def pack_cancel(tasks: list) -> bytes:
+    return msgpack.packb((Kind.CANCEL, tasks))
+
+
+SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))
+
+
+def unpack(data: bytes) -> list:
+    """Decode one message; ``result[0]`` is its Kind (as an int)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)

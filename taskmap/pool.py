@@ -1,0 +1,180 @@
+"""The warm pool of worker processes, started through loky.
+
+loky's process start-up (fork+exec of a fresh interpreter, no inherited
+threads or locks) is safe in a threaded caller, and functions reach workers
+through cloudpickle, so lambdas, closures and ``__main__`` functions work.
+Each worker gets its own duplex pipe; the coordinator keeps the io and cpu
+queues and feeds each worker's pipe, which attributes exactly which tasks a
+crashed worker held.
+
+The pool lives across runs in one Python process (like loky's reusable
+executor) and is shut down at interpreter exit: SHUTDOWN to each worker, a
+short join, then kill.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections import deque
+
+from loky.backend.context import get_context
+
+from . import messages
+from .worker import worker_main
+
+JOIN_SECONDS = 1.0
+
+
+class WorkerHandle:
+    """The coordinator's view of one worker process."""
+
+    __slots__ = (
+        "process",
+        "conn",
+        "pid",
+        "ready",
+        "io_tasks",
+        "cpu_tasks",
+        "funcs_sent",
+        "run_id",
+    )
+
+    def __init__(self, process, conn) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid: int | None = process.pid
+        self.ready = False  # set when its HELLO arrives
+        self.io_tasks: set[int] = set()
+        self.cpu_tasks: deque[int] = deque()  # in the order it will run them
+        self.funcs_sent: set[int] = set()
+        self.run_id = None
+
+    @property
+    def sentinel(self):
+        return self.process.sentinel
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.io_tasks or self.cpu_tasks)
+
+    def forget_tasks(self) -> None:
+        self.io_tasks.clear()
+        self.cpu_tasks.clear()
+
+    def exitcode(self, timeout: float = JOIN_SECONDS) -> int | None:
+        self.process.join(timeout)
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        """Kill the process now and reap it."""
+        try:
+            self.process.kill()
+        except (OSError, AttributeError, ValueError):
+            pass
+        self.process.join(JOIN_SECONDS)
+        self.close()
+
+    def stop(self) -> None:
+        """Ask the worker to exit; kill it if it does not within a second."""
+        try:
+            self.conn.send_bytes(messages.SHUTDOWN)
+        except (OSError, ValueError):
+            pass
+        self.process.join(JOIN_SECONDS)
+        if self.process.exitcode is None:
+            self.kill()
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class WorkerPool:
+    """Starts, replaces and stops worker processes."""
+
+    def __init__(self) -> None:
+        self.workers: list[WorkerHandle] = []
+        self.lock = threading.Lock()  # one run at a time uses the pool
+        self._ctx = get_context("loky")
+
+    def spawn(self) -> WorkerHandle:
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=worker_main, args=(theirs,), name="taskmap-worker", daemon=True
+        )
+        process.start()
+        theirs.close()  # so the worker sees EOF when we close ours or die
+        handle = WorkerHandle(process, ours)
+        self.workers.append(handle)
+        return handle
+
+    def resize(self, n: int) -> None:
+        """Have exactly ``n`` workers (dead ones are replaced)."""
+        for w in [w for w in self.workers if not w.process.is_alive()]:
+            self.discard(w)
+        while len(self.workers) > n:
+            self.workers.pop().stop()
+        while len(self.workers) < n:
+            self.spawn()
+
+    def discard(self, handle: WorkerHandle, kill: bool = False) -> None:
+        if handle in self.workers:
+            self.workers.remove(handle)
+        if kill:
+            handle.kill()
+        else:
+            handle.process.join(0)
+            handle.close()
+
+    def replace(self, handle: WorkerHandle) -> WorkerHandle:
+        self.discard(handle)
+        return self.spawn()
+
+    def kill_all(self) -> None:
+        """Stop everything at once (Ctrl-C, aborts): kill, then reap."""
+        workers, self.workers = self.workers, []
+        for w in workers:
+            try:
+                w.process.kill()
+            except (OSError, AttributeError, ValueError):
+                pass
+        for w in workers:
+            w.process.join(JOIN_SECONDS)
+            w.close()
+
+    def shutdown(self) -> None:
+        workers, self.workers = self.workers, []
+        for w in workers:
+            try:
+                w.conn.send_bytes(messages.SHUTDOWN)
+            except (OSError, ValueError):
+                pass
+        for w in workers:
+            w.stop()
+
+
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> WorkerPool:
+    """The process-wide warm pool, created on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WorkerPool()
+            atexit.register(shutdown_pool)
+        return _pool
+
+
+def shutdown_pool() -> None:
+    """Stop every worker of the warm pool (also registered with atexit)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown()

@@ -1,0 +1,267 @@
+"""A worker process: one asyncio loop for io tasks, one thread for cpu tasks.
+
+Data flow inside a worker::
+
+    coordinator pipe --> reader thread --+--> loop thread (asyncio): io tasks,
+                                         |    any number at once; plain io
+                                         |    functions in a thread pool
+                                         +--> cpu thread: cpu tasks one at a
+                                              time (coroutines on its own loop)
+    results <-- sent by whichever thread finished them, under one send lock
+
+Why three threads: the reader never blocks on anything but the pipe, so a big
+message from the coordinator is always drained even while this worker sends a
+big result (no deadlock of two full pipes); cpu tasks run off the loop thread,
+so a long cpu task stalls the io tasks only for the interpreter's switch
+interval, not for the task's duration.
+
+Shutdown: a SHUTDOWN message, or EOF on the pipe (the coordinator closed it or
+died), ends the process at once with ``os._exit`` -- whatever is running is
+abandoned, because nobody is left to receive its result.  SIGINT is ignored:
+on Ctrl-C the coordinator decides and stops the workers itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from . import codec, messages
+from .messages import Kind, Stage
+
+IO_THREADS = 256
+BATCH_SECONDS = 0.002  # longest a finished cpu result waits for batch-mates
+SMALL_MESSAGE = 1 << 16  # loop thread sends up to this much inline
+
+
+class _BrokenFunction:
+    """Stands in for a function that could not be loaded in this worker."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Worker:
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.loop = asyncio.new_event_loop()
+        self.funcs: dict = {}
+        self.run_id = None
+        self.cpu_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.send_lock = threading.Lock()
+        self.io_tasks: dict[int, asyncio.Task] = {}
+        self.pending_io: list = []
+        self.io_threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
+        self.sender = ThreadPoolExecutor(1, thread_name_prefix="taskmap-send")
+
+    # -- threads ----------------------------------------------------------
+
+    def serve(self) -> None:
+        self.conn.send_bytes(messages.pack_hello(os.getpid()))
+        threading.Thread(target=self.read, name="taskmap-reader", daemon=True).start()
+        threading.Thread(target=self.run_cpu, name="taskmap-cpu", daemon=True).start()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def read(self) -> None:
+        """Reader thread: drain the pipe, route each task to its lane."""
+        conn, loop = self.conn, self.loop
+        try:
+            while True:
+                msg = messages.unpack(conn.recv_bytes())
+                kind = msg[0]
+                if kind == Kind.SUBMIT:
+                    _, run_id, funcs, subs = msg
+                    if run_id != self.run_id:
+                        self.run_id = run_id
+                        self.funcs = {}
+                    for func_id, blob in funcs.items():
+                        self.funcs[func_id] = self._load(blob)
+                    io = []
+                    for sub in subs:
+                        if sub[2]:
+                            io.append(sub)
+                        else:
+                            self.cpu_queue.put(sub)
+                    if io:
+                        loop.call_soon_threadsafe(self.start_io, io)
+                elif kind == Kind.CANCEL:
+                    loop.call_soon_threadsafe(self.cancel_io, msg[1])
+                elif kind == Kind.SHUTDOWN:
+                    break
+        except (EOFError, OSError):
+            pass  # the coordinator closed the pipe or died
+        _exit_now()
+
+    @staticmethod
+    def _load(blob: bytes):
+        try:
+            return codec.loads_function(blob)
+        except BaseException as error:  # noqa: BLE001 - reported per task
+            return _BrokenFunction(error)
+
+    def run_cpu(self) -> None:
+        """cpu thread: one task at a time; results batched for ~2 ms at most."""
+        cpu_queue = self.cpu_queue
+        coroutine_loop = asyncio.new_event_loop()
+        while True:
+            sub = cpu_queue.get()
+            batch_start = time.monotonic()
+            batch = []
+            while True:
+                batch.append(self.execute_cpu(sub, coroutine_loop))
+                if cpu_queue.empty() or time.monotonic() - batch_start > BATCH_SECONDS:
+                    break
+                sub = cpu_queue.get()
+            self.send(messages.pack_results(batch))
+
+    # -- running one task -------------------------------------------------
+
+    def prepare(self, sub):
+        """The function and decoded arguments of a submission, or raise with
+        the stage at which it went wrong."""
+        func = self.funcs.get(sub[1])
+        if func is None or isinstance(func, _BrokenFunction):
+            error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
+            raise _StageError(Stage.FUNCTION, error)
+        try:
+            args = [codec.decode(a) for a in sub[3]]
+        except BaseException as error:  # noqa: BLE001
+            raise _StageError(Stage.ARGS, error) from error
+        return func, args
+
+    def execute_cpu(self, sub, coroutine_loop) -> list:
+        start = time.monotonic()
+        try:
+            func, args = self.prepare(sub)
+            value = func(*args)
+            if inspect.isawaitable(value):
+                value = coroutine_loop.run_until_complete(_await(value))
+        except _StageError as err:
+            return failure(sub[0], err.error, err.stage, start)
+        except BaseException as error:  # noqa: BLE001 - the task's failure
+            return failure(sub[0], error, Stage.RUN, start)
+        return success(sub[0], value, start)
+
+    def start_io(self, subs) -> None:
+        for sub in subs:
+            self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub))
+
+    async def run_io(self, sub) -> None:
+        start = time.monotonic()
+        task = sub[0]
+        try:
+            func, args = self.prepare(sub)
+            if inspect.iscoroutinefunction(func):
+                value = await func(*args)
+            else:
+                value = await self.loop.run_in_executor(self.io_threads, _call, func, args)
+                if inspect.isawaitable(value):
+                    value = await value
+        except asyncio.CancelledError:
+            self.io_tasks.pop(task, None)
+            return  # the coordinator cancelled it and already knows
+        except _StageError as err:
+            outcome = failure(task, err.error, err.stage, start)
+        except BaseException as error:  # noqa: BLE001
+            outcome = failure(task, error, Stage.RUN, start)
+        else:
+            outcome = success(task, value, start)
+        self.io_tasks.pop(task, None)
+        self.pending_io.append(outcome)
+        if len(self.pending_io) == 1:
+            # results finishing in the same loop iteration travel together
+            self.loop.call_soon(self.flush_io)
+
+    def cancel_io(self, tasks) -> None:
+        for task in tasks:
+            fut = self.io_tasks.pop(task, None)
+            if fut is not None:
+                fut.cancel()
+
+    def flush_io(self) -> None:
+        batch, self.pending_io = self.pending_io, []
+        data = messages.pack_results(batch)
+        # the loop thread must not wait behind a big send: hand those over
+        if len(data) <= SMALL_MESSAGE and self.send_lock.acquire(blocking=False):
+            try:
+                self.conn.send_bytes(data)
+            except OSError:
+                _exit_now()
+            finally:
+                self.send_lock.release()
+        else:
+            self.sender.submit(self.send, data)
+
+    def send(self, data: bytes) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send_bytes(data)
+        except OSError:
+            _exit_now()
+
+
+class _StageError(Exception):
+    def __init__(self, stage: Stage, error: BaseException) -> None:
+        self.stage = stage
+        self.error = error
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+def _call(func, args):
+    return func(*args)
+
+
+def success(task: int, value, start: float) -> list:
+    end = time.monotonic()
+    try:
+        payload = codec.encode(value)
+    except BaseException as error:  # noqa: BLE001
+        return failure(task, error, Stage.RESULT, start, end)
+    return [task, True, payload, start, end]
+
+
+def failure(task: int, error: BaseException, stage: int, start: float, end: float | None = None) -> list:
+    """An Outcome for a failed task: the exception encoded if it survives a
+    round trip, always its type name, message and traceback text."""
+    if end is None:
+        end = time.monotonic()
+    text = "".join(traceback.format_exception(error))
+    try:
+        blob = codec.encode(error)
+        codec.decode(blob)  # an exception that will not rebuild travels as text
+    except BaseException:  # noqa: BLE001
+        blob = None
+    cls = type(error)
+    type_name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(error)
+    except BaseException:  # noqa: BLE001
+        message = "<unprintable>"
+    return [task, False, [blob, type_name, message, text, int(stage)], start, end]
+
+
+def _exit_now() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(0)
+
+
+def worker_main(conn) -> None:
+    """Entry point of a worker process (started through loky)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Worker(conn).serve()

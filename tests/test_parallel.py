@@ -1,0 +1,273 @@
+"""End-to-end tests of the parallel runtime through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import taskmap
+from taskmap.pool import get_pool
+
+RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
+
+
+def a():
+    return 5
+
+
+def b(x):
+    return x + 10
+
+
+def c(x, y):
+    return x + y + 20
+
+
+def boom():
+    raise ValueError("boom", 42)
+
+
+async def aio_sleep(seconds=0.3):
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return os.getpid()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_arguments_in_order_none_skipped(runner):
+    funcs = {
+        "a": a,
+        "none": lambda: None,
+        "b": b,
+        "c": c,
+        "t": lambda *xs: tuple(xs),
+    }
+    deps = {"a": [], "none": [], "b": ["a", "none"], "c": ["b", "a"], "t": ["none", "c", "b", "a"]}
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2)
+    assert graph.results == {"a": 5, "none": None, "b": 15, "c": 40, "t": (40, 15, 5)}
+    assert sorted(graph.done) == sorted(deps)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_failure_is_the_exception_and_descendants_skip(runner):
+    funcs = {"bad": boom, "child": b, "grandchild": b, "other": a, "other2": b}
+    deps = {"bad": [], "child": ["bad"], "grandchild": ["child"], "other": [], "other2": ["other"]}
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2)
+    err = graph.results["bad"]
+    assert type(err) is ValueError and err.args == ("boom", 42)
+    assert "in boom" in err.remote_traceback
+    assert isinstance(err.__cause__, taskmap.RemoteTraceback)
+    assert graph.results["child"] == "Ancestor task bad failed; task not run"
+    assert graph.results["grandchild"] == "Ancestor task bad failed; task not run"
+    assert graph.results["other2"] == 15
+    assert len(graph.done) == 5
+
+
+def test_raise_errors_async_runner():
+    funcs = {"bad": boom, "slow": lambda: time.sleep(30)}
+    graph = taskmap.create_graph(funcs, {"bad": [], "slow": []})
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="check your logs") as info:
+        taskmap.run_parallel_async(graph, ncores=2, raise_errors=True)
+    assert time.monotonic() - start < 10
+    assert "'bad'" in str(info.value) and "boom" in str(info.value)
+    assert type(info.value.__cause__) is ValueError
+
+
+def test_raise_errors_run_parallel_names_task_and_message():
+    graph = taskmap.create_graph({"bad": boom}, {"bad": []})
+    with pytest.raises(taskmap.TaskFailedError, match="boom") as info:
+        taskmap.run_parallel(graph, ncores=1, raise_errors=True)
+    assert info.value.task == "bad"
+
+
+def test_lambdas_and_closures_reach_workers():
+    k = 7
+    funcs = {"x": lambda: k, "y": (lambda n: lambda v: v * n)(3)}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {"x": [], "y": ["x"]}), ncores=2)
+    assert graph.results == {"x": 7, "y": 21}
+
+
+def test_done_and_given_results_are_fed_to_children():
+    funcs = {"a": boom, "b": b}
+    graph = taskmap.create_graph(funcs, {"a": [], "b": ["a"]}, done=["a"], results={"a": 1})
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert graph.results == {"a": 1, "b": 11}
+
+
+def test_rerun_failed_tasks_only():
+    calls_file_free = {"a": a, "bad": boom, "child": b}
+    graph = taskmap.create_graph(calls_file_free, {"a": [], "bad": [], "child": ["bad"]})
+    taskmap.run_parallel_async(graph, ncores=2)
+    taskmap.reset_failed_tasks(graph)
+    assert graph.done == ["a"]
+    graph.funcs["bad"] = lambda: 1
+    taskmap.run_parallel_async(graph, ncores=2)
+    assert graph.results == {"a": 5, "bad": 1, "child": 11}
+
+
+def test_does_not_poll():
+    # sleep=5 is ignored: a 20-task chain would take >= 100 s if it slept
+    funcs = {f"t{i}": (a if i == 0 else b) for i in range(20)}
+    deps = {f"t{i}": ([f"t{i - 1}"] if i else []) for i in range(20)}
+    for runner in RUNNERS:
+        graph = taskmap.create_graph(funcs, deps)
+        start = time.monotonic()
+        runner(graph, sleep=5, ncores=2)
+        assert time.monotonic() - start < 2.5
+        assert graph.results["t19"] == 5 + 19 * 10
+
+
+def test_io_tasks_overlap_their_waits():
+    funcs = {f"io{i}": aio_sleep for i in range(40)}
+    graph = taskmap.create_graph(funcs, {k: [] for k in funcs}, io_bound=list(funcs))
+    taskmap.run_parallel_async(graph, ncores=2)  # warm the pool
+    taskmap.reset_tasks(graph, list(funcs))
+    start = time.monotonic()
+    taskmap.run_parallel_async(graph, ncores=2)
+    assert time.monotonic() - start < 1.5  # 40 x 0.3 s if they did not overlap
+
+
+def test_cpu_tasks_spread_over_workers():
+    funcs = {"x": lambda: busy(0.3), "y": lambda: busy(0.3)}
+    graph = taskmap.create_graph(funcs, {"x": [], "y": []})
+    taskmap.run_parallel(graph, ncores=2)
+    assert graph.results["x"] != graph.results["y"]  # two different pids
+
+
+def test_pool_stays_warm_across_runs():
+    graph = taskmap.create_graph({"p": os.getpid}, {"p": []})
+    taskmap.run_parallel(graph, ncores=1)
+    first = graph.results["p"]
+    taskmap.reset_tasks(graph, ["p"])
+    taskmap.run_parallel(graph, ncores=1)
+    assert graph.results["p"] == first != os.getpid()
+
+
+def test_plain_io_functions_run_in_threads_and_overlap():
+    funcs = {f"s{i}": (lambda: time.sleep(0.3) or 1) for i in range(20)}
+    graph = taskmap.create_graph(funcs, {k: [] for k in funcs}, io_bound=list(funcs))
+    taskmap.run_parallel_async(graph, ncores=1)
+    taskmap.reset_tasks(graph, list(funcs))
+    start = time.monotonic()
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert time.monotonic() - start < 1.5
+    assert set(graph.results.values()) == {1}
+
+
+def _die(code):
+    os._exit(code)
+
+
+def test_worker_exit_fails_only_its_task():
+    funcs = {"die": lambda: _die(3), "child": b, "ok": lambda: busy(0.2), "ok2": b}
+    deps = {"die": [], "child": ["die"], "ok": [], "ok2": ["ok"]}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    err = graph.results["die"]
+    assert isinstance(err, taskmap.WorkerCrashedError)
+    assert err.exitcode == 3 and "'die'" in str(err) and "exit code 3" in str(err)
+    assert graph.results["child"] == "Ancestor task die failed; task not run"
+    assert isinstance(graph.results["ok2"], int)
+
+
+def test_worker_killed_by_signal_is_named():
+    funcs = {"kill": lambda: os.kill(os.getpid(), signal.SIGKILL), "ok": a}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {"kill": [], "ok": []}), ncores=2)
+    err = graph.results["kill"]
+    assert isinstance(err, taskmap.WorkerCrashedError)
+    assert err.signal_name == "SIGKILL" and "SIGKILL" in str(err)
+    assert graph.results["ok"] == 5
+    # the pool replaced the worker and keeps working
+    taskmap.reset_tasks(graph, ["ok"])
+    taskmap.run_parallel(graph, ncores=2)
+    assert graph.results["ok"] == 5
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("no pickling for you")
+
+
+def test_unserialisable_result_fails_only_that_task():
+    funcs = {"bad": Unpicklable, "child": lambda x: x, "ok": a}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {"bad": [], "child": ["bad"], "ok": []}), ncores=1)
+    err = graph.results["bad"]
+    assert isinstance(err, taskmap.SerializationError)
+    assert "'bad'" in str(err) and "Unpicklable" in str(err)
+    assert graph.results["child"].startswith("Ancestor task bad failed")
+    assert graph.results["ok"] == 5
+
+
+def test_unsendable_function_is_reported_before_the_run():
+    import threading
+
+    lock = threading.Lock()
+    graph = taskmap.create_graph({"t": lambda: lock, "u": a}, {"t": [], "u": []})
+    with pytest.raises(taskmap.SerializationError, match="'t'"):
+        taskmap.run_parallel(graph, ncores=1)
+    assert graph.results == {}
+
+
+def test_big_arguments_and_results_cross_without_deadlock():
+    size = 50 * 1024 * 1024
+
+    def make():
+        return b"x" * size
+
+    def echo(blob):
+        return blob + b"y"
+
+    funcs = {"m0": make, "m1": make, "e0": echo, "e1": echo}
+    deps = {"m0": [], "m1": [], "e0": ["m0"], "e1": ["m1"]}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    assert len(graph.results["e0"]) == size + 1 and len(graph.results["e1"]) == size + 1
+
+
+async def _ticker(seconds):
+    """Measure the worst gap between 1 ms ticks of the worker's loop."""
+    loop = asyncio.get_running_loop()
+    worst, last, end = 0.0, loop.time(), loop.time() + seconds
+    while loop.time() < end:
+        await asyncio.sleep(0.001)
+        now = loop.time()
+        worst = max(worst, now - last)
+        last = now
+    return worst
+
+
+def test_long_cpu_task_does_not_freeze_io_loop():
+    funcs = {"cpu": lambda: busy(1.0), "tick": lambda: _ticker(0.8)}
+    graph = taskmap.create_graph(funcs, {"cpu": [], "tick": []}, io_bound=["tick"])
+    taskmap.run_parallel_async(graph, ncores=1)
+    # the worker's switch interval bounds the stall; 1 s if it froze
+    assert graph.results["tick"] < 0.1
+
+
+def test_ncores_and_nprocs_aliases():
+    graph = taskmap.create_graph({"a": a}, {"a": []})
+    taskmap.run_parallel(graph, nprocs=1)
+    assert graph.results == {"a": 5}
+    with pytest.raises(ValueError):
+        taskmap.run_parallel(graph, ncores=1, nprocs=2)
+
+
+def test_pool_shutdown_leaves_no_process():
+    psutil = pytest.importorskip("psutil")
+    graph = taskmap.create_graph({"a": a}, {"a": []})
+    taskmap.run_parallel(graph, ncores=2)
+    pids = [w.pid for w in get_pool().workers]
+    assert pids and all(psutil.pid_exists(p) for p in pids)
+    taskmap.pool.shutdown_pool()
+    for p in pids:
+        assert not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
