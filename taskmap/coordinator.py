@@ -47,9 +47,10 @@ from .errors import (
 from .graph import Graph
 from .messages import Kind, Stage
 from .pool import WorkerHandle, WorkerPool, get_pool
-from .state import SchedulingState, TaskState
+from .state import FINISHED, SchedulingState, TaskState
 
 MAX_CPU_DEPTH = 64
+MAX_PINNED = 64  # longest chain sent ahead to one worker in one message
 PIPELINE_SECONDS = 0.0003  # work to keep queued at a worker when tasks are tiny
 MAX_START_FAILURES = 3
 
@@ -87,6 +88,9 @@ class Coordinator:
         self.encoded: dict[int, bytes] = {}  # task -> its encoded result
         self.func_of, self.func_blobs = self._pickle_functions()
         self.cpu_seconds: float | None = None  # moving average of cpu task time
+        # chains sent ahead: parent -> (child pinned behind it, worker), and back
+        self.pinned: dict[int, tuple[int, WorkerHandle]] = {}
+        self.pinned_behind: dict[int, int] = {}
         self.start_failures = 0
 
     # -- before the run ---------------------------------------------------
@@ -192,8 +196,9 @@ class Coordinator:
             took = end - start
             avg = self.cpu_seconds
             self.cpu_seconds = took if avg is None else 0.8 * avg + 0.2 * took
+        self.pinned_behind.pop(i, None)
         if self.state.state[i] != TaskState.RUNNING:
-            return  # cancelled or timed out meanwhile
+            return  # cancelled, timed out or its pinned parent failed meanwhile
         name = self.state.names[i]
         self.graph.durations[name] = end - start
         if ok:
@@ -202,12 +207,28 @@ class Coordinator:
             except Exception as error:
                 failure = SerializationError(name, "result", "unknown", f"it could not be decoded in the coordinator: {error}")
                 failure.__cause__ = error
-                self.book.failed(i, failure, w.pid)
+                self.fail(i, failure, w.pid)
                 return
             self.encoded[i] = payload
+            self.pinned.pop(i, None)  # the task pinned behind it runs on
             self.book.succeeded(i, value, w.pid)
         else:
-            self.book.failed(i, self.rebuild_error(name, payload), w.pid)
+            self.fail(i, self.rebuild_error(name, payload), w.pid)
+
+    def fail(self, i: int, error: BaseException, pid: int | None = None) -> None:
+        """Record task i's failure; tasks pinned behind it wait again first,
+        so that the failure skips them like any other descendant."""
+        entry = self.pinned.pop(i, None)
+        while entry is not None:
+            child, w = entry
+            self.pinned_behind.pop(child, None)
+            self.state.unstart(child)
+            try:
+                w.cpu_tasks.remove(child)
+            except ValueError:
+                pass
+            entry = self.pinned.pop(child, None)
+        self.book.failed(i, error, pid)
 
     def rebuild_error(self, name, failure: list) -> BaseException:
         blob, type_name, message, text, stage = failure
@@ -278,9 +299,51 @@ class Coordinator:
             if not codec.is_none(blob):
                 args.append(blob)
         state.started(i)
-        (w.io_tasks.add(i) if io else w.cpu_tasks.append(i))
-        batches.setdefault(w, []).append([i, self.func_of[i], io, args])
+        batch = batches.setdefault(w, [])
+        batch.append([i, self.func_of[i], io, args, -1, ()])
         self.book.log.starting(state.names[i], w.pid)
+        if io:
+            w.io_tasks.add(i)
+        else:
+            w.cpu_tasks.append(i)
+            self.pin_chain(w, i, batch)
+
+    def pin_chain(self, w: WorkerHandle, parent: int, batch: list) -> None:
+        """Send ahead, behind a cpu task, the chain of cpu tasks that wait
+        for nothing else: each runs on the same worker right after its
+        parent, with no round trip through the coordinator."""
+        state = self.state
+        children, remaining, status, is_io = state.children, state.remaining, state.state, state.is_io
+        encoded, priority = self.encoded, state.priority
+        for _ in range(MAX_PINNED):
+            best = -1
+            for c in children[parent]:
+                if (
+                    remaining[c] == 1
+                    and status[c] == TaskState.WAITING
+                    and not is_io[c]
+                    and (best < 0 or priority[c] > priority[best])
+                ):
+                    best = c
+            if best < 0:
+                return
+            args, slots = [], []
+            for q in state.parents[best]:
+                if q == parent:
+                    slots.append(len(args))
+                    continue
+                blob = encoded.get(q)
+                if blob is None:
+                    return  # a given result not encoded yet: take the normal path
+                if not codec.is_none(blob):
+                    args.append(blob)
+            state.started(best)
+            w.cpu_tasks.append(best)
+            self.pinned[parent] = (best, w)
+            self.pinned_behind[best] = parent
+            batch.append([best, self.func_of[best], False, args, parent, slots])
+            self.book.log.starting(state.names[best], w.pid)
+            parent = best
 
     def _encode_given_result(self, i: int, p: int) -> bytes | None:
         """Encode a result the run did not produce (given in ``results`` or
@@ -295,7 +358,7 @@ class Coordinator:
                 names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
             )
             failure.__cause__ = error
-            self.book.failed(i, failure)
+            self.fail(i, failure)
             return None
         self.encoded[p] = blob
         return blob
@@ -341,14 +404,20 @@ class Coordinator:
         except (EOFError, OSError):
             pass
         exitcode = w.exitcode()
+        marker = w.slot.value if w.slot is not None else -1
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
         w.close()
+        # io tasks all run at once: all were running.  Of the cpu tasks, the
+        # shared slot names the one running at the crash; those before it
+        # finished but their results were still batched, those after it had
+        # not started: both kinds go back to the queue.
         running = list(w.io_tasks)
-        if w.cpu_tasks:
-            running.append(w.cpu_tasks.popleft())
-        unstarted = list(w.cpu_tasks)
+        order = list(w.cpu_tasks)
+        if marker in order:
+            running.append(marker)
+            order.remove(marker)
         w.forget_tasks()
         if not w.ready:
             self.start_failures += 1
@@ -358,13 +427,19 @@ class Coordinator:
                     "see their stderr"
                 )
         self.pool.spawn()
-        for i in unstarted:
-            if self.state.state[i] == TaskState.RUNNING:
-                self.state.requeue(i)
         names, state = self.state.names, self.state.state
+        for i in order:
+            if state[i] == TaskState.RUNNING:
+                parent = self.pinned_behind.pop(i, None)
+                if parent is not None and state[parent] not in FINISHED:
+                    # pinned behind a parent that has to run again: wait for it
+                    self.pinned.pop(parent, None)
+                    self.state.unstart(i)
+                else:
+                    self.state.requeue(i)
         for i in running:
             if state[i] == TaskState.RUNNING:
-                self.book.failed(i, WorkerCrashedError(names[i], w.pid, exitcode), w.pid)
+                self.fail(i, WorkerCrashedError(names[i], w.pid, exitcode), w.pid)
 
     def _abort(self, exc: BaseException) -> None:
         """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.

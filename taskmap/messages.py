@@ -8,7 +8,12 @@ forward a parent's result to its children without decoding and re-encoding it.
 coordinator -> worker
     ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
                  sent once per worker and run), and a batch of
-                 :class:`Submission` ``[task, func, io, args]``.
+                 :class:`Submission` ``[task, func, io, args, after, slots]``.
+                 ``after`` >= 0 pins a cpu task behind a parent sent to the same
+                 worker: it runs right after that parent succeeds, with the
+                 parent's value inserted into ``args`` at ``slots`` (a chain
+                 then needs no round trip per task); it is dropped if the
+                 parent fails.
     ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
@@ -52,6 +57,8 @@ class Submission(NamedTuple):
     func: int
     io: bool
     args: list  # encoded values (bytes)
+    after: int  # -1, or the parent this task is pinned behind
+    slots: list  # where the pinned parent's value goes in args
 
 
 class Failure(NamedTuple):

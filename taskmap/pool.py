@@ -21,6 +21,7 @@ from collections import deque
 from loky.backend.context import get_context
 
 from . import messages
+from .slot import RunningSlot
 from .worker import worker_main
 
 JOIN_SECONDS = 1.0
@@ -38,11 +39,13 @@ class WorkerHandle:
         "cpu_tasks",
         "funcs_sent",
         "run_id",
+        "slot",
     )
 
-    def __init__(self, process, conn) -> None:
+    def __init__(self, process, conn, slot: RunningSlot) -> None:
         self.process = process
         self.conn = conn
+        self.slot = slot  # which cpu task it is running, read after a crash
         self.pid: int | None = process.pid
         self.ready = False  # set when its HELLO arrives
         self.io_tasks: set[int] = set()
@@ -87,10 +90,14 @@ class WorkerHandle:
         self.close()
 
     def close(self) -> None:
+        """Release the pipe and the shared slot (after the process ended)."""
         try:
             self.conn.close()
         except OSError:
             pass
+        if self.slot is not None:
+            self.slot.close()
+            self.slot = None
 
 
 class WorkerPool:
@@ -103,12 +110,13 @@ class WorkerPool:
 
     def spawn(self) -> WorkerHandle:
         ours, theirs = self._ctx.Pipe(duplex=True)
+        slot = RunningSlot()
         process = self._ctx.Process(
-            target=worker_main, args=(theirs,), name="taskmap-worker", daemon=True
+            target=worker_main, args=(theirs, slot), name="taskmap-worker", daemon=True
         )
         process.start()
         theirs.close()  # so the worker sees EOF when we close ours or die
-        handle = WorkerHandle(process, ours)
+        handle = WorkerHandle(process, ours, slot)
         self.workers.append(handle)
         return handle
 

@@ -153,6 +153,11 @@ class SchedulingState:
             stack.extend(children[c])
         return skipped
 
+    def unstart(self, i: int) -> None:
+        """Task i was handed out ahead of its last dependency, which then
+        failed: it waits again (and ``failed`` will skip it)."""
+        self.state[i] = TaskState.WAITING
+
     def requeue(self, i: int) -> None:
         """Put a started task back in its ready queue (for a retry)."""
         self.state[i] = TaskState.WAITING

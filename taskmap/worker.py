@@ -38,7 +38,7 @@ from . import codec, messages
 from .messages import Kind, Stage
 
 IO_THREADS = 256
-BATCH_SECONDS = 0.002  # longest a finished cpu result waits for batch-mates
+BATCH_SECONDS = 0.001  # longest a finished cpu result waits for batch-mates
 SMALL_MESSAGE = 1 << 16  # loop thread sends up to this much inline
 
 
@@ -50,12 +50,18 @@ class _BrokenFunction:
 
 
 class Worker:
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, progress) -> None:
         self.conn = conn
+        # running[0]: the cpu task running now, or -1 (shared with the coordinator)
+        self.progress = progress
+        self.running = progress.view()
+        self.cpu_batch: list = []
+        self.batch_start = 0.0
         self.loop = asyncio.new_event_loop()
         self.funcs: dict = {}
         self.run_id = None
         self.cpu_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.followers: dict[int, list] = {}  # parent -> tasks pinned behind it
         self.send_lock = threading.Lock()
         self.io_tasks: dict[int, asyncio.Task] = {}
         self.pending_io: list = []
@@ -86,7 +92,14 @@ class Worker:
                     for func_id, blob in funcs.items():
                         self.funcs[func_id] = self._load(blob)
                     io = []
+                    # register pinned tasks before their parents can run
+                    followers = self.followers
                     for sub in subs:
+                        if sub[4] >= 0:
+                            followers.setdefault(sub[4], []).append(sub)
+                    for sub in subs:
+                        if sub[4] >= 0:
+                            continue
                         if sub[2]:
                             io.append(sub)
                         else:
@@ -109,25 +122,60 @@ class Worker:
             return _BrokenFunction(error)
 
     def run_cpu(self) -> None:
-        """cpu thread: one task at a time; results batched for ~2 ms at most."""
+        """cpu thread: one task at a time.  Results of short tasks run back
+        to back are batched for at most BATCH_SECONDS (a message per tiny
+        task would cost more than the task); the running task's number is kept
+        in shared memory so that, should the worker crash, the coordinator
+        blames exactly that task and reruns the finished ones whose results
+        were still in the batch."""
         cpu_queue = self.cpu_queue
         coroutine_loop = asyncio.new_event_loop()
         while True:
-            sub = cpu_queue.get()
-            batch_start = time.monotonic()
-            batch = []
-            while True:
-                batch.append(self.execute_cpu(sub, coroutine_loop))
-                if cpu_queue.empty() or time.monotonic() - batch_start > BATCH_SECONDS:
-                    break
-                sub = cpu_queue.get()
+            self.execute_chain(cpu_queue.get(), coroutine_loop)
+            while not cpu_queue.empty() and time.monotonic() - self.batch_start < BATCH_SECONDS:
+                self.execute_chain(cpu_queue.get(), coroutine_loop)
+            self.flush_cpu()
+
+    def flush_cpu(self) -> None:
+        if self.cpu_batch:
+            batch, self.cpu_batch = self.cpu_batch, []
             self.send(messages.pack_results(batch))
+
+    def execute_chain(self, sub, coroutine_loop) -> None:
+        """Run ``sub``, then the tasks pinned behind it (depth first) with the
+        parent's value as an argument; drop them if the parent failed."""
+        chain = [(sub, None)]
+        followers = self.followers
+        running = self.running
+        while chain:
+            sub, parent_value = chain.pop()
+            running[0] = sub[0]
+            outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
+            running[0] = -1
+            if not self.cpu_batch:
+                self.batch_start = time.monotonic()
+            self.cpu_batch.append(outcome)
+            pinned = followers.pop(sub[0], None)
+            if pinned:
+                if outcome[1]:
+                    chain.extend((f, (value,)) for f in reversed(pinned))
+                else:
+                    self.drop(pinned)
+            if chain and time.monotonic() - self.batch_start >= BATCH_SECONDS:
+                self.flush_cpu()  # a long chain still reports as it goes
+
+    def drop(self, subs: list) -> None:
+        """Forget pinned tasks whose parent failed (the coordinator skips them)."""
+        stack = list(subs)
+        while stack:
+            stack.extend(self.followers.pop(stack.pop()[0], ()))
 
     # -- running one task -------------------------------------------------
 
-    def prepare(self, sub):
+    def prepare(self, sub, parent_value: tuple | None = None):
         """The function and decoded arguments of a submission, or raise with
-        the stage at which it went wrong."""
+        the stage at which it went wrong.  ``parent_value`` is ``(value,)``
+        of the parent a pinned task ran behind."""
         func = self.funcs.get(sub[1])
         if func is None or isinstance(func, _BrokenFunction):
             error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
@@ -136,20 +184,24 @@ class Worker:
             args = [codec.decode(a) for a in sub[3]]
         except BaseException as error:  # noqa: BLE001
             raise _StageError(Stage.ARGS, error) from error
+        if parent_value is not None and parent_value[0] is not None:
+            for slot in sub[5]:
+                args.insert(slot, parent_value[0])
         return func, args
 
-    def execute_cpu(self, sub, coroutine_loop) -> list:
+    def execute_cpu(self, sub, coroutine_loop, parent_value: tuple | None = None) -> tuple:
+        """Run one cpu task; return its outcome and its value."""
         start = time.monotonic()
         try:
-            func, args = self.prepare(sub)
+            func, args = self.prepare(sub, parent_value)
             value = func(*args)
             if inspect.isawaitable(value):
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
-            return failure(sub[0], err.error, err.stage, start)
+            return failure(sub[0], err.error, err.stage, start), None
         except BaseException as error:  # noqa: BLE001 - the task's failure
-            return failure(sub[0], error, Stage.RUN, start)
-        return success(sub[0], value, start)
+            return failure(sub[0], error, Stage.RUN, start), None
+        return success(sub[0], value, start), value
 
     def start_io(self, subs) -> None:
         for sub in subs:
@@ -261,7 +313,7 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def worker_main(conn) -> None:
+def worker_main(conn, progress) -> None:
     """Entry point of a worker process (started through loky)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    Worker(conn).serve()
+    Worker(conn, progress).serve()

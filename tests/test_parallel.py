@@ -271,3 +271,140 @@ def test_pool_shutdown_leaves_no_process():
     taskmap.pool.shutdown_pool()
     for p in pids:
         assert not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+
+
+# -- chains sent ahead to one worker (pinned tasks) ---------------------------
+
+
+def inc(x=0):
+    return x + 1
+
+
+def fail_at(x):
+    if x == 5:
+        raise KeyError("five")
+    return x + 1
+
+
+def _chain(n, func=inc, first=inc):
+    funcs = {f"t{i}": (first if i == 0 else func) for i in range(n)}
+    deps = {f"t{i}": ([f"t{i - 1}"] if i else []) for i in range(n)}
+    return funcs, deps
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_long_chain_gives_the_sequential_result(runner):
+    funcs, deps = _chain(500)
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2)
+    assert [graph.results[f"t{i}"] for i in range(500)] == list(range(1, 501))
+    assert len(graph.done) == 500
+
+
+def test_failure_inside_a_pinned_chain_skips_the_rest():
+    funcs, deps = _chain(40, func=fail_at)
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    assert [graph.results[f"t{i}"] for i in range(5)] == [1, 2, 3, 4, 5]
+    assert type(graph.results["t5"]) is KeyError
+    for i in range(6, 40):
+        assert graph.results[f"t{i}"] == "Ancestor task t5 failed; task not run"
+    assert len(graph.done) == 40
+
+
+def crash_at(x):
+    if x == 5:
+        os._exit(7)
+    return x + 1
+
+
+def test_crash_inside_a_pinned_chain_fails_that_task_and_skips_the_rest():
+    funcs, deps = _chain(30, func=crash_at)
+    funcs["side"] = lambda: busy(0.05)
+    deps["side"] = []
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    assert [graph.results[f"t{i}"] for i in range(5)] == [1, 2, 3, 4, 5]
+    err = graph.results["t5"]
+    assert isinstance(err, taskmap.WorkerCrashedError) and err.exitcode == 7
+    for i in range(6, 30):
+        assert graph.results[f"t{i}"] == "Ancestor task t5 failed; task not run"
+    assert isinstance(graph.results["side"], int)
+
+
+def test_pinned_chain_with_none_results_and_side_inputs():
+    funcs = {
+        "side": lambda: 100,
+        "n0": lambda: None,
+        "n1": lambda *xs: xs,  # gets () : None is left out
+        "n2": lambda xs, side: (xs, side),
+        "n3": lambda side, prev: [side, prev],
+    }
+    deps = {"side": [], "n0": [], "n1": ["n0"], "n2": ["n1", "side"], "n3": ["side", "n2"]}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    assert graph.results["n1"] == ()
+    assert graph.results["n2"] == ((), 100)
+    assert graph.results["n3"] == [100, ((), 100)]
+
+
+# -- random graphs against a plain topological evaluation --------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def node(i, fails):
+    def task(*xs):
+        if fails:
+            raise ArithmeticError(i)
+        return (i * 7 + sum(x if isinstance(x, int) else 1 for x in xs)) % 1000
+
+    return task
+
+
+async def anode(i, fails, *xs):
+    await asyncio.sleep(0.001)
+    return node(i, fails)(*xs)
+
+
+def sequential(deps, fails):
+    results = {}
+    for name in sorted(deps, key=lambda n: int(n[1:])):
+        if any(isinstance(results[p], (Exception, tuple)) for p in deps[name]):
+            results[name] = ("skip",)  # some ancestor failed
+            continue
+        i = int(name[1:])
+        results[name] = ArithmeticError(i) if i in fails else node(i, False)(*[results[p] for p in deps[name]])
+    return results
+
+
+@st.composite
+def random_dags(draw):
+    n = draw(st.integers(1, 40))
+    deps = {}
+    for i in range(n):
+        parents = draw(st.lists(st.integers(0, max(i - 1, 0)), max_size=3, unique=True)) if i else []
+        deps[f"t{i}"] = [f"t{p}" for p in parents]
+    io = draw(st.sets(st.sampled_from(sorted(deps))))
+    fails = draw(st.sets(st.integers(0, n - 1), max_size=3))
+    return deps, io, fails
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_dags(), st.sampled_from(RUNNERS))
+def test_random_graphs_match_sequential_evaluation(dag, runner):
+    import functools
+
+    deps, io, fails = dag
+    funcs = {}
+    for name in deps:
+        i = int(name[1:])
+        funcs[name] = functools.partial(anode, i, i in fails) if name in io else node(i, i in fails)
+    graph = runner(taskmap.create_graph(funcs, deps, io_bound=io), ncores=2)
+    expected = sequential(deps, fails)
+    assert sorted(graph.done) == sorted(deps)
+    for name, want in expected.items():
+        got = graph.results[name]
+        if isinstance(want, Exception):
+            assert type(got) is type(want) and got.args == want.args, name
+        elif isinstance(want, tuple) and want[0] == "skip":
+            assert isinstance(got, str) and got.startswith("Ancestor task "), (name, got)
+        else:
+            assert got == want, name

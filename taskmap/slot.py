@@ -1,0 +1,72 @@
+"""A 64-bit integer shared by the coordinator and one worker process.
+
+The worker's cpu thread writes the number of the task it is running (or -1)
+before and after each task: two memory writes, no system call, nobody woken.
+Only when the worker dies does the coordinator read it, to know exactly which
+task the crash interrupted even though the worker batches its results.
+
+The memory is an anonymous file (``memfd_create`` on Linux, an unlinked
+temporary file elsewhere): it has no name in /dev/shm, so nothing can leak
+whatever way either process ends.  It reaches the worker as an inherited file
+descriptor, carried by a ``multiprocessing`` Connection object, the one fd
+holder loky's process start-up already knows how to pass to a child.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from multiprocessing.connection import Connection
+
+_SIZE = 8
+
+
+def _anonymous_fd() -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("taskmap-running", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as f:  # unlinked at once
+        return os.dup(f.fileno())
+
+
+class RunningSlot:
+    """The shared integer; ``slot.value`` reads it, ``slot.view()[0] = n``
+    writes it."""
+
+    def __init__(self, fd: int | None = None, carrier: Connection | None = None) -> None:
+        if fd is None:
+            fd = _anonymous_fd()
+            os.ftruncate(fd, _SIZE)
+        self._fd = fd
+        # in the worker: keeps the inherited fd open; in the coordinator: the
+        # fd handed to loky, which must stay open until the child has it
+        self._carrier = carrier
+        self._map = mmap.mmap(fd, _SIZE)
+        if carrier is None:
+            self.view()[0] = -1
+
+    def view(self) -> memoryview:
+        return memoryview(self._map).cast("q")
+
+    @property
+    def value(self) -> int:
+        return self.view()[0]
+
+    def __reduce__(self):
+        # only meaningful while loky spawns a worker: the Connection's fd is
+        # duplicated into the child
+        if self._carrier is None:
+            self._carrier = Connection(os.dup(self._fd))
+        return (_attach, (self._carrier,))
+
+    def close(self) -> None:
+        """Release this process's hold on the memory (the worker has its own)."""
+        if self._carrier is not None:
+            self._carrier.close()
+            self._carrier = None
+        self._map.close()
+        os.close(self._fd)
+
+
+def _attach(carrier: Connection) -> RunningSlot:
+    return RunningSlot(fd=carrier.fileno(), carrier=carrier)
