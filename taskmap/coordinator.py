@@ -128,9 +128,7 @@ class Coordinator:
         for w in self.pool.workers:
             w.forget_tasks()
             w.funcs_sent = set()
-        state.start()
-        if book.log.manager_on:
-            book.log.queueing(state.names[i] for i in list(state.ready_io) + [i for _, i in state.ready_cpu])
+        book.start()
         try:
             while not state.all_finished:
                 self.dispatch()

@@ -313,7 +313,15 @@ def _exit_now() -> None:
     os._exit(0)
 
 
+SWITCH_INTERVAL = 0.001  # seconds; see worker_main
+
+
 def worker_main(conn, progress) -> None:
     """Entry point of a worker process (started through loky)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A pure-Python cpu task holds the GIL until the interpreter forces a
+    # switch; at the default 5 ms the io loop waits that long (and more, as
+    # it needs the GIL again after each wake-up).  1 ms bounds the stall of io
+    # tasks; with no other thread waiting, no switch happens at all.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     Worker(conn, progress).serve()

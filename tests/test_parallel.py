@@ -408,3 +408,58 @@ def test_random_graphs_match_sequential_evaluation(dag, runner):
             assert isinstance(got, str) and got.startswith("Ancestor task "), (name, got)
         else:
             assert got == want, name
+
+
+# -- logging costs nothing unless asked; scheduling order; big messages -------
+
+
+def test_no_log_record_per_task_when_nobody_listens(monkeypatch):
+    import logging
+
+    made = []
+    make_record = logging.Logger.makeRecord
+
+    def spy(self, *args, **kwargs):
+        made.append(self.name)
+        return make_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
+    saved = logging.root.handlers[:]
+    logging.root.handlers.clear()  # pytest's capture handler listens otherwise
+    try:
+        funcs = {f"t{i}": (boom if i % 10 == 0 else a) for i in range(200)}
+        graph = taskmap.create_graph(funcs, {k: [] for k in funcs}, name="quiet-parallel")
+        taskmap.run_parallel_async(graph, ncores=2)
+    finally:
+        logging.root.handlers[:] = saved
+    assert isinstance(graph.results["t0"], ValueError)
+    assert [n for n in made if n.startswith("quiet-parallel")] == []
+
+
+def stamp(*_):
+    busy(0.02)
+    return time.monotonic()
+
+
+def test_cpu_tasks_go_by_critical_path_not_fifo():
+    funcs = {f"lone{i}": stamp for i in range(5)}
+    funcs.update({f"c{i}": stamp for i in range(4)})
+    deps = {f"lone{i}": [] for i in range(5)}  # listed first: FIFO would run them first
+    deps.update({f"c{i}": ([f"c{i - 1}"] if i else []) for i in range(4)})
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=1)
+    assert graph.results["c0"] < min(graph.results[f"lone{i}"] for i in range(5))
+
+
+def test_io_loop_keeps_serving_while_a_big_message_arrives():
+    big = b"x" * (200 * 1024 * 1024)
+    funcs = {
+        "tick": lambda: _ticker(2.0),
+        "gate": lambda: busy(0.3),
+        "big": lambda: None,
+        "use": lambda blob, _gate: len(blob),
+    }
+    deps = {"tick": [], "gate": [], "big": [], "use": ["big", "gate"]}
+    graph = taskmap.create_graph(funcs, deps, io_bound=["tick"], done=["big"], results={"big": big})
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert graph.results["use"] == len(big)
+    assert graph.results["tick"] < 0.25  # the 200 MB argument arrived while it ticked
