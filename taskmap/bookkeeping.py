@@ -11,7 +11,7 @@ from __future__ import annotations
 from .errors import TaskFailedError
 from .graph import Graph
 from .logs import RunLog
-from .state import SchedulingState, ancestor_failed_message
+from .state import SchedulingState, TaskState, ancestor_failed_message
 
 
 class Bookkeeper:
@@ -42,12 +42,26 @@ class Bookkeeper:
                 out.append(value)
         return out
 
+    def start(self) -> None:
+        """Start the scheduling state and log the tasks it queued."""
+        state = self.state
+        state.start()
+        if self.log.manager_on:
+            self.log.queueing(
+                state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu)
+            )
+
     def succeeded(self, i: int, value, pid: int | None = None) -> None:
         name = self.names[i]
         self.results[name] = value
         self.done.append(name)
-        self.state.finished(i)
+        became = self.state.finished(i)
         self.log.finished(name, pid)
+        if became and self.log.manager_on:
+            state, names = self.state, self.names
+            self.log.queueing(
+                names[c] for c in state.children[i] if state.state[c] == TaskState.READY
+            )
 
     def failed(self, i: int, error: BaseException, pid: int | None = None) -> None:
         """Record task i's failure and skip its descendants; raise if asked."""

@@ -32,7 +32,12 @@ workers (all workers on Ctrl-C) before the exception leaves the runner.
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 
 from . import codec, messages
@@ -42,9 +47,11 @@ from .errors import (
     RemoteTraceback,
     SerializationError,
     TaskmapError,
+    TaskTimeoutError,
     WorkerCrashedError,
 )
 from .graph import Graph
+from .limits import TaskLimits
 from .messages import Kind, Stage
 from .pool import WorkerHandle, WorkerPool, get_pool
 from .state import FINISHED, SchedulingState, TaskState
@@ -57,17 +64,46 @@ MAX_START_FAILURES = 3
 _run_ids = itertools.count(1)
 
 
-def run_graph(graph: Graph, ncores: int, raise_errors: bool) -> Graph:
+def run_graph(
+    graph: Graph,
+    ncores: int,
+    raise_errors: bool,
+    limits: TaskLimits | None = None,
+) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes."""
     state = SchedulingState(
         graph.dependencies, graph.io_bound, graph.done, graph.durations or None
     )
+    if limits is None:
+        limits = TaskLimits(state.names)
     if state.all_finished:
         return graph
     pool = get_pool()
-    with pool.lock:
-        Coordinator(graph, state, pool, ncores, raise_errors).run()
+    with pool.lock, _sigterm_as_interrupt():
+        Coordinator(graph, state, pool, ncores, raise_errors, limits).run()
     return graph
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """During a run, SIGTERM stops it like Ctrl-C (workers stopped, finished
+    results kept, KeyboardInterrupt raised) instead of killing the process
+    with its workers orphaned.  Only from the main thread, and only where
+    nobody installed a handler of their own."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Coordinator:
@@ -78,8 +114,15 @@ class Coordinator:
         pool: WorkerPool,
         ncores: int,
         raise_errors: bool,
+        limits: TaskLimits,
     ) -> None:
         self.graph = graph
+        self.limits = limits
+        self.attempts = [0] * len(state.names)
+        # deadlines, not polling: (when, seq, kind, task); wait() sleeps until the first
+        self.timers: list[tuple[float, int, int, int]] = []
+        self.timer_seq = itertools.count()
+        self.timed_out: set[int] = set()
         self.state = state
         self.pool = pool
         self.ncores = ncores
@@ -133,18 +176,25 @@ class Coordinator:
             while not state.all_finished:
                 self.dispatch()
                 self.wait_once()
+                if self.timers:
+                    self.fire_timers()
         except BaseException as exc:
             self._abort(exc)
             raise
         finally:
             for w in self.pool.workers:
                 w.forget_tasks()
+            names = state.names
+            self.graph.attempts.update(
+                (names[i], n) for i, n in enumerate(self.attempts) if n
+            )
 
     def wait_once(self) -> None:
         workers = self.pool.workers
         by_conn = {w.conn: w for w in workers}
         by_sentinel = {w.sentinel: w for w in workers}
-        for obj in wait([*by_conn, *by_sentinel]):
+        timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
+        for obj in wait([*by_conn, *by_sentinel], timeout):
             w = by_conn.get(obj)
             if w is not None:
                 if w in self.pool.workers:
@@ -221,11 +271,22 @@ class Coordinator:
             child, w = entry
             self.pinned_behind.pop(child, None)
             self.state.unstart(child)
+            self.attempts[child] -= 1  # withdrawn before it ran
             try:
                 w.cpu_tasks.remove(child)
             except ValueError:
                 pass
             entry = self.pinned.pop(child, None)
+        if self.attempts[i] <= self.limits.retries[i]:
+            # another attempt: the failure is not recorded, only the last one is
+            self.timed_out.discard(i)
+            delay = self.limits.retry_delay
+            if delay > 0:
+                self.state.unstart(i)
+                self.add_timer(time.monotonic() + delay, self.RETRY, i)
+            else:
+                self.state.requeue(i)
+            return
         self.book.failed(i, error, pid)
 
     def rebuild_error(self, name, failure: list) -> BaseException:
@@ -240,6 +301,9 @@ class Coordinator:
                 error = None
         if error is None:
             error = RemoteTaskError(type_name, message, text)
+        if stage == Stage.TIMEOUT:
+            i = self.state.index[name]
+            return TaskTimeoutError(name, self.limits.timeout[i])
         if stage != Stage.RUN:
             what = {Stage.ARGS: "arguments", Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
             wrapped = SerializationError(name, what, type_name, message)
@@ -252,6 +316,43 @@ class Coordinator:
         except AttributeError:
             pass
         return error
+
+    # -- deadlines: cpu time limits, delayed retries -------------------------
+
+    CPU_DEADLINE, RETRY = 0, 1
+
+    def add_timer(self, when: float, kind: int, i: int) -> None:
+        heapq.heappush(self.timers, (when, next(self.timer_seq), kind, i))
+
+    def fire_timers(self) -> None:
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, i = heapq.heappop(timers)
+            if kind == self.RETRY:
+                if self.state.state[i] == TaskState.WAITING:
+                    self.state.requeue(i)
+            else:
+                self.check_cpu_deadline(i, now)
+
+    def check_cpu_deadline(self, i: int, now: float) -> None:
+        """Kill the worker of cpu task i if i has run past its limit; else
+        look again when it could have (it may still be queued)."""
+        if self.state.state[i] != TaskState.RUNNING:
+            return
+        w = next((w for w in self.pool.workers if i in w.cpu_tasks), None)
+        if w is None:
+            return
+        limit = self.limits.timeout[i]
+        if w.slot.value == i:
+            started = w.slot.started_ns / 1e9
+            if now - started >= limit:
+                self.timed_out.add(i)
+                w.send_kill()  # its sentinel fires; worker_died does the rest
+                return
+            self.add_timer(started + limit, self.CPU_DEADLINE, i)
+        else:
+            self.add_timer(now + limit, self.CPU_DEADLINE, i)
 
     # -- handing out tasks ------------------------------------------------
 
@@ -297,13 +398,17 @@ class Coordinator:
             if not codec.is_none(blob):
                 args.append(blob)
         state.started(i)
+        self.attempts[i] += 1
+        limit = self.limits.timeout[i]
         batch = batches.setdefault(w, [])
-        batch.append([i, self.func_of[i], io, args, -1, ()])
+        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None])
         self.book.log.starting(state.names[i], w.pid)
         if io:
             w.io_tasks.add(i)
         else:
             w.cpu_tasks.append(i)
+            if limit is not None:
+                self.add_timer(time.monotonic() + limit, self.CPU_DEADLINE, i)
             self.pin_chain(w, i, batch)
 
     def pin_chain(self, w: WorkerHandle, parent: int, batch: list) -> None:
@@ -336,10 +441,14 @@ class Coordinator:
                 if not codec.is_none(blob):
                     args.append(blob)
             state.started(best)
+            self.attempts[best] += 1
             w.cpu_tasks.append(best)
+            limit = self.limits.timeout[best]
+            if limit is not None:
+                self.add_timer(time.monotonic() + limit, self.CPU_DEADLINE, best)
             self.pinned[parent] = (best, w)
             self.pinned_behind[best] = parent
-            batch.append([best, self.func_of[best], False, args, parent, slots])
+            batch.append([best, self.func_of[best], False, args, parent, slots, None])
             self.book.log.starting(state.names[best], w.pid)
             parent = best
 
@@ -413,9 +522,16 @@ class Coordinator:
         # not started: both kinds go back to the queue.
         running = list(w.io_tasks)
         order = list(w.cpu_tasks)
+        ran: set[int] = set()  # finished, but the result was lost with the worker
         if marker in order:
+            k = order.index(marker)
+            ran.update(order[:k])
             running.append(marker)
-            order.remove(marker)
+            del order[k]
+        if marker in self.timed_out:
+            # we killed it for that task: its io tasks are innocent, they rerun
+            order.extend(running[:-1])
+            running = running[-1:]
         w.forget_tasks()
         if not w.ready:
             self.start_failures += 1
@@ -428,6 +544,8 @@ class Coordinator:
         names, state = self.state.names, self.state.state
         for i in order:
             if state[i] == TaskState.RUNNING:
+                if i not in ran:
+                    self.attempts[i] -= 1  # it never ran, or not by its own fault
                 parent = self.pinned_behind.pop(i, None)
                 if parent is not None and state[parent] not in FINISHED:
                     # pinned behind a parent that has to run again: wait for it
@@ -437,7 +555,11 @@ class Coordinator:
                     self.state.requeue(i)
         for i in running:
             if state[i] == TaskState.RUNNING:
-                self.fail(i, WorkerCrashedError(names[i], w.pid, exitcode), w.pid)
+                if i in self.timed_out:
+                    error = TaskTimeoutError(names[i], self.limits.timeout[i])
+                else:
+                    error = WorkerCrashedError(names[i], w.pid, exitcode)
+                self.fail(i, error, w.pid)
 
     def _abort(self, exc: BaseException) -> None:
         """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.

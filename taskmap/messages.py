@@ -8,12 +8,13 @@ forward a parent's result to its children without decoding and re-encoding it.
 coordinator -> worker
     ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
                  sent once per worker and run), and a batch of
-                 :class:`Submission` ``[task, func, io, args, after, slots]``.
+                 :class:`Submission` ``[task, func, io, args, after, slots, timeout]``.
                  ``after`` >= 0 pins a cpu task behind a parent sent to the same
                  worker: it runs right after that parent succeeds, with the
                  parent's value inserted into ``args`` at ``slots`` (a chain
                  then needs no round trip per task); it is dropped if the
-                 parent fails.
+                 parent fails.  ``timeout`` (seconds or None) is enforced by
+                 the worker for io tasks; cpu tasks' limits by the coordinator.
     ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
@@ -50,6 +51,7 @@ class Stage(IntEnum):
     ARGS = 1  # the worker could not decode its arguments
     FUNCTION = 2  # the worker could not load its function
     RESULT = 3  # the worker could not encode its result
+    TIMEOUT = 4  # an io task ran past its time limit and was cancelled
 
 
 class Submission(NamedTuple):
@@ -59,6 +61,7 @@ class Submission(NamedTuple):
     args: list  # encoded values (bytes)
     after: int  # -1, or the parent this task is pinned behind
     slots: list  # where the pinned parent's value goes in args
+    timeout: float | None  # io tasks only
 
 
 class Failure(NamedTuple):

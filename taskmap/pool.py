@@ -15,6 +15,8 @@ short join, then kill.
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import threading
 from collections import deque
 
@@ -71,12 +73,17 @@ class WorkerHandle:
 
     def kill(self) -> None:
         """Kill the process now and reap it."""
-        try:
-            self.process.kill()
-        except (OSError, AttributeError, ValueError):
-            pass
+        self.send_kill()
         self.process.join(JOIN_SECONDS)
         self.close()
+
+    def send_kill(self) -> None:
+        """SIGKILL without waiting (loky's Popen has no ``kill``)."""
+        if self.process.exitcode is None and self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         """Ask the worker to exit; kill it if it does not within a second."""
@@ -146,10 +153,7 @@ class WorkerPool:
         """Stop everything at once (Ctrl-C, aborts): kill, then reap."""
         workers, self.workers = self.workers, []
         for w in workers:
-            try:
-                w.process.kill()
-            except (OSError, AttributeError, ValueError):
-                pass
+            w.send_kill()
         for w in workers:
             w.process.join(JOIN_SECONDS)
             w.close()

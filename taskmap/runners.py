@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .bookkeeping import Bookkeeper
 from .graph import Graph
+from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -45,7 +46,7 @@ def run(graph: Graph, raise_errors: bool = False) -> Graph:
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
     names = state.names
-    state.start()
+    book.start()
     try:
         while (i := state.pop_ready()) is not None:
             name = names[i]
@@ -103,6 +104,12 @@ def _run_coroutine(make_coro):
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_loop = False
+    else:
+        in_loop = True
+    if not in_loop:
+        # outside the except block, or every exception a task raises would
+        # carry "RuntimeError: no running event loop" as its __context__
         return asyncio.run(make_coro())
     box: dict = {}
 
@@ -159,7 +166,7 @@ async def _run_async(graph: Graph, raise_errors: bool) -> None:
             raise error
 
     try:
-        state.start()
+        book.start()
         while not state.all_finished:
             while (i := state.pop_io()) is not None:
                 launch(i)
@@ -212,17 +219,22 @@ def run_parallel(
     raise_errors: bool = False,
     *,
     nprocs: int | None = None,
+    timeout: TimeoutSpec = None,
+    retries: RetrySpec = 0,
+    retry_delay: float = 0.0,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
     Tasks are cpu tasks unless listed in ``io_bound``.  ``nprocs`` is an alias
-    of ``ncores``; ``sleep`` is ignored.  Returns the graph.
+    of ``ncores``; ``sleep`` is ignored.  ``timeout``, ``retries`` and
+    ``retry_delay`` as in :func:`run_parallel_async`.  Returns the graph.
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=False)
-    return run_graph(graph, n, raise_errors)
+    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay)
+    return run_graph(graph, n, raise_errors, limits)
 
 
 def run_parallel_async(
@@ -232,6 +244,9 @@ def run_parallel_async(
     raise_errors: bool = False,
     *,
     nprocs: int | None = None,
+    timeout: TimeoutSpec = None,
+    retries: RetrySpec = 0,
+    retry_delay: float = 0.0,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
     at least 1), each running an asyncio loop: io-bound tasks start at once and
@@ -241,9 +256,20 @@ def run_parallel_async(
     graph.  With ``raise_errors`` the first failure stops the run and raises
     :class:`taskmap.TaskFailedError`, a ``RuntimeError`` whose message says
     ``check your logs``.
+
+    ``timeout``: seconds for every task, or a mapping task -> seconds (key
+    ``None``: the default).  An io task past its limit is cancelled; a cpu
+    task past its limit has its worker killed and replaced.  Its result is a
+    :class:`taskmap.TaskTimeoutError`.  ``retries`` (a count, or a mapping
+    like ``timeout``): a task that raises, times out or whose worker dies is
+    run again, after ``retry_delay`` seconds, up to that many times before its
+    last error counts; ``graph.attempts[task]`` says how often it ran.
+    A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
+    finished results stay in the graph, ``KeyboardInterrupt`` is raised.
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=True)
-    return run_graph(graph, n, raise_errors)
+    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay)
+    return run_graph(graph, n, raise_errors, limits)

@@ -1,9 +1,10 @@
 """A 64-bit integer shared by the coordinator and one worker process.
 
-The worker's cpu thread writes the number of the task it is running (or -1)
-before and after each task: two memory writes, no system call, nobody woken.
-Only when the worker dies does the coordinator read it, to know exactly which
-task the crash interrupted even though the worker batches its results.
+The worker's cpu thread writes the number of the task it is running (or -1),
+and when it started, around each task: memory writes, no system call, nobody
+woken.  The coordinator reads it when the worker dies, to know exactly which
+task the crash interrupted even though the worker batches its results, and
+when a cpu task's time limit may have passed.
 
 The memory is an anonymous file (``memfd_create`` on Linux, an unlinked
 temporary file elsewhere): it has no name in /dev/shm, so nothing can leak
@@ -19,7 +20,7 @@ import os
 import tempfile
 from multiprocessing.connection import Connection
 
-_SIZE = 8
+_SIZE = 16  # [0]: task number or -1; [1]: its start, time.monotonic_ns()
 
 
 def _anonymous_fd() -> int:
@@ -30,8 +31,8 @@ def _anonymous_fd() -> int:
 
 
 class RunningSlot:
-    """The shared integer; ``slot.value`` reads it, ``slot.view()[0] = n``
-    writes it."""
+    """The shared integers; ``slot.value`` is the running task (-1: none),
+    ``slot.started_ns`` when it started; ``slot.view()`` writes them."""
 
     def __init__(self, fd: int | None = None, carrier: Connection | None = None) -> None:
         if fd is None:
@@ -51,6 +52,10 @@ class RunningSlot:
     @property
     def value(self) -> int:
         return self.view()[0]
+
+    @property
+    def started_ns(self) -> int:
+        return self.view()[1]
 
     def __reduce__(self):
         # only meaningful while loky spawns a worker: the Connection's fd is

@@ -56,7 +56,7 @@ class Worker:
         self.progress = progress
         self.running = progress.view()
         self.cpu_batch: list = []
-        self.batch_start = 0.0
+        self.batch_lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.funcs: dict = {}
         self.run_id = None
@@ -123,23 +123,36 @@ class Worker:
 
     def run_cpu(self) -> None:
         """cpu thread: one task at a time.  Results of short tasks run back
-        to back are batched for at most BATCH_SECONDS (a message per tiny
-        task would cost more than the task); the running task's number is kept
-        in shared memory so that, should the worker crash, the coordinator
-        blames exactly that task and reruns the finished ones whose results
-        were still in the batch."""
+        to back are batched (a message per tiny task would cost more than the
+        task), but none waits more than BATCH_SECONDS: the loop thread sends
+        a batch that is still open by then, even while the cpu thread is in a
+        long task.  The running task's number is kept in shared memory so
+        that, should the worker crash, the coordinator blames exactly that
+        task and reruns the finished ones whose results were still batched."""
         cpu_queue = self.cpu_queue
         coroutine_loop = asyncio.new_event_loop()
         while True:
             self.execute_chain(cpu_queue.get(), coroutine_loop)
-            while not cpu_queue.empty() and time.monotonic() - self.batch_start < BATCH_SECONDS:
-                self.execute_chain(cpu_queue.get(), coroutine_loop)
-            self.flush_cpu()
+            if cpu_queue.empty():
+                self.flush_cpu()
+
+    def take_cpu_batch(self) -> list:
+        with self.batch_lock:
+            batch, self.cpu_batch = self.cpu_batch, []
+            return batch
 
     def flush_cpu(self) -> None:
-        if self.cpu_batch:
-            batch, self.cpu_batch = self.cpu_batch, []
+        """cpu thread: send what is batched."""
+        batch = self.take_cpu_batch()
+        if batch:
             self.send(messages.pack_results(batch))
+
+    def flush_cpu_late(self) -> None:
+        """Loop thread, BATCH_SECONDS after a batch opened: send it if the
+        cpu thread has not."""
+        batch = self.take_cpu_batch()
+        if batch:
+            self.send_from_loop(messages.pack_results(batch))
 
     def execute_chain(self, sub, coroutine_loop) -> None:
         """Run ``sub``, then the tasks pinned behind it (depth first) with the
@@ -147,22 +160,24 @@ class Worker:
         chain = [(sub, None)]
         followers = self.followers
         running = self.running
+        loop = self.loop
         while chain:
             sub, parent_value = chain.pop()
+            running[1] = time.monotonic_ns()
             running[0] = sub[0]
             outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
             running[0] = -1
-            if not self.cpu_batch:
-                self.batch_start = time.monotonic()
-            self.cpu_batch.append(outcome)
+            with self.batch_lock:
+                self.cpu_batch.append(outcome)
+                opened = len(self.cpu_batch) == 1
+            if opened:
+                loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self.flush_cpu_late)
             pinned = followers.pop(sub[0], None)
             if pinned:
                 if outcome[1]:
                     chain.extend((f, (value,)) for f in reversed(pinned))
                 else:
                     self.drop(pinned)
-            if chain and time.monotonic() - self.batch_start >= BATCH_SECONDS:
-                self.flush_cpu()  # a long chain still reports as it goes
 
     def drop(self, subs: list) -> None:
         """Forget pinned tasks whose parent failed (the coordinator skips them)."""
@@ -212,12 +227,19 @@ class Worker:
         task = sub[0]
         try:
             func, args = self.prepare(sub)
-            if inspect.iscoroutinefunction(func):
-                value = await func(*args)
+            limit = sub[6]
+            if limit is None:
+                value = await self.call_io(func, args)
             else:
-                value = await self.loop.run_in_executor(self.io_threads, _call, func, args)
-                if inspect.isawaitable(value):
-                    value = await value
+                deadline = asyncio.timeout(limit)
+                try:
+                    async with deadline:
+                        value = await self.call_io(func, args)
+                except TimeoutError as error:
+                    if not deadline.expired():
+                        raise  # the task's own TimeoutError
+                    # (a plain function's thread runs on, unwatched)
+                    raise _StageError(Stage.TIMEOUT, error) from None
         except asyncio.CancelledError:
             self.io_tasks.pop(task, None)
             return  # the coordinator cancelled it and already knows
@@ -233,6 +255,14 @@ class Worker:
             # results finishing in the same loop iteration travel together
             self.loop.call_soon(self.flush_io)
 
+    async def call_io(self, func, args):
+        if inspect.iscoroutinefunction(func):
+            return await func(*args)
+        value = await self.loop.run_in_executor(self.io_threads, _call, func, args)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
     def cancel_io(self, tasks) -> None:
         for task in tasks:
             fut = self.io_tasks.pop(task, None)
@@ -241,7 +271,9 @@ class Worker:
 
     def flush_io(self) -> None:
         batch, self.pending_io = self.pending_io, []
-        data = messages.pack_results(batch)
+        self.send_from_loop(messages.pack_results(batch))
+
+    def send_from_loop(self, data: bytes) -> None:
         # the loop thread must not wait behind a big send: hand those over
         if len(data) <= SMALL_MESSAGE and self.send_lock.acquire(blocking=False):
             try:
