@@ -80,6 +80,7 @@ def run_graph(
         return graph
     pool = get_pool()
     with pool.lock, _sigterm_as_interrupt():
+        pool.configure(limits.memory_limit)
         Coordinator(graph, state, pool, ncores, raise_errors, limits).run()
     return graph
 
@@ -253,7 +254,10 @@ class Coordinator:
             try:
                 value = codec.decode(payload)
             except Exception as error:
-                failure = SerializationError(name, "result", "unknown", f"it could not be decoded in the coordinator: {error}")
+                failure = SerializationError(
+                    name, "result", _pickled_type_name(payload),
+                    f"it could not be rebuilt in the coordinator: {error}",
+                )
                 failure.__cause__ = error
                 self.fail(i, failure, w.pid)
                 return
@@ -573,6 +577,30 @@ class Coordinator:
                 self.pool.discard(w, kill=True)
         else:
             self.pool.kill_all()
+
+
+def _pickled_type_name(payload: bytes) -> str:
+    """Best effort: the class named first in an encoded value's pickle, for
+    an error message when the value cannot be rebuilt here."""
+    import pickletools
+
+    import msgpack
+
+    try:
+        found = msgpack.unpackb(payload, ext_hook=lambda code, data: (code, data), raw=True)
+        if not (isinstance(found, tuple) and found[0] == codec.EXT_PICKLE):
+            return "unknown"
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(found[1]):
+            if op.name == "GLOBAL":
+                return str(arg).replace(" ", ".")
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+    except Exception:  # noqa: BLE001 - only for a message
+        pass
+    return "unknown"
 
 
 def _io_load(w: WorkerHandle) -> int:

@@ -3,6 +3,7 @@
 ``timeout`` and ``retries`` each take a number for every task, or a mapping
 from task to number; in a mapping the key ``None`` gives the default for tasks
 not named.  ``retry_delay`` is the pause, in seconds, before a retry.
+``memory_limit`` is the most memory, in bytes, one worker process may use.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ RetrySpec = Union[int, Mapping]
 class TaskLimits:
     """``timeout[i]`` (seconds or None) and ``retries[i]`` for task number i."""
 
-    __slots__ = ("timeout", "retries", "retry_delay", "any_timeout", "any_retry")
+    __slots__ = ("timeout", "retries", "retry_delay", "any_timeout", "any_retry", "memory_limit")
 
     def __init__(
         self,
@@ -26,12 +27,18 @@ class TaskLimits:
         timeout: TimeoutSpec = None,
         retries: RetrySpec = 0,
         retry_delay: float = 0.0,
+        memory_limit: int | None = None,
     ) -> None:
         self.timeout = _resolve(names, timeout, None, "timeout", _check_timeout)
         self.retries = _resolve(names, retries, 0, "retries", _check_retries)
         if not (isinstance(retry_delay, (int, float)) and retry_delay >= 0):
             raise ValueError(f"retry_delay must be a number >= 0, not {retry_delay!r}")
         self.retry_delay = float(retry_delay)
+        if memory_limit is not None and (
+            isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit <= 0
+        ):
+            raise ValueError(f"memory_limit must be a number of bytes > 0 or None, not {memory_limit!r}")
+        self.memory_limit = memory_limit
         self.any_timeout = any(t is not None for t in self.timeout)
         self.any_retry = any(self.retries)
 

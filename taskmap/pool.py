@@ -113,13 +113,26 @@ class WorkerPool:
     def __init__(self) -> None:
         self.workers: list[WorkerHandle] = []
         self.lock = threading.Lock()  # one run at a time uses the pool
+        self.memory_limit: int | None = None
         self._ctx = get_context("loky")
+
+    def configure(self, memory_limit: int | None) -> None:
+        """Workers started from now on get this memory limit (bytes); workers
+        started with another limit are stopped."""
+        if memory_limit != self.memory_limit:
+            self.memory_limit = memory_limit
+            workers, self.workers = self.workers, []
+            for w in workers:
+                w.stop()
 
     def spawn(self) -> WorkerHandle:
         ours, theirs = self._ctx.Pipe(duplex=True)
         slot = RunningSlot()
         process = self._ctx.Process(
-            target=worker_main, args=(theirs, slot), name="taskmap-worker", daemon=True
+            target=worker_main,
+            args=(theirs, slot, self.memory_limit),
+            name="taskmap-worker",
+            daemon=True,
         )
         process.start()
         theirs.close()  # so the worker sees EOF when we close ours or die

@@ -222,6 +222,7 @@ def run_parallel(
     timeout: TimeoutSpec = None,
     retries: RetrySpec = 0,
     retry_delay: float = 0.0,
+    memory_limit: int | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
@@ -233,7 +234,7 @@ def run_parallel(
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=False)
-    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay)
+    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
     return run_graph(graph, n, raise_errors, limits)
 
 
@@ -247,6 +248,7 @@ def run_parallel_async(
     timeout: TimeoutSpec = None,
     retries: RetrySpec = 0,
     retry_delay: float = 0.0,
+    memory_limit: int | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
     at least 1), each running an asyncio loop: io-bound tasks start at once and
@@ -264,12 +266,14 @@ def run_parallel_async(
     like ``timeout``): a task that raises, times out or whose worker dies is
     run again, after ``retry_delay`` seconds, up to that many times before its
     last error counts; ``graph.attempts[task]`` says how often it ran.
-    A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
+    ``memory_limit``: bytes one worker may allocate; past it the allocating
+    task fails with ``MemoryError`` (the pool restarts its workers when the
+    limit changes).  A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
     finished results stay in the graph, ``KeyboardInterrupt`` is raised.
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=True)
-    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay)
+    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
     return run_graph(graph, n, raise_errors, limits)

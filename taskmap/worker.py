@@ -348,9 +348,16 @@ def _exit_now() -> None:
 SWITCH_INTERVAL = 0.001  # seconds; see worker_main
 
 
-def worker_main(conn, progress) -> None:
+def worker_main(conn, progress, memory_limit: int | None = None) -> None:
     """Entry point of a worker process (started through loky)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit is not None:
+        # Allocations past the limit fail with MemoryError in the task that
+        # makes them (RLIMIT_DATA covers the heap and anonymous mappings), so
+        # the task fails and the worker lives on, with no memory polling.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
     # A pure-Python cpu task holds the GIL until the interpreter forces a
     # switch; at the default 5 ms the io loop waits that long (and more, as
     # it needs the GIL again after each wake-up).  1 ms bounds the stall of io

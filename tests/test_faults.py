@@ -248,3 +248,20 @@ def test_coordinator_killed_leaves_no_orphan(tmp_path):
             break
         time.sleep(0.05)
     assert not alive, f"workers outlived their coordinator: {alive}"
+
+
+def hog():
+    return len(bytearray(2 * 1024**3))
+
+
+def test_memory_limit_fails_the_allocating_task_only():
+    funcs = {"hog": hog, "ok": a, "child": lambda n: n}
+    graph = taskmap.create_graph(funcs, {"hog": [], "ok": [], "child": ["hog"]})
+    taskmap.run_parallel(graph, ncores=1, memory_limit=512 * 1024**2)
+    assert type(graph.results["hog"]) is MemoryError
+    assert graph.results["ok"] == 5
+    assert graph.results["child"] == "Ancestor task hog failed; task not run"
+    # without the limit the pool's workers are restarted unlimited
+    taskmap.reset_tasks(graph, ["ok"])
+    taskmap.run_parallel(graph, ncores=1)
+    assert graph.results["ok"] == 5
