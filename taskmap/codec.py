@@ -42,13 +42,19 @@ numpy dtypes and shapes.  Departures, inherent in the formats:
 * objects compare equal only if their class defines ``__eq__``; a class
   cloudpickle pickles by value is the same class object only in the process
   that defined it (elsewhere it is an equivalent copy);
+* numpy's own pickling gives a ``datetime64``/``timedelta64`` array of
+  non-native byte order (``'>M8[D]'`` on x86) native byte order; the values
+  are kept (numpy issue #5883).  Every other dtype round-trips exactly;
 * a pickled value must be under 4 GiB (the msgpack ext limit).
 
 Decoding runs :func:`pickle.loads`: decode only data from a trusted peer.
 
-Speed: ``encode`` keeps one msgpack ``Packer`` per thread (about twice as fast
-as ``msgpack.packb``, which builds a Packer per call); a re-entrant call on
-the same thread (a ``__reduce__`` that encodes) uses a fresh one.
+Speed: ``encode`` reuses a msgpack ``Packer`` per thread (2-3x faster than
+``msgpack.packb``, which builds one per call); a re-entrant call on the same
+thread (a ``__reduce__`` that encodes) takes a fresh one.  Before packing, a
+list or dict is checked element by element (~20 ns each, about as much as
+packing it), since msgpack would silently turn a nested ``bytearray`` into
+``bytes``.  Small values take a few tenths of a microsecond each way.
 """
 
 from __future__ import annotations
@@ -263,6 +269,7 @@ def _native_tree(value: list | dict) -> bool:
 
 
 _local = threading.local()
+_SHORT = 8
 _PACKER_OPTIONS = {"use_bin_type": True, "strict_types": True, "default": _default}
 
 
@@ -278,32 +285,47 @@ def encode(value: object) -> bytes:
     """
     t = type(value)
     if t is list:
-        if not (_NATIVE.issuperset(map(type, value)) or _native_tree(value)):
+        if len(value) <= _SHORT:  # a Python loop beats map() on a few items
+            for x in value:
+                tx = type(x)
+                if tx not in _NATIVE:
+                    if (tx is not list and tx is not dict) or not _native_tree(value):
+                        return _encode_whole(value)
+                    break
+        elif not (_NATIVE.issuperset(map(type, value)) or _native_tree(value)):
             return _encode_whole(value)
     elif t is dict:
-        if not (
+        if len(value) <= _SHORT:
+            for k, x in value.items():
+                tx = type(x)
+                if tx not in _NATIVE or type(k) not in _NATIVE:
+                    if type(k) not in _NATIVE or (tx is not list and tx is not dict) or not _native_tree(value):
+                        return _encode_whole(value)
+                    break
+        elif not (
             (_NATIVE.issuperset(map(type, value)) and _NATIVE.issuperset(map(type, value.values())))
             or _native_tree(value)
         ):
             return _encode_whole(value)
     elif t not in _PACK_DIRECT:
         return _encode_whole(value)
-    local = _local
-    packer = getattr(local, "packer", None)
-    if packer is None:
-        packer = msgpack.Packer(**_PACKER_OPTIONS)
-    else:
-        local.packer = None  # taken: a re-entrant encode on this thread makes its own
+    # This thread's spare Packers; taking one out makes a re-entrant encode
+    # (a __reduce__ that encodes) on this thread build its own.
+    try:
+        spare = _local.packers
+    except AttributeError:
+        spare = _local.packers = []
+    packer = spare.pop() if spare else msgpack.Packer(**_PACKER_OPTIONS)
     try:
         data = packer.pack(value)  # the Packer resets itself if this raises
     except CodecError:
-        local.packer = packer
+        spare.append(packer)
         raise  # a nested object that cannot be pickled: whole would fail too
-    except Exception:  # noqa: BLE001 - msgpack refused it: too deep, cyclic, bad str, ...
-        local.packer = packer
+    except Exception:  # noqa: BLE001 - msgpack refused it: too deep, bad str, ...
+        spare.append(packer)
         return _encode_whole(value)
-    if len(data) < _KEEP_PACKER_BELOW:
-        local.packer = packer
+    if len(data) < _KEEP_PACKER_BELOW and not spare:
+        spare.append(packer)
     return data
 
 
