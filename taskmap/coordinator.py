@@ -267,7 +267,7 @@ class Coordinator:
         else:
             self.fail(i, self.rebuild_error(name, payload), w.pid)
 
-    def fail(self, i: int, error: BaseException, pid: int | None = None) -> None:
+    def fail(self, i: int, error: BaseException, pid: int | None = None, retry: bool = True) -> None:
         """Record task i's failure; tasks pinned behind it wait again first,
         so that the failure skips them like any other descendant."""
         entry = self.pinned.pop(i, None)
@@ -281,7 +281,7 @@ class Coordinator:
             except ValueError:
                 pass
             entry = self.pinned.pop(child, None)
-        if self.attempts[i] <= self.limits.retries[i]:
+        if retry and 0 < self.attempts[i] <= self.limits.retries[i]:
             # another attempt: the failure is not recorded, only the last one is
             self.timed_out.discard(i)
             delay = self.limits.retry_delay
@@ -469,7 +469,7 @@ class Coordinator:
                 names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
             )
             failure.__cause__ = error
-            self.fail(i, failure)
+            self.fail(i, failure, retry=False)  # encoding it again would fail again
             return None
         self.encoded[p] = blob
         return blob
@@ -495,7 +495,13 @@ class Coordinator:
                     w.cpu_tasks.remove(i)
                 except ValueError:
                     pass
-                self.state.requeue(i)
+                self.attempts[i] -= 1  # it never reached a worker
+                parent = self.pinned_behind.pop(i, None)
+                if parent is not None:  # waits for its parent, sent in the same batch
+                    self.pinned.pop(parent, None)
+                    self.state.unstart(i)
+                else:
+                    self.state.requeue(i)
             self.worker_died(w)
 
     # -- faults -------------------------------------------------------------
@@ -516,6 +522,7 @@ class Coordinator:
             pass
         exitcode = w.exitcode()
         marker = w.slot.value if w.slot is not None else -1
+        last_finished = w.slot.last_finished if w.slot is not None else -1
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
@@ -530,12 +537,14 @@ class Coordinator:
         if marker in order:
             k = order.index(marker)
             ran.update(order[:k])
-            running.append(marker)
+            running.insert(0, marker)  # the prime suspect is named first
             del order[k]
+        elif last_finished in order:
+            ran.update(order[: order.index(last_finished) + 1])
         if marker in self.timed_out:
             # we killed it for that task: its io tasks are innocent, they rerun
-            order.extend(running[:-1])
-            running = running[-1:]
+            order.extend(running[1:])
+            running = running[:1]
         w.forget_tasks()
         if not w.ready:
             self.start_failures += 1
@@ -546,8 +555,14 @@ class Coordinator:
                 )
         self.pool.spawn()
         names, state = self.state.names, self.state.state
+        lost = []
         for i in order:
             if state[i] == TaskState.RUNNING:
+                if i in ran and self.attempts[i] > self.limits.retries[i] + 1:
+                    # its result was lost with the worker more than once (say,
+                    # it kills its worker after returning): stop rerunning it
+                    lost.append(i)
+                    continue
                 if i not in ran:
                     self.attempts[i] -= 1  # it never ran, or not by its own fault
                 parent = self.pinned_behind.pop(i, None)
@@ -557,7 +572,7 @@ class Coordinator:
                     self.state.unstart(i)
                 else:
                     self.state.requeue(i)
-        for i in running:
+        for i in lost + running:
             if state[i] == TaskState.RUNNING:
                 if i in self.timed_out:
                     error = TaskTimeoutError(names[i], self.limits.timeout[i])

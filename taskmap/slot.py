@@ -20,7 +20,7 @@ import os
 import tempfile
 from multiprocessing.connection import Connection
 
-_SIZE = 16  # [0]: task number or -1; [1]: its start, time.monotonic_ns()
+_SIZE = 24  # [0]: running task or -1; [1]: its start (monotonic_ns); [2]: last finished task or -1
 
 
 def _anonymous_fd() -> int:
@@ -44,7 +44,8 @@ class RunningSlot:
         self._carrier = carrier
         self._map = mmap.mmap(fd, _SIZE)
         if carrier is None:
-            self.view()[0] = -1
+            view = self.view()
+            view[0] = view[2] = -1
 
     def view(self) -> memoryview:
         return memoryview(self._map).cast("q")
@@ -56,6 +57,10 @@ class RunningSlot:
     @property
     def started_ns(self) -> int:
         return self.view()[1]
+
+    @property
+    def last_finished(self) -> int:
+        return self.view()[2]
 
     def __reduce__(self):
         # only meaningful while loky spawns a worker: the Connection's fd is

@@ -167,12 +167,15 @@ class Worker:
             running[0] = sub[0]
             outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
             running[0] = -1
+            running[2] = sub[0]  # finished, even if its result never gets out
+            # take the pinned tasks before the outcome is published: once the
+            # coordinator sees it, it may pin new tasks behind this number
+            pinned = followers.pop(sub[0], None)
             with self.batch_lock:
                 self.cpu_batch.append(outcome)
                 opened = len(self.cpu_batch) == 1
             if opened:
                 loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self.flush_cpu_late)
-            pinned = followers.pop(sub[0], None)
             if pinned:
                 if outcome[1]:
                     chain.extend((f, (value,)) for f in reversed(pinned))
@@ -312,13 +315,25 @@ def success(task: int, value, start: float) -> list:
     try:
         payload = codec.encode(value)
     except BaseException as error:  # noqa: BLE001
-        return failure(task, error, Stage.RESULT, start, end)
+        return failure(task, error, Stage.RESULT, start, end, type_name=_type_name(type(value)))
     return [task, True, payload, start, end]
 
 
-def failure(task: int, error: BaseException, stage: int, start: float, end: float | None = None) -> list:
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def failure(
+    task: int,
+    error: BaseException,
+    stage: int,
+    start: float,
+    end: float | None = None,
+    type_name: str | None = None,
+) -> list:
     """An Outcome for a failed task: the exception encoded if it survives a
-    round trip, always its type name, message and traceback text."""
+    round trip, always a type name (the exception's, or ``type_name``: the
+    offending value's), message and traceback text."""
     if end is None:
         end = time.monotonic()
     text = "".join(traceback.format_exception(error))
@@ -327,8 +342,8 @@ def failure(task: int, error: BaseException, stage: int, start: float, end: floa
         codec.decode(blob)  # an exception that will not rebuild travels as text
     except BaseException:  # noqa: BLE001
         blob = None
-    cls = type(error)
-    type_name = f"{cls.__module__}.{cls.__qualname__}"
+    if type_name is None:
+        type_name = _type_name(type(error))
     try:
         message = str(error)
     except BaseException:  # noqa: BLE001
