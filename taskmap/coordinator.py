@@ -231,7 +231,7 @@ class Coordinator:
                 return
 
     def outcome(self, w: WorkerHandle, outcome: list) -> None:
-        i, ok, payload, start, end = outcome
+        i, ok, payload, start, end = outcome[:5]
         if self.state.is_io[i]:
             w.io_tasks.discard(i)
         else:
@@ -255,7 +255,7 @@ class Coordinator:
                 value = codec.decode(payload)
             except Exception as error:
                 failure = SerializationError(
-                    name, "result", _pickled_type_name(payload),
+                    name, "result", outcome[5] if len(outcome) > 5 else _pickled_type_name(payload),
                     f"it could not be rebuilt in the coordinator: {error}",
                 )
                 failure.__cause__ = error

@@ -19,7 +19,8 @@ coordinator -> worker
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.
-    ``RESULTS``  a batch of :class:`Outcome` ``[task, ok, payload, start, end]``;
+    ``RESULTS``  a batch of :class:`Outcome` ``[task, ok, payload, start, end(, type)]``
+                 (``type`` names a pickled result's type, for error messages);
                  ``payload`` is the encoded value when ``ok``, else a
                  :class:`Failure` ``[error, type_name, message, traceback, stage]``.
 
@@ -78,6 +79,7 @@ class Outcome(NamedTuple):
     payload: object  # bytes when ok, else a Failure as a list
     start: float  # time.monotonic() in the worker, comparable across processes
     end: float
+    # optional 6th element: the type name of a pickled result
 
 
 def pack_hello(pid: int) -> bytes:

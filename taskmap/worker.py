@@ -316,7 +316,14 @@ def success(task: int, value, start: float) -> list:
         payload = codec.encode(value)
     except BaseException as error:  # noqa: BLE001
         return failure(task, error, Stage.RESULT, start, end, type_name=_type_name(type(value)))
+    if payload[0] in _EXT_FIRST_BYTES:
+        # pickled: name its type, in case the coordinator cannot rebuild it
+        return [task, True, payload, start, end, _type_name(type(value))]
     return [task, True, payload, start, end]
+
+
+# msgpack's ext formats (fixext 1-16, ext 8/16/32): a value the codec pickled
+_EXT_FIRST_BYTES = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
 
 
 def _type_name(cls: type) -> str:

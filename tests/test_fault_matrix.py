@@ -266,17 +266,6 @@ def test_unserialisable_result_error_names_the_value_type_as_type_name():
     assert "WontPickle" in err.type_name, err.type_name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a result that fails to unpickle in the coordinator is reported with the first "
-        "global found in its pickle (coordinator._pickled_type_name) as its type; for any "
-        "class with a __reduce__ that is the reconstructor, not the type: here "
-        "'test_fault_matrix._rebuild_except_in', for a numpy array "
-        "'numpy._core.numeric._frombuffer'.  The worker knows type(value) when it encodes "
-        "the result and could send its name along"
-    ),
-)
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_coordinator_cannot_deserialise_a_result_names_the_type(runner):
     me = os.getpid()
