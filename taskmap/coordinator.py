@@ -131,7 +131,9 @@ class Coordinator:
         self.run_id = next(_run_ids)
         self.encoded: dict[int, bytes] = {}  # task -> its encoded result
         self.func_of, self.func_blobs = self._pickle_functions()
-        self.cpu_seconds: float | None = None  # moving average of cpu task time
+        # moving average of cpu task time per function: how deep to queue
+        # its tasks at a worker (a function not measured yet gets depth 1)
+        self.cpu_seconds: dict[int, float] = {}
         # chains sent ahead: parent -> (child pinned behind it, worker), and back
         self.pinned: dict[int, tuple[int, WorkerHandle]] = {}
         self.pinned_behind: dict[int, int] = {}
@@ -243,8 +245,9 @@ class Coordinator:
                 except ValueError:
                     pass
             took = end - start
-            avg = self.cpu_seconds
-            self.cpu_seconds = took if avg is None else 0.8 * avg + 0.2 * took
+            fid = self.func_of[i]
+            avg = self.cpu_seconds.get(fid)
+            self.cpu_seconds[fid] = took if avg is None else 0.8 * avg + 0.2 * took
         self.pinned_behind.pop(i, None)
         if self.state.state[i] != TaskState.RUNNING:
             return  # cancelled, timed out or its pinned parent failed meanwhile
@@ -360,8 +363,9 @@ class Coordinator:
 
     # -- handing out tasks ------------------------------------------------
 
-    def cpu_depth(self) -> int:
-        avg = self.cpu_seconds
+    def cpu_depth(self, i: int) -> int:
+        """How many cpu tasks a worker may hold when task i is the next."""
+        avg = self.cpu_seconds.get(self.func_of[i])
         if avg is None:
             return 1
         return min(MAX_CPU_DEPTH, 1 + int(PIPELINE_SECONDS / max(avg, 1e-7)))
@@ -377,16 +381,12 @@ class Coordinator:
         while (i := state.pop_io()) is not None:
             w = min(ready, key=_io_load)
             self.assign(w, i, True, batches)
-        if state.ready_cpu:
-            depth = self.cpu_depth()
-            while state.ready_cpu:
-                w = min(ready, key=_cpu_load)
-                if len(w.cpu_tasks) >= depth:
-                    break
-                i = state.pop_cpu()
-                if i is None:
-                    break
-                self.assign(w, i, False, batches)
+        while (i := state.peek_cpu()) is not None:
+            w = min(ready, key=_cpu_load)
+            if len(w.cpu_tasks) >= self.cpu_depth(i):
+                break
+            state.pop_cpu()
+            self.assign(w, i, False, batches)
         for w, subs in batches.items():
             self.send(w, subs)
 

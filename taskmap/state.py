@@ -174,6 +174,13 @@ class SchedulingState:
                 return i
         return None
 
+    def peek_cpu(self) -> int | None:
+        """The task ``pop_cpu`` would return, left in the queue."""
+        h = self.ready_cpu
+        while h and self.state[h[0][1]] != TaskState.READY:
+            heapq.heappop(h)
+        return h[0][1] if h else None
+
     def pop_cpu(self) -> int | None:
         """The ready cpu-bound task with the longest chain below it, or None."""
         h = self.ready_cpu

@@ -806,19 +806,25 @@ def test_task_whose_submission_never_arrived_keeps_its_retries():
     assert graph.attempts["use"] == 1
 
 
+def _tiny_or_len(*xs):
+    return len(xs[0]) if xs and isinstance(xs[0], bytes) else 1
+
+
 def test_pinned_chain_whose_submission_fails_keeps_its_arguments():
     # One worker.  Tiny cpu tasks first, so that the coordinator sends several
     # cpu tasks ahead; then 'crash' runs and dies while the coordinator sends
     # it 'p' (with a 20 MB argument) and 'c' pinned behind 'p'.
     size = 20 << 20
-    funcs = {f"tiny{i}": (lambda *xs: 1) for i in range(5)}
+    # 'p' shares its function with the tiny tasks: measured tiny, its tasks
+    # are queued at a worker that is busy (the depth is per function)
+    funcs = {f"tiny{i}": _tiny_or_len for i in range(5)}
     deps = {f"tiny{i}": ([f"tiny{i - 1}"] if i else []) for i in range(5)}
     funcs.update(
         {
             "crash": lambda _: exit_while_a_big_message_arrives(size),
             "gate": lambda: io_sleep(0.3, None),
             "big": a,
-            "p": len,
+            "p": _tiny_or_len,
             "c": lambda *xs: xs,
         }
     )

@@ -160,14 +160,17 @@ SCRIPT = textwrap.dedent(
     def quick(i):
         return i
 
-    def slow():
+    def slow(*_quick_results):
+        # tell the test this task runs (the quick ones, ahead of it, are done)
+        open(os.path.join(os.environ["MARK_DIR"], f"{os.getpid()}-{time.time()}"), "w").close()
         end = time.perf_counter() + 60
         while time.perf_counter() < end:
             pass
 
     funcs = {f"q{i}": (lambda i=i: quick(i)) for i in range(5)}
     funcs.update({f"s{i}": slow for i in range(4)})
-    deps = {k: [] for k in funcs}
+    # the slow tasks wait for the quick ones: when they run, five results are in
+    deps = {k: ([] if k.startswith("q") else [f"q{i}" for i in range(5)]) for k in funcs}
     graph = taskmap.create_graph(funcs, deps)
     print("PID", os.getpid(), flush=True)
     try:
@@ -183,21 +186,27 @@ SCRIPT = textwrap.dedent(
 def _start(tmp_path, **kwargs):
     script = tmp_path / "pipeline.py"
     script.write_text(SCRIPT)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     proc = subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "MARK_DIR": str(marks)},
         **kwargs,
     )
     line = proc.stdout.readline()
     assert line.startswith("PID"), line + proc.stderr.read()
-    # wait until its workers run the slow tasks
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        if sum(1 for k in kids if k.cpu_percent(0.05) > 50) >= 2:
-            break
+    # wait until both workers run slow tasks (a busy child may only be a
+    # worker still importing, before any task ran)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list(marks.iterdir())) < 2:
+        time.sleep(0.05)
+    if len(list(marks.iterdir())) < 2:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the slow tasks never started on both workers")
     return proc
 
 
@@ -225,7 +234,7 @@ def test_interrupt_stops_every_worker_and_keeps_results(tmp_path, how):
     assert proc.returncode == 130, err
     assert "INTERRUPTED" in out, err
     done = out.split("INTERRUPTED", 1)[1]
-    assert all(f'"q{i}"' in done for i in range(5))  # finished results kept
+    assert all(f'"q{i}"' in done for i in range(5)), out  # finished results kept
     assert time.monotonic() - sent < 5
     gone_by = time.monotonic() + 1.0
     while time.monotonic() < gone_by and any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
