@@ -172,8 +172,7 @@ class Coordinator:
         state, book = self.state, self.book
         self.pool.resize(self.ncores)
         for w in self.pool.workers:
-            w.forget_tasks()
-            w.funcs_sent = set()
+            w.forget_tasks()  # (send() resets funcs_sent when the run id changes)
         book.start()
         try:
             while not state.all_finished:
@@ -258,7 +257,8 @@ class Coordinator:
                 value = codec.decode(payload)
             except Exception as error:
                 failure = SerializationError(
-                    name, "result", outcome[5] if len(outcome) > 5 else _pickled_type_name(payload),
+                    # the worker names the type of every pickled result
+                    name, "result", outcome[5] if len(outcome) > 5 else "unknown",
                     f"it could not be rebuilt in the coordinator: {error}",
                 )
                 failure.__cause__ = error
@@ -592,30 +592,6 @@ class Coordinator:
                 self.pool.discard(w, kill=True)
         else:
             self.pool.kill_all()
-
-
-def _pickled_type_name(payload: bytes) -> str:
-    """Best effort: the class named first in an encoded value's pickle, for
-    an error message when the value cannot be rebuilt here."""
-    import pickletools
-
-    import msgpack
-
-    try:
-        found = msgpack.unpackb(payload, ext_hook=lambda code, data: (code, data), raw=True)
-        if not (isinstance(found, tuple) and found[0] == codec.EXT_PICKLE):
-            return "unknown"
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(found[1]):
-            if op.name == "GLOBAL":
-                return str(arg).replace(" ", ".")
-            if isinstance(arg, str):
-                strings.append(arg)
-            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                return f"{strings[-2]}.{strings[-1]}"
-    except Exception:  # noqa: BLE001 - only for a message
-        pass
-    return "unknown"
 
 
 def _io_load(w: WorkerHandle) -> int:

@@ -19,7 +19,7 @@ RetrySpec = Union[int, Mapping]
 class TaskLimits:
     """``timeout[i]`` (seconds or None) and ``retries[i]`` for task number i."""
 
-    __slots__ = ("timeout", "retries", "retry_delay", "any_timeout", "any_retry", "memory_limit")
+    __slots__ = ("timeout", "retries", "retry_delay", "memory_limit")
 
     def __init__(
         self,
@@ -39,8 +39,6 @@ class TaskLimits:
         ):
             raise ValueError(f"memory_limit must be a number of bytes > 0 or None, not {memory_limit!r}")
         self.memory_limit = memory_limit
-        self.any_timeout = any(t is not None for t in self.timeout)
-        self.any_retry = any(self.retries)
 
 
 def _resolve(names, spec, empty, what, check) -> list:

@@ -158,10 +158,6 @@ class WorkerPool:
             handle.process.join(0)
             handle.close()
 
-    def replace(self, handle: WorkerHandle) -> WorkerHandle:
-        self.discard(handle)
-        return self.spawn()
-
     def kill_all(self) -> None:
         """Stop everything at once (Ctrl-C, aborts): kill, then reap."""
         workers, self.workers = self.workers, []
