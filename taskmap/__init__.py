@@ -25,6 +25,7 @@ from .graph import (
     reset_tasks,
 )
 from .logs import in_progress
+from .observers import Observer, RunInfo, TaskEvent
 from .runners import run, run_async, run_parallel, run_parallel_async
 from .state import TaskState
 
@@ -32,11 +33,14 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Graph",
+    "Observer",
     "RemoteTaskError",
     "RemoteTraceback",
+    "RunInfo",
     "SerializationError",
     "TaskFailedError",
     "TaskState",
+    "TaskEvent",
     "TaskTimeoutError",
     "TaskmapError",
     "WorkerCrashedError",

@@ -3,14 +3,19 @@ result, a failure and the skipped descendants of a failure.
 
 It joins the pure :class:`~taskmap.state.SchedulingState` (numbers) and the
 user's :class:`~taskmap.graph.Graph` (names, results, ``done``), and calls the
-run's observers (logging; later progress and trace) at each event.
+run's observers (:mod:`taskmap.observers`: progress, trace, checkpoint store,
+the caller's own) and its logging at each event.
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 from .errors import TaskFailedError
 from .graph import Graph
 from .logs import RunLog
+from .observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
 from .state import SchedulingState, TaskState, ancestor_failed_message
 
 
@@ -21,9 +26,20 @@ class Bookkeeper:
     :class:`TaskFailedError` chained to the task's own exception.
     """
 
-    __slots__ = ("graph", "state", "log", "raise_errors", "names", "results", "done")
+    __slots__ = (
+        "graph", "state", "log", "raise_errors", "names", "results", "done",
+        "observers", "runner", "ncores", "started_at", "attempts",
+    )
 
-    def __init__(self, graph: Graph, state: SchedulingState, raise_errors: bool = False) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        state: SchedulingState,
+        raise_errors: bool = False,
+        observers: Observers | None = None,
+        runner: str = "run",
+        ncores: int = 1,
+    ) -> None:
         self.graph = graph
         self.state = state
         self.log = RunLog(graph.name)
@@ -31,6 +47,13 @@ class Bookkeeper:
         self.names = state.names
         self.results = graph.results
         self.done = graph.done
+        self.observers = observers if observers is not None else Observers()
+        self.runner = runner
+        self.ncores = ncores
+        # when each task was last started (only kept when someone observes)
+        self.started_at: dict[int, float] = {}
+        # attempts per task, for runners that retry (the coordinator's list)
+        self.attempts: list[int] | None = None
 
     def args(self, i: int) -> list:
         """The arguments of task i: its parents' results in order, None left out."""
@@ -43,39 +66,100 @@ class Bookkeeper:
         return out
 
     def start(self) -> None:
-        """Start the scheduling state and log the tasks it queued."""
+        """Start the scheduling state, tell the observers, log the queued tasks."""
         state = self.state
         state.start()
+        if self.observers:
+            names, st = state.names, state.state
+            info = RunInfo(
+                runner=self.runner,
+                ncores=self.ncores,
+                tasks=[names[i] for i in range(len(names)) if st[i] != TaskState.DONE],
+                started=time.monotonic(),
+                coordinator_pid=os.getpid(),
+            )
+            self.observers.run_started(self.graph, info)
         if self.log.manager_on:
             self.log.queueing(
                 state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu)
             )
 
-    def succeeded(self, i: int, value, pid: int | None = None) -> None:
+    def starting(self, i: int, pid: int | None = None) -> None:
+        """Task i was started (in-process) or handed to worker ``pid``."""
+        self.log.starting(self.names[i], pid)
+        if self.observers:
+            now = time.monotonic()
+            self.started_at[i] = now
+            self.observers.task_started(
+                self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now
+            )
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The run ended (``error``: what it raises); tell the observers."""
+        if self.observers:
+            self.observers.run_finished(self.graph, error)
+
+    def _event(self, i, status, value, pid, start, end, payload=None) -> TaskEvent:
+        if start is None:
+            start = self.started_at.get(i)
+            end = time.monotonic()
+        return TaskEvent(
+            name=self.names[i],
+            status=status,
+            lane=IO if self.state.is_io[i] else CPU,
+            start=start,
+            end=end,
+            worker=pid or os.getpid(),
+            attempts=self.attempts[i] if self.attempts is not None else 1,
+            value=value,
+            payload=payload,
+        )
+
+    def succeeded(
+        self, i: int, value, pid: int | None = None,
+        start: float | None = None, end: float | None = None, payload: bytes | None = None,
+    ) -> None:
+        """Record task i's result.  ``start``/``end``: the worker's monotonic
+        clock around the call, when it ran elsewhere; ``payload``: the result
+        already encoded, when the runner has it."""
         name = self.names[i]
         self.results[name] = value
         self.done.append(name)
         became = self.state.finished(i)
         self.log.finished(name, pid)
+        if self.observers:
+            self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
         if became and self.log.manager_on:
             state, names = self.state, self.names
             self.log.queueing(
                 names[c] for c in state.children[i] if state.state[c] == TaskState.READY
             )
 
-    def failed(self, i: int, error: BaseException, pid: int | None = None) -> None:
+    def failed(
+        self, i: int, error: BaseException, pid: int | None = None,
+        start: float | None = None, end: float | None = None,
+    ) -> None:
         """Record task i's failure and skip its descendants; raise if asked."""
         name = self.names[i]
         self.results[name] = error
         self.done.append(name)
         skipped = self.state.failed(i)
         self.log.failed(name, error, pid)
+        observers = self.observers
+        if observers:
+            observers.task_finished(self._event(i, FAILED, error, pid, start, end))
         if skipped:
             message = ancestor_failed_message(name)
             names, results, done = self.names, self.results, self.done
+            is_io = self.state.is_io
             for s in skipped:
                 results[names[s]] = message
                 done.append(names[s])
+                if observers:
+                    observers.task_finished(TaskEvent(
+                        name=names[s], status=SKIPPED, lane=IO if is_io[s] else CPU,
+                        attempts=0, value=message, failed_ancestor=name,
+                    ))
             self.log.skipped(name, (names[s] for s in skipped))
         if self.raise_errors:
             raise TaskFailedError(name, error) from error

@@ -53,6 +53,7 @@ from .errors import (
 from .graph import Graph
 from .limits import TaskLimits
 from .messages import Kind, Stage
+from .observers import Observers
 from .pool import WorkerHandle, WorkerPool, get_pool
 from .state import FINISHED, SchedulingState, TaskState
 
@@ -69,8 +70,11 @@ def run_graph(
     ncores: int,
     raise_errors: bool,
     limits: TaskLimits | None = None,
+    observers: Observers | None = None,
+    runner: str = "run_parallel_async",
 ) -> Graph:
-    """Run every unfinished task of ``graph`` on ``ncores`` worker processes."""
+    """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
+    ``observers`` hear the run's events (:mod:`taskmap.observers`)."""
     state = SchedulingState(
         graph.dependencies, graph.io_bound, graph.done, graph.durations or None
     )
@@ -81,7 +85,9 @@ def run_graph(
     pool = get_pool()
     with pool.lock, _sigterm_as_interrupt():
         pool.configure(limits.memory_limit)
-        Coordinator(graph, state, pool, ncores, raise_errors, limits).run()
+        Coordinator(
+            graph, state, pool, ncores, raise_errors, limits, observers, runner
+        ).run()
     return graph
 
 
@@ -116,6 +122,8 @@ class Coordinator:
         ncores: int,
         raise_errors: bool,
         limits: TaskLimits,
+        observers: Observers | None = None,
+        runner: str = "run_parallel_async",
     ) -> None:
         self.graph = graph
         self.limits = limits
@@ -127,7 +135,8 @@ class Coordinator:
         self.state = state
         self.pool = pool
         self.ncores = ncores
-        self.book = Bookkeeper(graph, state, raise_errors)
+        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores)
+        self.book.attempts = self.attempts
         self.run_id = next(_run_ids)
         self.encoded: dict[int, bytes] = {}  # task -> its encoded result
         self.func_of, self.func_blobs = self._pickle_functions()
@@ -182,14 +191,16 @@ class Coordinator:
                     self.fire_timers()
         except BaseException as exc:
             self._abort(exc)
+            self._finish(exc)
             raise
-        finally:
-            for w in self.pool.workers:
-                w.forget_tasks()
-            names = state.names
-            self.graph.attempts.update(
-                (names[i], n) for i, n in enumerate(self.attempts) if n
-            )
+        self._finish(None)
+
+    def _finish(self, error: BaseException | None) -> None:
+        for w in self.pool.workers:
+            w.forget_tasks()
+        names = self.state.names
+        self.graph.attempts.update((names[i], n) for i, n in enumerate(self.attempts) if n)
+        self.book.finish(error)
 
     def wait_once(self) -> None:
         workers = self.pool.workers
@@ -265,12 +276,17 @@ class Coordinator:
                 self.fail(i, failure, w.pid)
                 return
             self.encoded[i] = payload
-            self.pinned.pop(i, None)  # the task pinned behind it runs on
-            self.book.succeeded(i, value, w.pid)
+            self.book.succeeded(i, value, w.pid, start, end, payload)
+            follower = self.pinned.pop(i, None)  # the task pinned behind it runs on
+            if follower is not None:
+                self.book.starting(follower[0], w.pid)
         else:
-            self.fail(i, self.rebuild_error(name, payload), w.pid)
+            self.fail(i, self.rebuild_error(name, payload), w.pid, start, end)
 
-    def fail(self, i: int, error: BaseException, pid: int | None = None, retry: bool = True) -> None:
+    def fail(
+        self, i: int, error: BaseException, pid: int | None = None, start: float | None = None,
+        end: float | None = None, retry: bool = True,
+    ) -> None:
         """Record task i's failure; tasks pinned behind it wait again first,
         so that the failure skips them like any other descendant."""
         entry = self.pinned.pop(i, None)
@@ -294,7 +310,7 @@ class Coordinator:
             else:
                 self.state.requeue(i)
             return
-        self.book.failed(i, error, pid)
+        self.book.failed(i, error, pid, start, end)
 
     def rebuild_error(self, name, failure: list) -> BaseException:
         blob, type_name, message, text, stage = failure
@@ -406,7 +422,7 @@ class Coordinator:
         limit = self.limits.timeout[i]
         batch = batches.setdefault(w, [])
         batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None])
-        self.book.log.starting(state.names[i], w.pid)
+        self.book.starting(i, w.pid)
         if io:
             w.io_tasks.add(i)
         else:
@@ -453,7 +469,8 @@ class Coordinator:
             self.pinned[parent] = (best, w)
             self.pinned_behind[best] = parent
             batch.append([best, self.func_of[best], False, args, parent, slots, None])
-            self.book.log.starting(state.names[best], w.pid)
+            # reported as started when its parent succeeds: until then it
+            # may be withdrawn (the parent fails) and never run
             parent = best
 
     def _encode_given_result(self, i: int, p: int) -> bytes | None:

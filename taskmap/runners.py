@@ -15,11 +15,13 @@ import asyncio
 import inspect
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .bookkeeping import Bookkeeper
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
+from .observers import Observer, Observers, build_observers
 from .state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -33,25 +35,37 @@ def _state_for(graph: Graph) -> SchedulingState:
     )
 
 
-def run(graph: Graph, raise_errors: bool = False) -> Graph:
+def run(
+    graph: Graph,
+    raise_errors: bool = False,
+    *,
+    progress: bool | None = None,
+    trace: str | None = None,
+    observers: Iterable[Observer] | None = None,
+) -> Graph:
     """Run every task not yet done, one at a time, in this process.
 
     Coroutine functions are awaited on a private event loop.  Returns the same
     graph, with ``results`` and ``done`` filled in.  With ``raise_errors`` the
     first failure raises :class:`taskmap.TaskFailedError` (its message holds
     the original one; the original is its ``__cause__``).
+
+    ``progress``, ``trace`` and ``observers`` as in :func:`run_parallel_async`.
     """
     state = _state_for(graph)
-    book = Bookkeeper(graph, state, raise_errors)
+    book = Bookkeeper(
+        graph, state, raise_errors, build_observers(graph, progress, trace, observers), "run"
+    )
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
     names = state.names
+    run_error: BaseException | None = None
     book.start()
     try:
         while (i := state.pop_ready()) is not None:
             name = names[i]
             state.started(i)
-            book.log.starting(name)
+            book.starting(i)
             try:
                 value = funcs[name](*book.args(i))
                 if inspect.isawaitable(value):
@@ -62,9 +76,13 @@ def run(graph: Graph, raise_errors: bool = False) -> Graph:
                 book.failed(i, error)
             else:
                 book.succeeded(i, value)
+    except BaseException as exc:
+        run_error = exc
+        raise
     finally:
         if loop is not None:
             loop.close()
+        book.finish(run_error)
     return graph
 
 
@@ -83,7 +101,15 @@ def _private_loop() -> asyncio.AbstractEventLoop:
     )
 
 
-def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False) -> Graph:
+def run_async(
+    graph: Graph,
+    sleep: float = 0.01,
+    raise_errors: bool = False,
+    *,
+    progress: bool | None = None,
+    trace: str | None = None,
+    observers: Iterable[Observer] | None = None,
+) -> Graph:
     """Run the graph on one asyncio event loop in this process.
 
     Coroutine functions run concurrently; io-bound plain functions run in
@@ -92,9 +118,11 @@ def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False) -> 
     ``sleep`` is accepted for compatibility and ignored: nothing polls.
     Returns the graph.  With ``raise_errors`` the first failure cancels what
     is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
+    ``progress``, ``trace`` and ``observers`` as in :func:`run_parallel_async`.
     """
     del sleep
-    _run_coroutine(lambda: _run_async(graph, raise_errors))
+    obs = build_observers(graph, progress, trace, observers)
+    _run_coroutine(lambda: _run_async(graph, raise_errors, obs))
     return graph
 
 
@@ -127,9 +155,9 @@ def _run_coroutine(make_coro):
     return box.get("value")
 
 
-async def _run_async(graph: Graph, raise_errors: bool) -> None:
+async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> None:
     state = _state_for(graph)
-    book = Bookkeeper(graph, state, raise_errors)
+    book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
     loop = asyncio.get_running_loop()
     funcs, names, is_io = graph.funcs, state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
@@ -139,7 +167,7 @@ async def _run_async(graph: Graph, raise_errors: bool) -> None:
         """Start task i; returns after a plain cpu task has run inline."""
         name = names[i]
         state.started(i)
-        book.log.starting(name)
+        book.starting(i)
         func = funcs[name]
         args = book.args(i)
         if is_io[i] and not inspect.iscoroutinefunction(func):
@@ -165,6 +193,7 @@ async def _run_async(graph: Graph, raise_errors: bool) -> None:
         else:  # KeyboardInterrupt and friends end the run
             raise error
 
+    run_error: BaseException | None = None
     try:
         book.start()
         while not state.all_finished:
@@ -183,6 +212,9 @@ async def _run_async(graph: Graph, raise_errors: bool) -> None:
             finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
                 collect(fut)
+    except BaseException as exc:
+        run_error = exc
+        raise
     finally:
         for fut in running:
             fut.cancel()
@@ -190,6 +222,7 @@ async def _run_async(graph: Graph, raise_errors: bool) -> None:
             await asyncio.gather(*running, return_exceptions=True)
             graph.in_progress[:] = [names[i] for i in running.values()]
         threads.shutdown(wait=False, cancel_futures=True)
+        book.finish(run_error)
 
 
 async def _in_thread(loop, threads, func, args):
@@ -223,6 +256,9 @@ def run_parallel(
     retries: RetrySpec = 0,
     retry_delay: float = 0.0,
     memory_limit: int | None = None,
+    progress: bool | None = None,
+    trace: str | None = None,
+    observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
@@ -235,7 +271,8 @@ def run_parallel(
 
     n = default_ncores(ncores, nprocs, half=False)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    return run_graph(graph, n, raise_errors, limits)
+    obs = build_observers(graph, progress, trace, observers)
+    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel")
 
 
 def run_parallel_async(
@@ -249,6 +286,9 @@ def run_parallel_async(
     retries: RetrySpec = 0,
     retry_delay: float = 0.0,
     memory_limit: int | None = None,
+    progress: bool | None = None,
+    trace: str | None = None,
+    observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
     at least 1), each running an asyncio loop: io-bound tasks start at once and
@@ -270,10 +310,16 @@ def run_parallel_async(
     task fails with ``MemoryError`` (the pool restarts its workers when the
     limit changes).  A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
     finished results stay in the graph, ``KeyboardInterrupt`` is raised.
+
+    ``observers``: objects of :class:`taskmap.Observer` subclasses whose hooks
+    are called at the run's events (task started / finished, run started /
+    finished), in the calling thread.  ``progress`` and ``trace`` are reserved
+    for the progress bar and the trace file (not implemented yet).
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=True)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    return run_graph(graph, n, raise_errors, limits)
+    obs = build_observers(graph, progress, trace, observers)
+    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel_async")

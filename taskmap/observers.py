@@ -1,0 +1,146 @@
+"""Observers: optional hooks the runners call at the events of a run.
+
+In the manner of trio's ``Instrument`` and dask's ``Callback``, progress bars,
+timelines, summaries and the checkpoint store are observers: the core calls
+them, it never contains them.  Every runner builds its list of observers with
+:func:`build_observers` and hands it to the :class:`~taskmap.bookkeeping.Bookkeeper`,
+which is the one place outcomes are recorded, so every runner reports the same
+events in the same order:
+
+    run_started  (once)
+    task_started (each time a task is handed to a worker / started in-process)
+    task_finished (once per task that ends: done, failed or skipped; a retried
+                   attempt that failed is not reported, only the final outcome)
+    run_finished (once, also when the run is interrupted or raises)
+
+Observers are called in the coordinator's thread and must return quickly: the
+run waits for them.  An observer that raises stops the run (it is a bug, not a
+task failure).  With no observer the runners pay nothing per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+# task_finished statuses (TaskState names, lower case)
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+# lanes a task runs in
+IO = "io"
+CPU = "cpu"
+
+
+@dataclass(slots=True)
+class RunInfo:
+    """What an observer learns when a run starts."""
+
+    runner: str  # "run", "run_async", "run_parallel", "run_parallel_async", ...
+    ncores: int  # worker processes (1 for the in-process runners)
+    tasks: list  # names of the tasks this run will try to finish, in graph order
+    started: float  # time.monotonic() when the run started
+    coordinator_pid: int
+
+
+@dataclass(slots=True)
+class TaskEvent:
+    """The outcome of one task.
+
+    ``start``/``end`` are ``time.monotonic()`` seconds; for tasks run in a
+    worker they are the worker's own clock readings (CLOCK_MONOTONIC is
+    system-wide on Linux, so they compare with the coordinator's), ``None``
+    for a skipped task.  ``worker`` is the pid that ran it (the coordinator's
+    own pid for in-process runners), ``None`` when skipped.  ``value`` is the
+    result (the exception for a failure, the ancestor string for a skip);
+    ``payload`` is the result already encoded by :mod:`taskmap.codec` when the
+    runner has it (saves an observer that stores results a second encode).
+    """
+
+    name: Any
+    status: str  # DONE, FAILED or SKIPPED
+    lane: str  # IO or CPU
+    start: float | None = None
+    end: float | None = None
+    worker: int | None = None
+    attempts: int = 1
+    value: Any = None
+    payload: bytes | None = None
+    failed_ancestor: Any = None  # for a skipped task: the task whose failure skipped it
+
+
+class Observer:
+    """Base class of observers; every hook is a no-op, override what you need."""
+
+    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+        """The run is about to start its first task."""
+
+    def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
+        """Task ``name`` was handed to ``worker`` (pid) at ``when`` (monotonic).
+
+        For the parallel runners this is the coordinator's send time; the
+        worker's own start time arrives in :meth:`task_finished`.
+        """
+
+    def task_finished(self, event: TaskEvent) -> None:
+        """A task ended for good (after its last attempt) or was skipped."""
+
+    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+        """The run ended; ``error`` is what it raises, if anything."""
+
+
+@dataclass(slots=True)
+class Observers:
+    """The observers of one run, called in order.  Falsy when empty, so the
+    hot paths test ``if observers:`` and pay nothing otherwise."""
+
+    items: list[Observer] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+        for o in self.items:
+            o.run_started(graph, info)
+
+    def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
+        for o in self.items:
+            o.task_started(name, worker, lane, when)
+
+    def task_finished(self, event: TaskEvent) -> None:
+        for o in self.items:
+            o.task_finished(event)
+
+    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+        # every observer hears the end, even when an earlier one raises
+        first: BaseException | None = None
+        for o in self.items:
+            try:
+                o.run_finished(graph, error)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if first is None:
+                    first = exc
+        if first is not None and error is None:
+            raise first
+
+
+def build_observers(
+    graph: "Graph",
+    progress: bool | None = None,
+    trace: str | None = None,
+    observers: Iterable[Observer] | None = None,
+) -> Observers:
+    """The observers of one run, from the runner options.
+
+    ``progress``/``trace`` are the runners' options of the same name;
+    ``observers`` are the caller's own :class:`Observer` objects, called last.
+    """
+    items: list[Observer] = []
+    if observers:
+        items.extend(observers)
+    return Observers(items)

@@ -1,0 +1,132 @@
+"""The observer hooks: every runner reports the same events, in order."""
+
+import os
+import time
+
+import pytest
+
+import taskmap
+from taskmap import Observer
+
+RUNNERS = {
+    "run": lambda g, **kw: taskmap.run(g, **kw),
+    "run_async": lambda g, **kw: taskmap.run_async(g, **kw),
+    "run_parallel": lambda g, **kw: taskmap.run_parallel(g, ncores=2, **kw),
+    "run_parallel_async": lambda g, **kw: taskmap.run_parallel_async(g, ncores=2, **kw),
+}
+
+
+class Recorder(Observer):
+    def __init__(self):
+        self.calls = []
+        self.events = {}
+        self.started = {}
+
+    def run_started(self, graph, info):
+        self.calls.append(("run_started", info))
+
+    def task_started(self, name, worker, lane, when):
+        self.calls.append(("task_started", name))
+        self.started[name] = (worker, lane, when)
+
+    def task_finished(self, event):
+        self.calls.append(("task_finished", event.name))
+        assert event.name not in self.events, "a task reported twice"
+        self.events[event.name] = event
+
+    def run_finished(self, graph, error):
+        self.calls.append(("run_finished", error))
+
+
+def ok(*args):
+    return sum(args) + 1
+
+
+def boom(*args):
+    raise ValueError("boom")
+
+
+def build():
+    funcs = {"a": ok, "b": ok, "c": boom, "d": ok, "e": ok}
+    deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["c"], "e": ["b"]}
+    return taskmap.create_graph(funcs, deps, io_bound=["b"])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_every_runner_reports_each_task_once_with_its_outcome(runner):
+    rec = Recorder()
+    before = time.monotonic()
+    graph = RUNNERS[runner](build(), observers=[rec])
+    after = time.monotonic()
+
+    kinds = [c[0] for c in rec.calls]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    info = rec.calls[0][1]
+    assert info.runner == runner and sorted(info.tasks) == list("abcde")
+    assert info.coordinator_pid == os.getpid()
+    assert rec.calls[-1][1] is None
+
+    ev = rec.events
+    assert sorted(ev) == list("abcde")
+    assert {n: e.status for n, e in ev.items()} == {
+        "a": "done", "b": "done", "c": "failed", "d": "skipped", "e": "done"
+    }
+    assert ev["b"].lane == "io" and ev["a"].lane == "cpu"
+    assert ev["e"].value == 3 and graph.results["e"] == 3
+    assert isinstance(ev["c"].value, ValueError)
+    assert ev["d"].failed_ancestor == "c" and ev["d"].start is None
+    assert set(rec.started) == set("abce")  # a skipped task never starts
+    for name in "abce":
+        e = ev[name]
+        assert before <= e.start <= e.end <= after, (name, e)
+        assert e.attempts == 1
+        worker, lane, when = rec.started[name]
+        assert worker == e.worker and lane == e.lane and before <= when <= after
+    # a child starts after its parent ended
+    assert ev["b"].start >= ev["a"].end and ev["e"].start >= ev["b"].end
+    if runner.startswith("run_parallel"):
+        assert ev["a"].worker != os.getpid()
+        assert ev["a"].payload is not None
+    else:
+        assert ev["a"].worker == os.getpid()
+    # task_finished of a parent precedes task_started of its child
+    order = rec.calls.index
+    assert order(("task_finished", "a")) < order(("task_started", "b"))
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_run_finished_hears_the_error_that_stops_the_run(runner):
+    rec = Recorder()
+    with pytest.raises(taskmap.TaskFailedError):
+        RUNNERS[runner](build(), observers=[rec], raise_errors=True)
+    last = rec.calls[-1]
+    assert last[0] == "run_finished" and isinstance(last[1], taskmap.TaskFailedError)
+
+
+def test_retried_task_reports_only_its_final_outcome_with_attempts(tmp_path):
+    marker = tmp_path / "tries"
+
+    def flaky():
+        n = int(marker.read_text()) if marker.exists() else 0
+        marker.write_text(str(n + 1))
+        if n < 2:
+            raise OSError("flaky")
+        return n
+
+    rec = Recorder()
+    graph = taskmap.create_graph({"f": flaky}, {"f": []})
+    taskmap.run_parallel_async(graph, ncores=1, retries=3, observers=[rec])
+    assert graph.results["f"] == 2
+    assert rec.events["f"].status == "done" and rec.events["f"].attempts == 3
+    assert [c for c in rec.calls if c[0] == "task_started"] == [("task_started", "f")] * 3
+
+
+def test_an_observer_that_raises_stops_the_run():
+    class Broken(Observer):
+        def task_finished(self, event):
+            raise RuntimeError("observer bug")
+
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="observer bug"):
+        taskmap.run(build(), observers=[Broken(), rec])
+    assert rec.calls[-1][0] == "run_finished"  # every observer still hears the end
