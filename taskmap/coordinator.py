@@ -75,9 +75,9 @@ def run_graph(
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
     ``observers`` hear the run's events (:mod:`taskmap.observers`)."""
-    state = SchedulingState(
-        graph.dependencies, graph.io_bound, graph.done, graph.durations or None
-    )
+    from .runners import state_for  # (runners imports this module lazily)
+
+    state = state_for(graph)
     if limits is None:
         limits = TaskLimits(state.names)
     if state.all_finished:

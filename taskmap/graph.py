@@ -99,6 +99,8 @@ class Graph:
     ``io_bound`` (list), ``name``.  ``attempts`` counts how often each task was
     started in the last run and ``durations`` keeps the measured run time of
     each task (seconds), used to order cpu tasks by critical path next time.
+    ``checkpoint`` is the durable result store, if any; ``last_run`` the
+    record of the last run (for the summary), if any.
     """
 
     __slots__ = (
@@ -112,6 +114,8 @@ class Graph:
         "lock",
         "attempts",
         "durations",
+        "checkpoint",
+        "last_run",
     )
 
     def __init__(
@@ -133,6 +137,10 @@ class Graph:
         self.lock = 0  # kept for compatibility with the original namedtuple
         self.attempts: dict = {}
         self.durations: dict = {}
+        # a durable result store (taskmap.checkpoint), or None
+        self.checkpoint: Any = None
+        # the record of the last run, for taskmap's summary, or None
+        self.last_run: Any = None
 
     @property
     def done(self) -> DoneList:

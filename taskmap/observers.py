@@ -141,6 +141,9 @@ def build_observers(
     ``observers`` are the caller's own :class:`Observer` objects, called last.
     """
     items: list[Observer] = []
+    if graph.checkpoint is not None:
+        # the durable store records each outcome as it happens (taskmap.checkpoint)
+        items.append(graph.checkpoint.observer())
     if observers:
         items.extend(observers)
     return Observers(items)

@@ -29,7 +29,11 @@ from .state import SchedulingState
 IO_THREADS = 256
 
 
-def _state_for(graph: Graph) -> SchedulingState:
+def state_for(graph: Graph) -> SchedulingState:
+    """The scheduling state of a run of ``graph``; a checkpoint store first
+    restores the results it holds into the graph (so they count as done)."""
+    if graph.checkpoint is not None:
+        graph.checkpoint.restore(graph)
     return SchedulingState(
         graph.dependencies, graph.io_bound, graph.done, graph.durations or None
     )
@@ -52,7 +56,7 @@ def run(
 
     ``progress``, ``trace`` and ``observers`` as in :func:`run_parallel_async`.
     """
-    state = _state_for(graph)
+    state = state_for(graph)
     book = Bookkeeper(
         graph, state, raise_errors, build_observers(graph, progress, trace, observers), "run"
     )
@@ -156,7 +160,7 @@ def _run_coroutine(make_coro):
 
 
 async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> None:
-    state = _state_for(graph)
+    state = state_for(graph)
     book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
     loop = asyncio.get_running_loop()
     funcs, names, is_io = graph.funcs, state.names, state.is_io
