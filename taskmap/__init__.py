@@ -5,7 +5,9 @@ core busy, and nothing polls.  A drop-in replacement for the original
 ``taskmap`` package.  See README.md for the tour and DESIGN for the contract.
 """
 
+from .checkpoint import open_checkpoint
 from .errors import (
+    CheckpointError,
     RemoteTaskError,
     RemoteTraceback,
     SerializationError,
@@ -32,6 +34,7 @@ from .state import TaskState
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CheckpointError",
     "Graph",
     "Observer",
     "RemoteTaskError",
@@ -50,6 +53,7 @@ __all__ = [
     "in_progress",
     "mark_as_done",
     "mark_as_done_except",
+    "open_checkpoint",
     "reset_failed_tasks",
     "reset_tasks",
     "run",

@@ -105,6 +105,23 @@ class RemoteTaskError(TaskmapError):
         return (type(self), (self.type_name, self.message, self.remote_traceback))
 
 
+class CheckpointError(TaskmapError):
+    """A checkpoint store could not be opened, read or written.
+
+    ``path`` is the store's file; the message names it and says what is
+    wrong (not an SQLite file, truncated, damaged, written by a newer
+    taskmap, a write failed).  A store found damaged is not written to.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"checkpoint store {path!r}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
+
 class RemoteTraceback(Exception):
     """Holds the traceback text of an exception raised in a worker.
 

@@ -172,6 +172,7 @@ def create_graph(
     results: dict | None = None,
     name: str = "taskmap",
     logging_config: Mapping[str, Any] | None = None,
+    checkpoint: Any = None,
 ) -> Graph:
     """Build and validate a graph.
 
@@ -189,6 +190,12 @@ def create_graph(
     ``logging_config`` keys: ``level`` (default ``logging.DEBUG``), ``write``
     (write a log file named after the graph, default False), ``stderr`` (print
     the log lines to stderr as the original package did, default False).
+
+    ``checkpoint``: a path (``str`` or ``os.PathLike``) or a store from
+    :func:`taskmap.open_checkpoint`.  Every run then restores the results the
+    store holds for unchanged tasks first and records each outcome as it
+    happens (see :mod:`taskmap.checkpoint`); :class:`taskmap.CheckpointError`
+    if the file is not a usable store.
     """
     setup_loggers(name, logging_config or {})
 
@@ -204,7 +211,7 @@ def create_graph(
     _check_names("results", results, deps)
     _check_acyclic(deps)
 
-    return Graph(
+    graph = Graph(
         funcs=funcs if isinstance(funcs, dict) else dict(funcs),
         dependencies=deps,
         done=done,
@@ -212,6 +219,11 @@ def create_graph(
         io_bound=io_bound,
         name=name,
     )
+    if checkpoint is not None:
+        from .checkpoint import as_store  # (imports the codec: only when asked for)
+
+        graph.checkpoint = as_store(checkpoint)
+    return graph
 
 
 def _preview(names: Iterable, limit: int = 10) -> str:
@@ -359,17 +371,26 @@ def mark_as_done_except(graph: Graph, tasks) -> Graph:
 
 def reset_tasks(graph: Graph, tasks) -> Graph:
     """Mark ``tasks`` and all their descendants as not done and clear their
-    results, so the next run reruns exactly them."""
+    results, so the next run reruns exactly them.  With a checkpoint store,
+    their stored outcomes are deleted too."""
     tasks = set(_as_list(tasks))
     rerun = descendants(children_index(graph), tasks) | tasks
     graph.done.remove_many(rerun)
     for task in rerun:
         if task in graph.results:
             graph.results[task] = None
+    if graph.checkpoint is not None:
+        graph.checkpoint.clear(rerun)
     return graph
 
 
 def reset_failed_tasks(graph: Graph) -> Graph:
-    """Reset every task whose result is an exception, and its descendants."""
+    """Reset every task whose result is an exception, and its descendants.
+
+    With a checkpoint store, the tasks whose stored outcome is a failure are
+    reset as well (so this works in a new process, before any run)."""
     failed = [t for t, r in graph.results.items() if isinstance(r, Exception)]
+    if graph.checkpoint is not None:
+        deps = graph.dependencies
+        failed.extend(t for t in graph.checkpoint.failed_tasks() if t in deps)
     return reset_tasks(graph, failed)
