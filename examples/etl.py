@@ -21,6 +21,9 @@ latency).  The pipeline
     python examples/etl.py                         # 2 worker processes
     python examples/etl.py --runner async          # one event loop, this process
     python examples/etl.py --db out.sqlite --ncores 4
+    python examples/etl.py --trace etl.json          # + the run's timeline, for Perfetto
+
+It ends with taskmap's summary table of the run (``taskmap.summarize``).
 
 The graph (<cc> is each of uk, us, se, de)::
 
@@ -479,16 +482,19 @@ def task_status(graph: taskmap.Graph) -> dict[str, list[str]]:
 # The command line
 # --------------------------------------------------------------------------
 
-def _run(graph: taskmap.Graph, runner: str, ncores: int) -> None:
+def _run(graph: taskmap.Graph, runner: str, ncores: int, progress: bool,
+         trace: Path | None) -> None:
+    # summary=True: record each task's times and worker for the summary table
+    options = {"progress": progress, "trace": trace, "summary": True}
     if runner == "parallel_async":
-        taskmap.run_parallel_async(graph, ncores=ncores)
+        taskmap.run_parallel_async(graph, ncores=ncores, **options)
     elif runner == "async":
-        taskmap.run_async(graph)
+        taskmap.run_async(graph, **options)
     else:
-        taskmap.run(graph)
+        taskmap.run(graph, **options)
 
 
-def _print_summary(summary: dict, db_path: str) -> None:
+def _print_report(summary: dict, db_path: str) -> None:
     print(f"wrote {db_path}")
     for table, count in summary["row_counts"].items():
         print(f"  {table:<16} {count:>6} rows")
@@ -518,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="input directory (default: examples/data)")
     parser.add_argument("--latency", type=float, default=0.2,
                         help="simulated latency of the HTTP API, seconds (default 0.2)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: when stderr is a terminal)")
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                        help="write the run's timeline to FILE (open it in https://ui.perfetto.dev)")
     args = parser.parse_args(argv)
 
     if args.db is None:
@@ -528,20 +538,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with reference_server(args.data, latency=args.latency) as base_url:
         graph = build_graph(args.data, base_url, db_path)
-        start = time.perf_counter()
-        _run(graph, args.runner, args.ncores)
-        wall = time.perf_counter() - start
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        _run(graph, args.runner, args.ncores, progress, args.trace)
 
     status = task_status(graph)
     for task in status["failed"]:
         error = graph.results[task]
         print(f"FAILED {task}: {type(error).__name__}: {error}", file=sys.stderr)
     if "report" in status["done"]:
-        _print_summary(graph.results["report"], str(db_path))
-    cores = f", ncores {args.ncores}" if args.runner == "parallel_async" else ""
-    print(f"tasks: {len(status['done'])} done, {len(status['failed'])} failed, "
-          f"{len(status['skipped'])} skipped, {len(status['not run'])} not run  |  "
-          f"runner {args.runner}{cores}  |  wall time {wall:.2f} s")
+        _print_report(graph.results["report"], str(db_path))
+    print()
+    print(taskmap.summarize(graph), end="")  # counts, wall time, busy time, critical path
+    if args.trace is not None:
+        print(f"trace: {args.trace} (open it in https://ui.perfetto.dev)")
     return 0 if len(status["done"]) == len(graph.dependencies) else 1
 
 

@@ -16,6 +16,7 @@ from .errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from .export import to_dot, to_mermaid
 from .graph import (
     Graph,
     create_graph,
@@ -28,8 +29,10 @@ from .graph import (
 )
 from .logs import in_progress
 from .observers import Observer, RunInfo, TaskEvent
+from .record import RunRecord, TaskRecord
 from .runners import run, run_async, run_parallel, run_parallel_async
 from .state import TaskState
+from .summary import Summary, summarize
 
 __version__ = "0.1.0.dev0"
 
@@ -40,8 +43,11 @@ __all__ = [
     "RemoteTaskError",
     "RemoteTraceback",
     "RunInfo",
+    "RunRecord",
     "SerializationError",
+    "Summary",
     "TaskFailedError",
+    "TaskRecord",
     "TaskState",
     "TaskEvent",
     "TaskTimeoutError",
@@ -60,4 +66,7 @@ __all__ = [
     "run_async",
     "run_parallel",
     "run_parallel_async",
+    "summarize",
+    "to_dot",
+    "to_mermaid",
 ]

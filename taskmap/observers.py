@@ -20,6 +20,7 @@ task failure).  With no observer the runners pay nothing per task.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -132,18 +133,40 @@ class Observers:
 def build_observers(
     graph: "Graph",
     progress: bool | None = None,
-    trace: str | None = None,
+    trace: str | os.PathLike[str] | None = None,
     observers: Iterable[Observer] | None = None,
+    summary: bool = False,
 ) -> Observers:
     """The observers of one run, from the runner options.
 
-    ``progress``/``trace`` are the runners' options of the same name;
-    ``observers`` are the caller's own :class:`Observer` objects, called last.
+    ``progress``: True shows a progress bar on stderr (:mod:`taskmap.progress`);
+    None (the default) and False show none.  ``trace``: a path to write the
+    run's timeline to, in the Chrome trace-event format (:mod:`taskmap.trace`).
+    ``summary``: record each task's times and worker in ``graph.last_run`` for
+    :func:`taskmap.summarize` (implied by ``trace``; see :mod:`taskmap.record`
+    for what it costs).  ``observers`` are the caller's own
+    :class:`Observer` objects, called last.
+
+    With none of these and no checkpoint store the result is empty, and the
+    run pays nothing per task.
     """
     items: list[Observer] = []
     if graph.checkpoint is not None:
         # the durable store records each outcome as it happens (taskmap.checkpoint)
         items.append(graph.checkpoint.observer())
+    # the modules below are imported only when asked for: a plain run never loads tqdm
+    if summary or trace is not None:
+        from .record import RunRecorder
+
+        items.append(RunRecorder())
+    if progress:
+        from .progress import ProgressBar
+
+        items.append(ProgressBar())
+    if trace is not None:
+        from .trace import TraceWriter
+
+        items.append(TraceWriter(trace))
     if observers:
         items.extend(observers)
     return Observers(items)

@@ -44,7 +44,8 @@ def run(
     raise_errors: bool = False,
     *,
     progress: bool | None = None,
-    trace: str | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    summary: bool = False,
     observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run every task not yet done, one at a time, in this process.
@@ -54,11 +55,12 @@ def run(
     first failure raises :class:`taskmap.TaskFailedError` (its message holds
     the original one; the original is its ``__cause__``).
 
-    ``progress``, ``trace`` and ``observers`` as in :func:`run_parallel_async`.
+    ``progress``, ``trace``, ``summary`` and ``observers`` as in
+    :func:`run_parallel_async`.
     """
     state = state_for(graph)
     book = Bookkeeper(
-        graph, state, raise_errors, build_observers(graph, progress, trace, observers), "run"
+        graph, state, raise_errors, build_observers(graph, progress, trace, observers, summary), "run"
     )
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
@@ -111,7 +113,8 @@ def run_async(
     raise_errors: bool = False,
     *,
     progress: bool | None = None,
-    trace: str | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    summary: bool = False,
     observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run the graph on one asyncio event loop in this process.
@@ -122,10 +125,11 @@ def run_async(
     ``sleep`` is accepted for compatibility and ignored: nothing polls.
     Returns the graph.  With ``raise_errors`` the first failure cancels what
     is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
-    ``progress``, ``trace`` and ``observers`` as in :func:`run_parallel_async`.
+    ``progress``, ``trace``, ``summary`` and ``observers`` as in
+    :func:`run_parallel_async`.
     """
     del sleep
-    obs = build_observers(graph, progress, trace, observers)
+    obs = build_observers(graph, progress, trace, observers, summary)
     _run_coroutine(lambda: _run_async(graph, raise_errors, obs))
     return graph
 
@@ -261,21 +265,23 @@ def run_parallel(
     retry_delay: float = 0.0,
     memory_limit: int | None = None,
     progress: bool | None = None,
-    trace: str | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    summary: bool = False,
     observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
     Tasks are cpu tasks unless listed in ``io_bound``.  ``nprocs`` is an alias
     of ``ncores``; ``sleep`` is ignored.  ``timeout``, ``retries`` and
-    ``retry_delay`` as in :func:`run_parallel_async`.  Returns the graph.
+    ``retry_delay``, ``memory_limit``, ``progress``, ``trace``, ``summary`` and
+    ``observers`` as in :func:`run_parallel_async`.  Returns the graph.
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=False)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    obs = build_observers(graph, progress, trace, observers)
+    obs = build_observers(graph, progress, trace, observers, summary)
     return run_graph(graph, n, raise_errors, limits, obs, "run_parallel")
 
 
@@ -291,7 +297,8 @@ def run_parallel_async(
     retry_delay: float = 0.0,
     memory_limit: int | None = None,
     progress: bool | None = None,
-    trace: str | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    summary: bool = False,
     observers: Iterable[Observer] | None = None,
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
@@ -315,15 +322,26 @@ def run_parallel_async(
     limit changes).  A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
     finished results stay in the graph, ``KeyboardInterrupt`` is raised.
 
+    ``progress=True``: a progress bar on stderr (tqdm: tasks finished, ETA,
+    done/failed/skipped/running counts), redrawn at most 5 times a second by
+    a helper thread; ``None`` (the default) or ``False``: none.
+    ``trace``: a file path; when the run ends (also when it raises) the run's
+    timeline is written there in the Chrome trace-event JSON format, one
+    process per worker with cpu and io rows, for https://ui.perfetto.dev or
+    chrome://tracing (see :mod:`taskmap.trace`).
+    ``summary=True``: record each task's start, end and worker in
+    ``graph.last_run``, so that :func:`taskmap.summarize` can report busy
+    time per worker (implied by ``trace``).  Without it every run still
+    records its wall time, and this runner each task's duration.
     ``observers``: objects of :class:`taskmap.Observer` subclasses whose hooks
     are called at the run's events (task started / finished, run started /
-    finished), in the calling thread.  ``progress`` and ``trace`` are reserved
-    for the progress bar and the trace file (not implemented yet).
+    finished), in the calling thread.  With none of these options a run pays
+    nothing per task for them.
     """
     del sleep
     from .coordinator import run_graph
 
     n = default_ncores(ncores, nprocs, half=True)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    obs = build_observers(graph, progress, trace, observers)
+    obs = build_observers(graph, progress, trace, observers, summary)
     return run_graph(graph, n, raise_errors, limits, obs, "run_parallel_async")

@@ -8,6 +8,7 @@ the pipeline's own parsing, so these tests check the pipeline independently.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sqlite3
 import statistics
@@ -43,7 +44,6 @@ make_data = _load("make_data")
 def truth():
     """Ground truth from the generator, plus what a test needs to price it."""
     files, truth = make_data.generate()
-    import json
 
     rates = json.loads(files["rates.json"])["monthly"]
     stores = {s["store_id"]: s for s in json.loads(files["stores.json"])["stores"]}
@@ -85,6 +85,13 @@ def test_etl_end_to_end(tmp_path, truth, runner):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "26 done, 0 failed, 0 skipped" in proc.stdout
     assert f"wrote {db}" in proc.stdout
+    # the run's summary table comes last: who ran what, for how long
+    workers = "2 workers" if runner == "parallel_async" else "1 worker"
+    table = proc.stdout[proc.stdout.index("taskmap summary: etl"):]
+    assert table.startswith(f"taskmap summary: etl (run_{runner}, {workers})")
+    for row in ("wall time", "core use", "critical path", "cpu busy", "slowest tasks"):
+        assert row in table, row
+    assert "-> load_sqlite -> report" in table  # every path of work ends there
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqlite"]
 
     conn = sqlite3.connect(db)
@@ -179,3 +186,13 @@ def test_build_graph_gives_the_same_results_with_run_and_run_async(tmp_path, tru
     for task in sequential.results:
         assert sequential.results[task] == concurrent.results[task], task
     assert sequential.results["report"]["row_counts"]["sales"] == len(truth["lines"])
+
+
+def test_etl_writes_a_timeline(tmp_path):
+    proc, _ = _run_example(tmp_path, "--latency", "0", "--trace", "etl.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = json.loads((tmp_path / "etl.json").read_text())["traceEvents"]
+    tasks = [e for e in events if e["ph"] == "X" and e["cat"] in ("io", "cpu")]
+    assert len(tasks) == len({e["name"] for e in tasks}) == 26
+    assert {e["args"]["status"] for e in tasks} == {"done"}
+    assert len({e["pid"] for e in tasks}) <= 2  # the two worker processes

@@ -1,0 +1,52 @@
+"""What state each task of a graph is in after a run, read from the graph.
+
+The graph keeps no per-task state of its own, only ``done`` and
+``results``, so the status is derived as the runners write them:
+
+* ``failed``: done, and its result is an exception;
+* ``skipped``: done, and its result is the ancestor string
+  (``'Ancestor task <task> failed; task not run'``);
+* ``done``: done otherwise (also a task given as done when the graph was made);
+* ``not run``: not in ``done`` (not reached yet, or the run was stopped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from .state import ancestor_failed_message
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+NOT_RUN = "not run"
+STATUSES = (DONE, FAILED, SKIPPED, NOT_RUN)
+
+_PREFIX, _SUFFIX = ancestor_failed_message("\0").split("\0")
+
+
+def is_ancestor_message(value: object) -> bool:
+    """Whether ``value`` is the result the runners give a skipped task."""
+    return isinstance(value, str) and value.startswith(_PREFIX) and value.endswith(_SUFFIX)
+
+
+def task_status(graph: "Graph", task: Hashable) -> str:
+    """The status of one task (one of :data:`STATUSES`)."""
+    if task not in graph.done:
+        return NOT_RUN
+    result = graph.results.get(task)
+    if isinstance(result, BaseException):
+        return FAILED
+    if is_ancestor_message(result):
+        return SKIPPED
+    return DONE
+
+
+def statuses(graph: "Graph") -> dict:
+    """Every task of the graph -> its status, in graph order."""
+    return {task: task_status(graph, task) for task in graph.dependencies}
+
