@@ -6,6 +6,7 @@ core busy, and nothing polls.  A drop-in replacement for the original
 """
 
 from .checkpoint import open_checkpoint
+from .dask_runner import run_dask
 from .errors import (
     CheckpointError,
     RemoteTaskError,
@@ -64,6 +65,7 @@ __all__ = [
     "reset_tasks",
     "run",
     "run_async",
+    "run_dask",
     "run_parallel",
     "run_parallel_async",
     "summarize",
