@@ -47,6 +47,19 @@ numpy dtypes and shapes.  Departures, inherent in the formats:
   are kept (numpy issue #5883).  Every other dtype round-trips exactly;
 * a pickled value must be under 4 GiB (the msgpack ext limit).
 
+Big values through shared memory (:mod:`taskmap.shm`): ``encode(value,
+shm=writer)`` moves every pickle-protocol-5 out-of-band buffer of at least
+``writer.threshold`` bytes (numpy arrays, pandas frames...) and a top-level
+``bytes``/``bytearray``/``memoryview`` of that size into a shared memory
+segment, copied once straight from the object's memory; the value is then an
+ext of type :data:`EXT_SHM` (2) holding ``[in-band pickle, [[segment,
+offset, length], ...]]``.  ``decode`` maps the segments and gives pickle
+views over them: a numpy array comes back over the shared pages, read-only
+(``decode(..., writable=True)``: a private copy-on-write mapping, writable),
+while ``bytes``/``bytearray`` are copied out once (they own their memory).
+``bytes``/``bytearray`` nested in a container stay in-band (pickle does not
+hand them out of band).  Without ``shm`` nothing changes.
+
 Decoding runs :func:`pickle.loads`: decode only data from a trusted peer.
 
 Speed: ``encode`` reuses a msgpack ``Packer`` per thread (2-3x faster than
@@ -69,6 +82,7 @@ import msgpack
 
 __all__ = [
     "EXT_PICKLE",
+    "EXT_SHM",
     "NONE_BYTES",
     "CodecError",
     "DecodeError",
@@ -78,10 +92,15 @@ __all__ = [
     "encode_none",
     "is_none",
     "loads_function",
+    "segment_names",
 ]
 
 EXT_PICKLE = 1
 """msgpack ext type code whose payload is a pickle (protocol 5)."""
+
+EXT_SHM = 2
+"""msgpack ext type code whose payload is ``[pickle, handles]``: a pickle
+whose out-of-band buffers lie in shared memory segments."""
 
 NONE_BYTES = b"\xc0"
 """``encode(None)``: the msgpack nil byte."""
@@ -120,9 +139,9 @@ class _CloudPickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _cloudpickle_dumps(obj: Any) -> bytes:
+def _cloudpickle_dumps(obj: Any, buffer_callback: Callable | None = None) -> bytes:
     with io.BytesIO() as file:
-        _CloudPickler(file, protocol=PICKLE_PROTOCOL).dump(obj)
+        _CloudPickler(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return file.getvalue()
 
 
@@ -130,13 +149,13 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 
 
-def _pickle(obj: Any) -> bytes:
+def _pickle(obj: Any, buffer_callback: Callable | None = None) -> bytes:
     """pickle, then cloudpickle; CodecError naming the culprit if both fail."""
     try:
-        return _dumps(obj, PICKLE_PROTOCOL)
+        return _dumps(obj, PICKLE_PROTOCOL, buffer_callback=buffer_callback)
     except Exception:  # noqa: BLE001 - PicklingError, TypeError, AttributeError, a __reduce__'s own error...
         try:
-            return _cloudpickle_dumps(obj)
+            return _cloudpickle_dumps(obj, buffer_callback)
         except Exception as exc:  # noqa: BLE001
             raise _encode_error(obj, exc) from exc
 
@@ -214,22 +233,84 @@ def _default(obj: Any) -> msgpack.ExtType:
     return msgpack.ExtType(EXT_PICKLE, _pickle(obj))
 
 
-def _encode_whole(value: Any) -> bytes:
+def _encode_whole(value: Any, shm: Any = None) -> bytes:
     """The whole value as one pickle ext (header built by hand: fast)."""
-    payload = _pickle(value)
+    if shm is not None:
+        return _encode_out_of_band(value, shm)
+    return _ext(_pickle(value), EXT_PICKLE, value)
+
+
+def _ext(payload: bytes, code: int, value: Any) -> bytes:
     n = len(payload)
     if n <= 0xFF:
-        head = bytes((0xC7, n, EXT_PICKLE))
+        head = bytes((0xC7, n, code))
     elif n <= 0xFFFF:
-        head = b"\xc8" + n.to_bytes(2, "big") + b"\x01"
+        head = b"\xc8" + n.to_bytes(2, "big") + bytes((code,))
     elif n <= _MAX_EXT:
-        head = b"\xc9" + n.to_bytes(4, "big") + b"\x01"
+        head = b"\xc9" + n.to_bytes(4, "big") + bytes((code,))
     else:
         raise CodecError(
             f"cannot serialise value of type {_type_name(value)!r}: "
             f"its pickle is {n} bytes, over the 4 GiB msgpack limit"
         )
     return head + payload
+
+
+class _BufferOf:
+    """Pickles a top-level bytes-like value as ``type(data)(<buffer>)`` so
+    that its bytes can travel out of band (pickle keeps bytes and bytearray
+    in-band)."""
+
+    __slots__ = ("data", "kind")
+
+    def __init__(self, data: Any, kind: type) -> None:
+        self.data = data
+        self.kind = kind
+
+    def __reduce__(self):
+        return self.kind, (pickle.PickleBuffer(self.data),)
+
+
+_BYTES_LIKE = {bytes: bytes, bytearray: bytearray, memoryview: bytes}
+
+
+def _encode_out_of_band(value: Any, shm: Any) -> bytes:
+    """Pickle ``value`` with its big buffers in shared memory (see the module
+    docstring); a plain pickle ext when it has none.  If the segment cannot
+    be written (``/dev/shm`` full...) the value goes in-band instead."""
+    threshold = shm.threshold
+    kind = _BYTES_LIKE.get(type(value))
+    target = value
+    if kind is not None:
+        if kind is bytes and type(value) is memoryview and not value.c_contiguous:
+            value = value.tobytes()
+        if memoryview(value).nbytes >= threshold:
+            target = _BufferOf(value, kind)
+    buffers: list[memoryview] = []
+
+    def big_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: pickle copies it in-band
+            return True
+        if raw.nbytes < threshold:
+            return True
+        buffers.append(raw)
+        return False
+
+    data = _pickle(target, big_out_of_band)
+    if not buffers:
+        if target is not value:  # (only when the bytes were under the threshold)
+            data = _pickle(value)
+        return _ext(data, EXT_PICKLE, value)
+    try:
+        handles = shm.store(buffers)
+    except OSError:
+        return _ext(_pickle(value), EXT_PICKLE, value)
+    finally:
+        del buffers  # no view of the value's memory outlives the encoding
+    body = msgpack.packb([data, [list(h) for h in handles]], use_bin_type=True)
+    return _ext(body, EXT_SHM, value)
 
 
 _NONE_TYPE = type(None)
@@ -273,11 +354,14 @@ _SHORT = 8
 _PACKER_OPTIONS = {"use_bin_type": True, "strict_types": True, "default": _default}
 
 
-def encode(value: object) -> bytes:
+def encode(value: object, shm: Any = None) -> bytes:
     """Encode ``value`` as bytes (one msgpack object).
 
     ``decode(encode(v))`` equals ``v`` and has exactly its type, recursively
     (a memoryview decodes as bytes; see the module docstring).  Thread-safe.
+
+    ``shm``: a :class:`taskmap.shm.SegmentWriter`; buffers of at least its
+    ``threshold`` bytes go into shared memory (see the module docstring).
 
     Raises :class:`CodecError` (a ``TypeError``) if the value cannot be
     serialised even by cloudpickle; the message names the type of the
@@ -290,25 +374,27 @@ def encode(value: object) -> bytes:
                 tx = type(x)
                 if tx not in _NATIVE:
                     if (tx is not list and tx is not dict) or not _native_tree(value):
-                        return _encode_whole(value)
+                        return _encode_whole(value, shm)
                     break
         elif not (_NATIVE.issuperset(map(type, value)) or _native_tree(value)):
-            return _encode_whole(value)
+            return _encode_whole(value, shm)
     elif t is dict:
         if len(value) <= _SHORT:
             for k, x in value.items():
                 tx = type(x)
                 if tx not in _NATIVE or type(k) not in _NATIVE:
                     if type(k) not in _NATIVE or (tx is not list and tx is not dict) or not _native_tree(value):
-                        return _encode_whole(value)
+                        return _encode_whole(value, shm)
                     break
         elif not (
             (_NATIVE.issuperset(map(type, value)) and _NATIVE.issuperset(map(type, value.values())))
             or _native_tree(value)
         ):
-            return _encode_whole(value)
+            return _encode_whole(value, shm)
     elif t not in _PACK_DIRECT:
-        return _encode_whole(value)
+        return _encode_whole(value, shm)
+    elif shm is not None and (t is bytes or t is memoryview) and _nbytes(value) >= shm.threshold:
+        return _encode_out_of_band(value, shm)
     # This thread's spare Packers; taking one out makes a re-entrant encode
     # (a __reduce__ that encodes) on this thread build its own.
     try:
@@ -327,6 +413,10 @@ def encode(value: object) -> bytes:
     if len(data) < _KEEP_PACKER_BELOW and not spare:
         spare.append(packer)
     return data
+
+
+def _nbytes(value: bytes | memoryview) -> int:
+    return len(value) if type(value) is bytes else value.nbytes
 
 
 def encode_none() -> bytes:
@@ -349,7 +439,7 @@ def _describe(data: Any) -> str:
         return f"a {_type_name(data)!r}"
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(code: int, data: bytes, writable: bool = False) -> Any:
     if code == EXT_PICKLE:
         try:
             return _loads(data)
@@ -357,14 +447,73 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise DecodeError(
                 f"cannot unpickle a value ({len(data)} bytes): {_exc_text(exc)}"
             ) from exc
-    raise DecodeError(f"cannot decode msgpack ext type {code}: taskmap only writes type {EXT_PICKLE}")
+    if code == EXT_SHM:
+        return _load_out_of_band(data, writable)
+    raise DecodeError(
+        f"cannot decode msgpack ext type {code}: taskmap only writes types {EXT_PICKLE} and {EXT_SHM}"
+    )
+
+
+def _ext_hook_writable(code: int, data: bytes) -> Any:
+    return _ext_hook(code, data, True)
+
+
+def _load_out_of_band(data: bytes, writable: bool) -> Any:
+    """Unpickle with the buffers mapped from their shared memory segments."""
+    from . import shm  # (only processes that meet such values need it)
+
+    try:
+        pickled, handles = _unpackb(data, raw=False, use_list=True)
+        mapped: dict[str, memoryview] = {}
+        buffers = []
+        for name, offset, length in handles:
+            view = mapped.get(name)
+            if view is None:
+                view = mapped[name] = memoryview(shm.attach(name, writable))
+            buffers.append(view[offset : offset + length])
+        del mapped
+        return _loads(pickled, buffers=buffers)
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(
+            f"cannot load a value from shared memory: {_exc_text(exc)}"
+        ) from exc
+
+
+def _ext_code(data: bytes | bytearray | memoryview) -> int | None:
+    """The ext type code of an encoded value, None if it is not an ext."""
+    if not data:
+        return None
+    first = data[0]
+    if 0xD4 <= first <= 0xD8:  # fixext 1..16
+        return data[1]
+    at = {0xC7: 2, 0xC8: 3, 0xC9: 5}.get(first)
+    return data[at] if at is not None and len(data) > at else None
+
+
+def segment_names(data: bytes | bytearray | memoryview) -> list[str]:
+    """Names of the shared memory segments an encoded value points into
+    (empty for a value encoded without them).  Cheap for any other value:
+    it looks at the first bytes only."""
+    if _ext_code(data) != EXT_SHM:
+        return []
+    body = _unpackb(data, raw=False, ext_hook=_raw_ext)
+    handles = _unpackb(body.data, raw=False)[1]
+    return list(dict.fromkeys(h[0] for h in handles))
+
+
+def _raw_ext(code: int, data: bytes) -> msgpack.ExtType:
+    return msgpack.ExtType(code, data)
 
 
 _unpackb = msgpack.unpackb
 
 
-def decode(data: bytes | bytearray | memoryview) -> Any:
+def decode(data: bytes | bytearray | memoryview, writable: bool = False) -> Any:
     """Decode bytes made by :func:`encode`.
+
+    Values with buffers in shared memory come back over a mapping of their
+    segments: read-only by default, private copy-on-write with ``writable``
+    (a numpy array is then writable; writes stay in this process).
 
     Raises :class:`DecodeError` (a :class:`CodecError`) for anything that is
     not a complete, single encoded value, or whose pickle does not load in
@@ -372,7 +521,8 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
     missing module or class); the error is chained as ``__cause__``.
     """
     try:
-        return _unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook, use_list=True)
+        hook = _ext_hook_writable if writable else _ext_hook
+        return _unpackb(data, raw=False, strict_map_key=False, ext_hook=hook, use_list=True)
     except DecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - msgpack's many error types
