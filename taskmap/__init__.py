@@ -31,6 +31,7 @@ from .graph import (
 from .logs import in_progress
 from .observers import Observer, RunInfo, TaskEvent
 from .record import RunRecord, TaskRecord
+from .results import NotKept
 from .runners import run, run_async, run_parallel, run_parallel_async
 from .state import TaskState
 from .summary import Summary, summarize
@@ -40,6 +41,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CheckpointError",
     "Graph",
+    "NotKept",
     "Observer",
     "RemoteTaskError",
     "RemoteTraceback",

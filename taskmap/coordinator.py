@@ -23,6 +23,13 @@ core, more when measured tasks are so short that the pipe's round trip would
 leave the core idle.  Everything that becomes ready together travels to a
 worker in one message.
 
+Big results (:mod:`taskmap.shm`): a worker puts a big result's buffers in a
+shared memory segment and sends a handle; the coordinator forwards the handle
+to the children (their workers map the segment), maps it itself only for a
+result it keeps (``gather``), tells the last reader of a segment it may unlink
+it, and removes every segment of its prefix when the run ends, however it
+ends.
+
 When a worker dies, the coordinator first reads whatever results it managed to
 send, then fails the task it was running with :class:`WorkerCrashedError`
 (naming pid and exit code or signal), puts its unstarted cpu tasks back in the
@@ -40,7 +47,7 @@ import time
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 
-from . import codec, messages
+from . import codec, messages, shm
 from .bookkeeping import Bookkeeper
 from .errors import (
     RemoteTaskError,
@@ -55,6 +62,7 @@ from .limits import TaskLimits
 from .messages import Kind, Stage
 from .observers import Observers
 from .pool import WorkerHandle, WorkerPool, get_pool
+from .results import NotKept
 from .state import FINISHED, SchedulingState, TaskState
 
 MAX_CPU_DEPTH = 64
@@ -72,9 +80,14 @@ def run_graph(
     limits: TaskLimits | None = None,
     observers: Observers | None = None,
     runner: str = "run_parallel_async",
+    shm_threshold: int | None = None,
+    gather: frozenset | None = None,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
-    ``observers`` hear the run's events (:mod:`taskmap.observers`)."""
+    ``observers`` hear the run's events (:mod:`taskmap.observers`).
+    ``shm_threshold``: bytes from which a result's buffers go through shared
+    memory (None: never); ``gather``: names of the results to keep (None:
+    all; the others become :class:`taskmap.NotKept`)."""
     from .runners import state_for  # (runners imports this module lazily)
 
     state = state_for(graph)
@@ -86,7 +99,8 @@ def run_graph(
     with pool.lock, _sigterm_as_interrupt():
         pool.configure(limits.memory_limit)
         Coordinator(
-            graph, state, pool, ncores, raise_errors, limits, observers, runner
+            graph, state, pool, ncores, raise_errors, limits, observers, runner,
+            shm_threshold if pool.shm_prefix is not None else None, gather,
         ).run()
     return graph
 
@@ -124,8 +138,15 @@ class Coordinator:
         limits: TaskLimits,
         observers: Observers | None = None,
         runner: str = "run_parallel_async",
+        shm_threshold: int | None = None,
+        gather: frozenset | None = None,
     ) -> None:
         self.graph = graph
+        self.shm_threshold = shm_threshold
+        # task numbers whose results come back to the caller (None: all)
+        self.keep = None if gather is None else {state.index[name] for name in gather}
+        # segment -> tasks whose encoded results point into it
+        self.segment_users: dict[str, list[int]] = {}
         self.limits = limits
         self.attempts = [0] * len(state.names)
         # deadlines, not polling: (when, seq, kind, task); wait() sleeps until the first
@@ -196,11 +217,18 @@ class Coordinator:
         self._finish(None)
 
     def _finish(self, error: BaseException | None) -> None:
-        for w in self.pool.workers:
-            w.forget_tasks()
-        names = self.state.names
-        self.graph.attempts.update((names[i], n) for i, n in enumerate(self.attempts) if n)
-        self.book.finish(error)
+        try:
+            for w in self.pool.workers:
+                w.forget_tasks()
+            names = self.state.names
+            self.graph.attempts.update((names[i], n) for i, n in enumerate(self.attempts) if n)
+            self.book.finish(error)
+        finally:
+            # every segment of the run goes, also those of crashed workers and
+            # those no message reported; kept results stay mapped (unlinked
+            # files live on while mapped)
+            if self.pool.shm_prefix is not None:
+                shm.remove_all(self.pool.shm_prefix)
 
     def wait_once(self) -> None:
         workers = self.pool.workers
@@ -264,8 +292,16 @@ class Coordinator:
         name = self.state.names[i]
         self.graph.durations[name] = end - start
         if ok:
+            segments = codec.segment_names(payload) if self.shm_threshold is not None else ()
+            for segment in segments:
+                self.segment_users.setdefault(segment, []).append(i)
             try:
-                value = codec.decode(payload)
+                if self.keep is None or i in self.keep:
+                    # a kept big value: a private copy-on-write mapping of its
+                    # segment, so the caller gets a writable array, no copy
+                    value = codec.decode(payload, writable=True)
+                else:
+                    value = NotKept(name)
             except Exception as error:
                 failure = SerializationError(
                     # the worker names the type of every pickled result
@@ -276,7 +312,10 @@ class Coordinator:
                 self.fail(i, failure, w.pid)
                 return
             self.encoded[i] = payload
-            self.book.succeeded(i, value, w.pid, start, end, payload)
+            # (a handle is no value to store: a checkpoint encodes the value)
+            self.book.succeeded(i, value, w.pid, start, end, None if segments else payload)
+            if self.segment_users:
+                self.release_read_inputs(i)
             follower = self.pinned.pop(i, None)  # the task pinned behind it runs on
             if follower is not None:
                 self.book.starting(follower[0], w.pid)
@@ -409,6 +448,7 @@ class Coordinator:
     def assign(self, w: WorkerHandle, i: int, io: bool, batches: dict) -> None:
         state = self.state
         args = []
+        release = []
         for p in state.parents[i]:
             blob = self.encoded.get(p)
             if blob is None:
@@ -416,12 +456,14 @@ class Coordinator:
                 if blob is None:
                     return  # task i failed: its argument cannot be sent
             if not codec.is_none(blob):
+                if self.segment_users and self.may_release(p, i, blob):
+                    release.append(len(args))
                 args.append(blob)
         state.started(i)
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
         batch = batches.setdefault(w, [])
-        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None])
+        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release])
         self.book.starting(i, w.pid)
         if io:
             w.io_tasks.add(i)
@@ -450,7 +492,7 @@ class Coordinator:
                     best = c
             if best < 0:
                 return
-            args, slots = [], []
+            args, slots, release = [], [], []
             for q in state.parents[best]:
                 if q == parent:
                     slots.append(len(args))
@@ -459,7 +501,16 @@ class Coordinator:
                 if blob is None:
                     return  # a given result not encoded yet: take the normal path
                 if not codec.is_none(blob):
+                    if self.segment_users and self.may_release(q, best, blob):
+                        release.append(len(args))
                     args.append(blob)
+            if (
+                self.shm_threshold is not None
+                and len(children[parent]) == 1
+                and not self.keeps(parent)
+                and self.limits.retries[best] == 0
+            ):
+                release.append(-1)  # the parent's new segments: only it reads them
             state.started(best)
             self.attempts[best] += 1
             w.cpu_tasks.append(best)
@@ -468,10 +519,48 @@ class Coordinator:
                 self.add_timer(time.monotonic() + limit, self.CPU_DEADLINE, best)
             self.pinned[parent] = (best, w)
             self.pinned_behind[best] = parent
-            batch.append([best, self.func_of[best], False, args, parent, slots, None])
+            batch.append([best, self.func_of[best], False, args, parent, slots, None, release])
             # reported as started when its parent succeeds: until then it
             # may be withdrawn (the parent fails) and never run
             parent = best
+
+    def keeps(self, i: int) -> bool:
+        """Whether task i's result comes back to the caller."""
+        return self.keep is None or i in self.keep
+
+    def may_release(self, p: int, i: int, blob: bytes) -> bool:
+        """Whether task i, reading p's result ``blob``, is the last reader of
+        every segment the blob points into: no result pointing into it is
+        kept, every other child of those results has finished, and i will
+        not be retried (a retry would read them again).  ``i`` = -1: no new
+        reader, only whether every reader has finished."""
+        if i >= 0 and self.limits.retries[i]:
+            return False
+        names = codec.segment_names(blob)
+        if not names:
+            return False
+        children, status = self.state.children, self.state.state
+        for name in names:
+            for q in self.segment_users.get(name, ()):
+                if self.keeps(q):
+                    return False
+                for c in children[q]:
+                    if c != i and status[c] not in FINISHED:
+                        return False
+        return True
+
+    def release_read_inputs(self, i: int) -> None:
+        """Task i succeeded: unlink its parents' segments that nobody will
+        read any more (what a last reader did not release itself, e.g. in a
+        fan-out whose children ran at the same time)."""
+        users, encoded = self.segment_users, self.encoded
+        for p in self.state.parents[i]:
+            blob = encoded.get(p)
+            if blob is not None and self.may_release(p, -1, blob):
+                names = codec.segment_names(blob)
+                shm.unlink(names)
+                for name in names:
+                    users.pop(name, None)
 
     def _encode_given_result(self, i: int, p: int) -> bytes | None:
         """Encode a result the run did not produce (given in ``results`` or
@@ -479,6 +568,11 @@ class Coordinator:
         names = self.state.names
         value = self.graph.results.get(names[p])
         try:
+            if type(value) is NotKept:
+                raise ValueError(
+                    f"the result of task {names[p]!r} was not kept (gather=); "
+                    f"reset {names[p]!r} too to run {names[i]!r} again"
+                )
             blob = codec.encode(value)
         except Exception as error:
             self.state.started(i)
@@ -502,7 +596,7 @@ class Coordinator:
                 w.funcs_sent.add(fid)
                 new[fid] = self.func_blobs[fid]
         try:
-            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs))
+            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold))
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back
             for sub in subs:

@@ -7,14 +7,18 @@ forward a parent's result to its children without decoding and re-encoding it.
 
 coordinator -> worker
     ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
-                 sent once per worker and run), and a batch of
-                 :class:`Submission` ``[task, func, io, args, after, slots, timeout]``.
+                 sent once per worker and run), a batch of
+                 :class:`Submission` ``[task, func, io, args, after, slots, timeout, release]``
+                 and the run's shared memory threshold (bytes, or None: off).
                  ``after`` >= 0 pins a cpu task behind a parent sent to the same
                  worker: it runs right after that parent succeeds, with the
                  parent's value inserted into ``args`` at ``slots`` (a chain
                  then needs no round trip per task); it is dropped if the
                  parent fails.  ``timeout`` (seconds or None) is enforced by
                  the worker for io tasks; cpu tasks' limits by the coordinator.
+                 ``release``: positions in ``args`` (-1: the pinned parent's
+                 value) whose shared memory segments this task is the last to
+                 read; the worker unlinks them once the function returned.
     ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
@@ -63,6 +67,7 @@ class Submission(NamedTuple):
     after: int  # -1, or the parent this task is pinned behind
     slots: list  # where the pinned parent's value goes in args
     timeout: float | None  # io tasks only
+    release: list  # args (-1: pinned parent) whose segments this task may unlink
 
 
 class Failure(NamedTuple):
@@ -86,8 +91,8 @@ def pack_hello(pid: int) -> bytes:
     return msgpack.packb((Kind.HELLO, pid))
 
 
-def pack_submit(run_id: int, funcs: dict, submissions: list) -> bytes:
-    return msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions), use_bin_type=True)
+def pack_submit(run_id: int, funcs: dict, submissions: list, shm_threshold: int | None = None) -> bytes:
+    return msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions, shm_threshold), use_bin_type=True)
 
 
 def pack_results(outcomes: list) -> bytes:

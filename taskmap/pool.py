@@ -9,7 +9,8 @@ crashed worker held.
 
 The pool lives across runs in one Python process (like loky's reusable
 executor) and is shut down at interpreter exit: SHUTDOWN to each worker, a
-short join, then kill.
+short join, then kill; then the shared memory segments of this process's
+runs are removed (normally none is left by then).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import deque
 
 from loky.backend.context import get_context
 
-from . import messages
+from . import messages, shm
 from .slot import RunningSlot
 from .worker import worker_main
 
@@ -115,6 +116,11 @@ class WorkerPool:
         self.lock = threading.Lock()  # one run at a time uses the pool
         self.memory_limit: int | None = None
         self._ctx = get_context("loky")
+        # names of this process's shared memory segments start with this
+        # (None: no /dev/shm here, big values take the pipes)
+        self.shm_prefix: str | None = shm.coordinator_prefix() if shm.available() else None
+        if self.shm_prefix is not None:
+            shm.sweep_orphans()  # segments of coordinators that died before us
 
     def configure(self, memory_limit: int | None) -> None:
         """Workers started from now on get this memory limit (bytes); workers
@@ -130,7 +136,7 @@ class WorkerPool:
         slot = RunningSlot()
         process = self._ctx.Process(
             target=worker_main,
-            args=(theirs, slot, self.memory_limit),
+            args=(theirs, slot, self.memory_limit, self.shm_prefix),
             name="taskmap-worker",
             daemon=True,
         )
@@ -176,6 +182,8 @@ class WorkerPool:
                 pass
         for w in workers:
             w.stop()
+        if self.shm_prefix is not None:
+            shm.remove_all(self.shm_prefix)
 
 
 _pool: WorkerPool | None = None

@@ -22,6 +22,7 @@ from .bookkeeping import Bookkeeper
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
+from .results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 from .state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -268,13 +269,16 @@ def run_parallel(
     trace: str | os.PathLike[str] | None = None,
     summary: bool = False,
     observers: Iterable[Observer] | None = None,
+    gather: GatherSpec = True,
+    shm_threshold: ThresholdSpec = "auto",
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
     Tasks are cpu tasks unless listed in ``io_bound``.  ``nprocs`` is an alias
     of ``ncores``; ``sleep`` is ignored.  ``timeout``, ``retries`` and
-    ``retry_delay``, ``memory_limit``, ``progress``, ``trace``, ``summary`` and
-    ``observers`` as in :func:`run_parallel_async`.  Returns the graph.
+    ``retry_delay``, ``memory_limit``, ``progress``, ``trace``, ``summary``,
+    ``observers``, ``gather`` and ``shm_threshold`` as in
+    :func:`run_parallel_async`.  Returns the graph.
     """
     del sleep
     from .coordinator import run_graph
@@ -282,7 +286,9 @@ def run_parallel(
     n = default_ncores(ncores, nprocs, half=False)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
     obs = build_observers(graph, progress, trace, observers, summary)
-    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel")
+    keep = resolve_gather(graph, gather)
+    threshold = resolve_threshold(shm_threshold)
+    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel", threshold, keep)
 
 
 def run_parallel_async(
@@ -300,6 +306,8 @@ def run_parallel_async(
     trace: str | os.PathLike[str] | None = None,
     summary: bool = False,
     observers: Iterable[Observer] | None = None,
+    gather: GatherSpec = True,
+    shm_threshold: ThresholdSpec = "auto",
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
     at least 1), each running an asyncio loop: io-bound tasks start at once and
@@ -337,6 +345,22 @@ def run_parallel_async(
     are called at the run's events (task started / finished, run started /
     finished), in the calling thread.  With none of these options a run pays
     nothing per task for them.
+
+    ``shm_threshold``: a result's buffers of at least this many bytes (numpy
+    arrays, pandas frames, bytes/bytearray...) travel through shared memory:
+    the worker that made them writes them once into a segment in
+    ``/dev/shm``, only a handle crosses the pipes, and a child's worker maps
+    the segment (a numpy argument is then a read-only array over it; copy it
+    to change it).  ``"auto"`` (the default): ``$TASKMAP_SHM_THRESHOLD`` if
+    set (bytes, or ``off``), else 1 MiB; ``None``: off, everything through
+    the pipes.  No segment outlives the run.
+    ``gather``: which results come back to ``graph.results``: ``True`` (the
+    default) all; a collection of task names: those, every other task that
+    succeeds gets a :class:`taskmap.NotKept` as its result (its value only
+    went to its children, so intermediate big values are freed as soon as
+    their readers finished); ``False``: none.  Refused with a checkpoint.
+    Kept big values are copy-on-write mappings of their segments: no copy,
+    writable, and nothing left in ``/dev/shm``.
     """
     del sleep
     from .coordinator import run_graph
@@ -344,4 +368,6 @@ def run_parallel_async(
     n = default_ncores(ncores, nprocs, half=True)
     limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
     obs = build_observers(graph, progress, trace, observers, summary)
-    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel_async")
+    keep = resolve_gather(graph, gather)
+    threshold = resolve_threshold(shm_threshold)
+    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel_async", threshold, keep)

@@ -41,6 +41,7 @@ and big values travel through the pipes as before.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import os
 import select
@@ -54,6 +55,7 @@ __all__ = [
     "Attached",
     "Handle",
     "SegmentWriter",
+    "TaskSegments",
     "attach",
     "available",
     "close_and_sweep",
@@ -210,23 +212,48 @@ def close_and_sweep(prefix: str, coordinator_pidfd: int | None, wait: float = 2.
 
 
 class SegmentWriter:
-    """Writes the big buffers of one value into a new segment.
+    """Names and writes the segments of one worker process.
 
-    One per worker process.  ``prefix`` is the coordinator's
-    (:func:`coordinator_prefix`); names add this process's pid and a counter.
-    A buffer that already lies inside a segment mapped here (a task returned
-    its input, or a view of it) is not copied: its handle points into that
-    segment.
+    ``prefix`` is the coordinator's (:func:`coordinator_prefix`); names add
+    this process's pid and a counter.  Thread-safe: the io loop and the cpu
+    thread of a worker encode results at the same time, each through its own
+    :meth:`for_task`.
     """
 
     def __init__(self, prefix: str, threshold: int) -> None:
+        if threshold < 1:
+            raise ValueError(f"the shared memory threshold must be >= 1 byte, not {threshold}")
         self.prefix = f"{prefix}{os.getpid()}-"
         self.threshold = threshold
-        self.count = 0
-        # names this task may unlink before new segments are written (it is
-        # their last reader); set by the worker around one encode
-        self.release: list[str] = []
-        self.kept: set[str] = set()  # released names a result still points into
+        self._count = itertools.count(1)  # next() is atomic under the GIL
+
+    def for_task(self, release: Iterable[str] = ()) -> TaskSegments:
+        """What one task's result is encoded with (``codec.encode(value,
+        shm=...)``).  ``release``: segments this task was the last to read;
+        they are unlinked before its result is written (so a chain holds one
+        input and one output, not more), unless the result points into them."""
+        return TaskSegments(self, list(release))
+
+    def next_name(self) -> str:
+        return f"{self.prefix}{next(self._count)}"
+
+
+class TaskSegments:
+    """The segments of one result (see :meth:`SegmentWriter.for_task`).
+
+    A buffer that already lies inside a segment mapped in this process (a
+    task returned its input, or a view of it) is not copied: its handle
+    points into that segment.
+    """
+
+    __slots__ = ("writer", "threshold", "release", "kept", "written")
+
+    def __init__(self, writer: SegmentWriter, release: list[str]) -> None:
+        self.writer = writer
+        self.threshold = writer.threshold
+        self.release = release
+        self.kept: set[str] = set()  # segments the result points into
+        self.written: list[str] = []  # segments written for this result
 
     def store(self, buffers: list[memoryview]) -> list[Handle]:
         """Handles for ``buffers`` (contiguous byte views), writing the ones
@@ -240,29 +267,25 @@ class SegmentWriter:
             else:
                 fresh.append(k)
             handles.append(inside)
-        # release inputs before writing: their memory is free again (once
-        # unmapped) before the new segment takes its own
+        # release the inputs before writing: once unmapped (the task's
+        # arguments are dropped by now) their memory is free for the new one
         self.flush_release()
         if fresh:
-            name = self._next_name()
+            name = self.writer.next_name()
+            self.written.append(name)
             offsets, size = [], 0
             for k in fresh:
                 offsets.append(size)
-                size += (len(buffers[k]) + ALIGN - 1) // ALIGN * ALIGN
+                size += (buffers[k].nbytes + ALIGN - 1) // ALIGN * ALIGN
             _write(name, size, [(offsets[j], buffers[k]) for j, k in enumerate(fresh)])
             for j, k in enumerate(fresh):
-                handles[k] = Handle(name, offsets[j], len(buffers[k]))
+                handles[k] = Handle(name, offsets[j], buffers[k].nbytes)
         return handles  # type: ignore[return-value]
 
     def flush_release(self) -> None:
-        """Unlink the released names no result points into."""
+        """Unlink the released segments no result points into (once)."""
         names, self.release = self.release, []
         unlink(n for n in names if n not in self.kept)
-        self.kept.clear()
-
-    def _next_name(self) -> str:
-        self.count += 1
-        return f"{self.prefix}{self.count}"
 
 
 def _write(name: str, size: int, parts: list[tuple[int, memoryview]]) -> None:

@@ -17,7 +17,15 @@ interval, not for the task's duration.
 
 Shutdown: a SHUTDOWN message, or EOF on the pipe (the coordinator closed it or
 died), ends the process at once with ``os._exit`` -- whatever is running is
-abandoned, because nobody is left to receive its result.  SIGINT is ignored:
+abandoned, because nobody is left to receive its result.  On EOF from a
+coordinator that died, the worker first removes that coordinator's shared
+memory segments (nobody else would until the next coordinator starts).
+
+Big results (:mod:`taskmap.shm`): with the run's threshold set, a result's
+big buffers go into a shared memory segment and only a handle is sent.  A
+task's arguments are dropped as soon as its function returns, and the inputs
+it was told it reads last are unlinked before its own result is written, so
+a chain of big values holds about one input and one output at a time.  SIGINT is ignored:
 on Ctrl-C the coordinator decides and stops the workers itself.
 """
 
@@ -34,7 +42,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from . import codec, messages
+from . import codec, messages, shm
 from .messages import Kind, Stage
 
 IO_THREADS = 256
@@ -50,8 +58,13 @@ class _BrokenFunction:
 
 
 class Worker:
-    def __init__(self, conn, progress) -> None:
+    def __init__(self, conn, progress, shm_prefix: str | None = None) -> None:
         self.conn = conn
+        # shared memory: the coordinator's segment prefix, a pidfd that tells
+        # whether it is still alive, and the run's writer (None: off)
+        self.shm_prefix = shm_prefix
+        self.coordinator_pidfd = _open_pidfd(shm_prefix)
+        self.shm_writer: shm.SegmentWriter | None = None
         # running[0]: the cpu task running now, or -1 (shared with the coordinator)
         self.progress = progress
         self.running = progress.view()
@@ -85,10 +98,11 @@ class Worker:
                 msg = messages.unpack(conn.recv_bytes())
                 kind = msg[0]
                 if kind == Kind.SUBMIT:
-                    _, run_id, funcs, subs = msg
+                    _, run_id, funcs, subs = msg[:4]
                     if run_id != self.run_id:
                         self.run_id = run_id
                         self.funcs = {}
+                        self.set_shm_threshold(msg[4] if len(msg) > 4 else None)
                     for func_id, blob in funcs.items():
                         self.funcs[func_id] = self._load(blob)
                     io = []
@@ -111,8 +125,34 @@ class Worker:
                 elif kind == Kind.SHUTDOWN:
                     break
         except (EOFError, OSError):
-            pass  # the coordinator closed the pipe or died
+            self.coordinator_gone()  # the coordinator closed the pipe or died
         _exit_now()
+
+    def set_shm_threshold(self, threshold: int | None) -> None:
+        writer = self.shm_writer
+        if threshold is None or self.shm_prefix is None:
+            self.shm_writer = None
+        elif writer is None or writer.threshold != threshold:
+            self.shm_writer = shm.SegmentWriter(self.shm_prefix, threshold)
+
+    def coordinator_gone(self) -> None:
+        """The pipe broke: if the coordinator died, remove its segments; exit."""
+        if self.shm_prefix is not None:
+            try:
+                shm.close_and_sweep(self.shm_prefix, self.coordinator_pidfd)
+            except BaseException:  # noqa: BLE001 - exiting regardless
+                pass
+        _exit_now()
+
+    def task_segments(self, release: list[str]):
+        """What a result is encoded with: the task's view of the writer
+        (None when shared memory is off: release now, nothing to write)."""
+        writer = self.shm_writer
+        if writer is None:
+            if release:
+                shm.unlink(release)
+            return None
+        return writer.for_task(release)
 
     @staticmethod
     def _load(blob: bytes):
@@ -142,17 +182,25 @@ class Worker:
             return batch
 
     def flush_cpu(self) -> None:
-        """cpu thread: send what is batched."""
-        batch = self.take_cpu_batch()
-        if batch:
-            self.send(messages.pack_results(batch))
+        """cpu thread (or the sender thread): send what is batched.  The
+        batch is taken and sent under one lock, so results leave in the
+        order they finished: a pinned child's result never overtakes its
+        parent's (as it could when a big batch waited for the sender thread
+        while the cpu thread sent the next one)."""
+        try:
+            with self.send_lock:
+                batch = self.take_cpu_batch()
+                if batch:
+                    self.conn.send_bytes(messages.pack_results(batch))
+        except OSError:
+            self.coordinator_gone()
 
     def flush_cpu_late(self) -> None:
-        """Loop thread, BATCH_SECONDS after a batch opened: send it if the
-        cpu thread has not."""
-        batch = self.take_cpu_batch()
-        if batch:
-            self.send_from_loop(messages.pack_results(batch))
+        """Loop thread, BATCH_SECONDS after a batch opened: have the sender
+        thread send it if the cpu thread has not (the loop never waits for a
+        send)."""
+        if self.cpu_batch:
+            self.sender.submit(self.flush_cpu)
 
     def execute_chain(self, sub, coroutine_loop) -> None:
         """Run ``sub``, then the tasks pinned behind it (depth first) with the
@@ -165,7 +213,8 @@ class Worker:
             sub, parent_value = chain.pop()
             running[1] = time.monotonic_ns()
             running[0] = sub[0]
-            outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
+            outcome, value, written = self.execute_cpu(sub, coroutine_loop, parent_value)
+            parent_value = None
             running[0] = -1
             running[2] = sub[0]  # finished, even if its result never gets out
             # take the pinned tasks before the outcome is published: once the
@@ -178,9 +227,17 @@ class Worker:
                 loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self.flush_cpu_late)
             if pinned:
                 if outcome[1]:
-                    chain.extend((f, (value,)) for f in reversed(pinned))
+                    # a value that went to shared memory reaches its pinned
+                    # children as it reaches any other: decoded from there
+                    # (read-only, and this copy of it can be freed now)
+                    if outcome[2] and codec.segment_names(outcome[2]):
+                        value = None
+                        chain.extend((f, [None, outcome[2], written]) for f in reversed(pinned))
+                    else:
+                        chain.extend((f, [value, None, ()]) for f in reversed(pinned))
                 else:
                     self.drop(pinned)
+            value = None
 
     def drop(self, subs: list) -> None:
         """Forget pinned tasks whose parent failed (the coordinator skips them)."""
@@ -190,36 +247,59 @@ class Worker:
 
     # -- running one task -------------------------------------------------
 
-    def prepare(self, sub, parent_value: tuple | None = None):
-        """The function and decoded arguments of a submission, or raise with
-        the stage at which it went wrong.  ``parent_value`` is ``(value,)``
-        of the parent a pinned task ran behind."""
+    def prepare(self, sub, parent_value: list | None = None):
+        """The function and decoded arguments of a submission, and the names
+        of the segments it may release, or raise with the stage at which it
+        went wrong.  ``parent_value`` is ``[value, None, ()]`` of the parent a
+        pinned task ran behind, or ``[None, encoded, segments written for
+        it]`` when that value lies in shared memory; it is emptied (the
+        arguments hold the value)."""
         func = self.funcs.get(sub[1])
         if func is None or isinstance(func, _BrokenFunction):
             error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
             raise _StageError(Stage.FUNCTION, error)
+        encoded_args = sub[3]
+        parent_encoded = parent_value[1] if parent_value is not None else None
+        # the pinned parent's value: only the segments written for it (older
+        # ones it points into may have other readers)
+        release = [
+            name
+            for k in (sub[7] if len(sub) > 7 else ())
+            for name in (parent_value[2] if k < 0 else codec.segment_names(encoded_args[k]))
+        ] if len(sub) > 7 else []
         try:
-            args = [codec.decode(a) for a in sub[3]]
+            args = [codec.decode(a) for a in encoded_args]
+            if parent_value is not None:
+                value = parent_value[0] if parent_encoded is None else codec.decode(parent_encoded)
+                parent_value.clear()
+                if value is not None:
+                    for slot in sub[5]:
+                        args.insert(slot, value)
+                del value
         except BaseException as error:  # noqa: BLE001
             raise _StageError(Stage.ARGS, error) from error
-        if parent_value is not None and parent_value[0] is not None:
-            for slot in sub[5]:
-                args.insert(slot, parent_value[0])
-        return func, args
+        return func, args, release
 
-    def execute_cpu(self, sub, coroutine_loop, parent_value: tuple | None = None) -> tuple:
-        """Run one cpu task; return its outcome and its value."""
+    def execute_cpu(self, sub, coroutine_loop, parent_value: list | None = None) -> tuple:
+        """Run one cpu task; return its outcome, its value and the names of
+        the segments written for it."""
         start = time.monotonic()
+        release: list[str] = []
         try:
-            func, args = self.prepare(sub, parent_value)
+            func, args, release = self.prepare(sub, parent_value)
             value = func(*args)
+            del args  # the inputs' mappings go before the result is written
             if inspect.isawaitable(value):
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
-            return failure(sub[0], err.error, err.stage, start), None
+            shm.unlink(release)
+            return failure(sub[0], err.error, err.stage, start), None, ()
         except BaseException as error:  # noqa: BLE001 - the task's failure
-            return failure(sub[0], error, Stage.RUN, start), None
-        return success(sub[0], value, start), value
+            shm.unlink(release)
+            return failure(sub[0], error, Stage.RUN, start), None, ()
+        segments = self.task_segments(release)
+        outcome = success(sub[0], value, start, segments)
+        return outcome, value, (segments.written if segments is not None else ())
 
     def start_io(self, subs) -> None:
         for sub in subs:
@@ -228,8 +308,9 @@ class Worker:
     async def run_io(self, sub) -> None:
         start = time.monotonic()
         task = sub[0]
+        release: list[str] = []
         try:
-            func, args = self.prepare(sub)
+            func, args, release = self.prepare(sub)
             limit = sub[6]
             if limit is None:
                 value = await self.call_io(func, args)
@@ -251,7 +332,11 @@ class Worker:
         except BaseException as error:  # noqa: BLE001
             outcome = failure(task, error, Stage.RUN, start)
         else:
-            outcome = success(task, value, start)
+            del args  # the inputs' mappings go before the result is written
+            outcome = success(task, value, start, self.task_segments(release))
+            release = []
+        if release:
+            shm.unlink(release)
         self.io_tasks.pop(task, None)
         self.pending_io.append(outcome)
         if len(self.pending_io) == 1:
@@ -282,7 +367,7 @@ class Worker:
             try:
                 self.conn.send_bytes(data)
             except OSError:
-                _exit_now()
+                self.coordinator_gone()
             finally:
                 self.send_lock.release()
         else:
@@ -293,7 +378,7 @@ class Worker:
             with self.send_lock:
                 self.conn.send_bytes(data)
         except OSError:
-            _exit_now()
+            self.coordinator_gone()
 
 
 class _StageError(Exception):
@@ -310,12 +395,17 @@ def _call(func, args):
     return func(*args)
 
 
-def success(task: int, value, start: float) -> list:
+def success(task: int, value, start: float, segments: shm.TaskSegments | None = None) -> list:
+    """An Outcome for a task that returned ``value``; with ``segments``,
+    its big buffers go to shared memory (and released inputs are unlinked)."""
     end = time.monotonic()
     try:
-        payload = codec.encode(value)
+        payload = codec.encode(value, segments)
     except BaseException as error:  # noqa: BLE001
         return failure(task, error, Stage.RESULT, start, end, type_name=_type_name(type(value)))
+    finally:
+        if segments is not None:
+            segments.flush_release()
     if payload[0] in _EXT_FIRST_BYTES:
         # pickled: name its type, in case the coordinator cannot rebuild it
         return [task, True, payload, start, end, _type_name(type(value))]
@@ -370,7 +460,18 @@ def _exit_now() -> None:
 SWITCH_INTERVAL = 0.001  # seconds; see worker_main
 
 
-def worker_main(conn, progress, memory_limit: int | None = None) -> None:
+def _open_pidfd(prefix: str | None) -> int | None:
+    """A pidfd of the coordinator named in the segment prefix (opened now,
+    so it keeps naming that process even if its pid is reused later)."""
+    if prefix is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(int(prefix.split("-")[1]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def worker_main(conn, progress, memory_limit: int | None = None, shm_prefix: str | None = None) -> None:
     """Entry point of a worker process (started through loky)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_limit is not None:
@@ -385,4 +486,4 @@ def worker_main(conn, progress, memory_limit: int | None = None) -> None:
     # it needs the GIL again after each wake-up).  1 ms bounds the stall of io
     # tasks; with no other thread waiting, no switch happens at all.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    Worker(conn, progress).serve()
+    Worker(conn, progress, shm_prefix).serve()
