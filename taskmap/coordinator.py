@@ -207,6 +207,8 @@ class Coordinator:
         try:
             while not state.all_finished:
                 self.dispatch()
+                if state.all_finished:
+                    break  # dispatching failed the last tasks (an argument that cannot be sent)
                 self.wait_once()
                 if self.timers:
                     self.fire_timers()
