@@ -89,6 +89,7 @@ __all__ = [
     "decode",
     "dumps_function",
     "encode",
+    "encode_handed_over",
     "encode_none",
     "is_none",
     "loads_function",
@@ -99,6 +100,9 @@ EXT_PICKLE = 1
 """msgpack ext type code whose payload is a pickle (protocol 5)."""
 
 EXT_SHM = 2
+EXT_HANDED_OVER = 3
+"""msgpack ext type code of the stand-in for a value that went straight to
+the task pinned behind its task (payload: the task's name); it does not decode."""
 """msgpack ext type code whose payload is ``[pickle, handles]``: a pickle
 whose out-of-band buffers lie in shared memory segments."""
 
@@ -419,6 +423,12 @@ def _nbytes(value: bytes | memoryview) -> int:
     return len(value) if type(value) is bytes else value.nbytes
 
 
+def encode_handed_over(label: str) -> bytes:
+    """The stand-in sent for a value handed straight to a pinned child
+    (``label`` names its task in the error its decoding raises)."""
+    return _ext(label.encode(), EXT_HANDED_OVER, label)
+
+
 def encode_none() -> bytes:
     """``encode(None)``, i.e. :data:`NONE_BYTES`."""
     return NONE_BYTES
@@ -449,8 +459,15 @@ def _ext_hook(code: int, data: bytes, writable: bool = False) -> Any:
             ) from exc
     if code == EXT_SHM:
         return _load_out_of_band(data, writable)
+    if code == EXT_HANDED_OVER:
+        raise DecodeError(
+            f"the value of parent task #{data.decode(errors='replace')} was handed straight to "
+            "the task run behind it in its worker and kept nowhere else (too big to copy, and "
+            "nothing else was to read it)"
+        )
     raise DecodeError(
-        f"cannot decode msgpack ext type {code}: taskmap only writes types {EXT_PICKLE} and {EXT_SHM}"
+        f"cannot decode msgpack ext type {code}: taskmap only writes types "
+        f"{EXT_PICKLE}, {EXT_SHM} and {EXT_HANDED_OVER}"
     )
 
 

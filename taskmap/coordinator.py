@@ -465,7 +465,7 @@ class Coordinator:
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
         batch = batches.setdefault(w, [])
-        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release])
+        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False])
         self.book.starting(i, w.pid)
         if io:
             w.io_tasks.add(i)
@@ -512,7 +512,9 @@ class Coordinator:
                 and not self.keeps(parent)
                 and self.limits.retries[best] == 0
             ):
-                release.append(-1)  # the parent's new segments: only it reads them
+                # only best reads parent's value: a big one is handed over in
+                # the worker, never copied (batch[-1] is parent's submission)
+                batch[-1][8] = True
             state.started(best)
             self.attempts[best] += 1
             w.cpu_tasks.append(best)
@@ -521,7 +523,7 @@ class Coordinator:
                 self.add_timer(time.monotonic() + limit, self.CPU_DEADLINE, best)
             self.pinned[parent] = (best, w)
             self.pinned_behind[best] = parent
-            batch.append([best, self.func_of[best], False, args, parent, slots, None, release])
+            batch.append([best, self.func_of[best], False, args, parent, slots, None, release, False])
             # reported as started when its parent succeeds: until then it
             # may be withdrawn (the parent fails) and never run
             parent = best

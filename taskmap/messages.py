@@ -8,7 +8,7 @@ forward a parent's result to its children without decoding and re-encoding it.
 coordinator -> worker
     ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
                  sent once per worker and run), a batch of
-                 :class:`Submission` ``[task, func, io, args, after, slots, timeout, release]``
+                 :class:`Submission` ``[task, func, io, args, after, slots, timeout, release, direct]``
                  and the run's shared memory threshold (bytes, or None: off).
                  ``after`` >= 0 pins a cpu task behind a parent sent to the same
                  worker: it runs right after that parent succeeds, with the
@@ -16,9 +16,12 @@ coordinator -> worker
                  then needs no round trip per task); it is dropped if the
                  parent fails.  ``timeout`` (seconds or None) is enforced by
                  the worker for io tasks; cpu tasks' limits by the coordinator.
-                 ``release``: positions in ``args`` (-1: the pinned parent's
-                 value) whose shared memory segments this task is the last to
-                 read; the worker unlinks them once the function returned.
+                 ``release``: positions in ``args`` whose shared memory
+                 segments this task is the last to read; the worker unlinks
+                 them once the function returned.  ``direct``: only the task
+                 pinned behind this one reads its value, so a value big
+                 enough for shared memory is handed to it in-process and the
+                 coordinator gets a stand-in (:func:`codec.encode_handed_over`).
     ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
@@ -67,7 +70,8 @@ class Submission(NamedTuple):
     after: int  # -1, or the parent this task is pinned behind
     slots: list  # where the pinned parent's value goes in args
     timeout: float | None  # io tasks only
-    release: list  # args (-1: pinned parent) whose segments this task may unlink
+    release: list  # args whose segments this task may unlink
+    direct: bool  # a big value goes straight to the pinned child, not to shared memory
 
 
 class Failure(NamedTuple):

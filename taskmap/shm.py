@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "SHM_DIR",
     "Attached",
+    "HandOver",
     "Handle",
     "SegmentWriter",
     "TaskSegments",
@@ -227,15 +228,21 @@ class SegmentWriter:
         self.threshold = threshold
         self._count = itertools.count(1)  # next() is atomic under the GIL
 
-    def for_task(self, release: Iterable[str] = ()) -> TaskSegments:
+    def for_task(self, release: Iterable[str] = (), hand_over: bool = False) -> TaskSegments:
         """What one task's result is encoded with (``codec.encode(value,
         shm=...)``).  ``release``: segments this task was the last to read;
         they are unlinked before its result is written (so a chain holds one
-        input and one output, not more), unless the result points into them."""
-        return TaskSegments(self, list(release))
+        input and one output, not more), unless the result points into them.
+        ``hand_over``: a value that would need a new segment raises
+        :class:`HandOver` instead (its only reader runs in this process)."""
+        return TaskSegments(self, list(release), hand_over)
 
     def next_name(self) -> str:
         return f"{self.prefix}{next(self._count)}"
+
+
+class HandOver(Exception):
+    """Raised by :meth:`TaskSegments.store` for a value to hand over in-process."""
 
 
 class TaskSegments:
@@ -246,12 +253,15 @@ class TaskSegments:
     points into that segment.
     """
 
-    __slots__ = ("writer", "threshold", "release", "kept", "written")
+    __slots__ = ("writer", "threshold", "release", "kept", "written", "hand_over")
 
-    def __init__(self, writer: SegmentWriter, release: list[str]) -> None:
+    def __init__(self, writer: SegmentWriter, release: list[str], hand_over: bool = False) -> None:
         self.writer = writer
         self.threshold = writer.threshold
         self.release = release
+        # raise HandOver instead of writing: the value goes to the one task
+        # that reads it, in this process
+        self.hand_over = hand_over
         self.kept: set[str] = set()  # segments the result points into
         self.written: list[str] = []  # segments written for this result
 
@@ -270,6 +280,8 @@ class TaskSegments:
         # release the inputs before writing: once unmapped (the task's
         # arguments are dropped by now) their memory is free for the new one
         self.flush_release()
+        if fresh and self.hand_over:
+            raise HandOver
         if fresh:
             name = self.writer.next_name()
             self.written.append(name)

@@ -144,7 +144,7 @@ class Worker:
                 pass
         _exit_now()
 
-    def task_segments(self, release: list[str]):
+    def task_segments(self, release: list[str], hand_over: bool = False):
         """What a result is encoded with: the task's view of the writer
         (None when shared memory is off: release now, nothing to write)."""
         writer = self.shm_writer
@@ -152,7 +152,7 @@ class Worker:
             if release:
                 shm.unlink(release)
             return None
-        return writer.for_task(release)
+        return writer.for_task(release, hand_over)
 
     @staticmethod
     def _load(blob: bytes):
@@ -213,7 +213,7 @@ class Worker:
             sub, parent_value = chain.pop()
             running[1] = time.monotonic_ns()
             running[0] = sub[0]
-            outcome, value, written = self.execute_cpu(sub, coroutine_loop, parent_value)
+            outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
             parent_value = None
             running[0] = -1
             running[2] = sub[0]  # finished, even if its result never gets out
@@ -232,9 +232,9 @@ class Worker:
                     # (read-only, and this copy of it can be freed now)
                     if outcome[2] and codec.segment_names(outcome[2]):
                         value = None
-                        chain.extend((f, [None, outcome[2], written]) for f in reversed(pinned))
-                    else:
-                        chain.extend((f, [value, None, ()]) for f in reversed(pinned))
+                        chain.extend((f, [None, outcome[2]]) for f in reversed(pinned))
+                    else:  # (also a value handed over: see execute_cpu)
+                        chain.extend((f, [value, None]) for f in reversed(pinned))
                 else:
                     self.drop(pinned)
             value = None
@@ -250,23 +250,18 @@ class Worker:
     def prepare(self, sub, parent_value: list | None = None):
         """The function and decoded arguments of a submission, and the names
         of the segments it may release, or raise with the stage at which it
-        went wrong.  ``parent_value`` is ``[value, None, ()]`` of the parent a
-        pinned task ran behind, or ``[None, encoded, segments written for
-        it]`` when that value lies in shared memory; it is emptied (the
-        arguments hold the value)."""
+        went wrong.  ``parent_value`` is ``[value, None]`` of the parent a
+        pinned task ran behind, or ``[None, encoded]`` when that value lies
+        in shared memory; it is emptied (the arguments hold the value)."""
         func = self.funcs.get(sub[1])
         if func is None or isinstance(func, _BrokenFunction):
             error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
             raise _StageError(Stage.FUNCTION, error)
         encoded_args = sub[3]
         parent_encoded = parent_value[1] if parent_value is not None else None
-        # the pinned parent's value: only the segments written for it (older
-        # ones it points into may have other readers)
         release = [
-            name
-            for k in (sub[7] if len(sub) > 7 else ())
-            for name in (parent_value[2] if k < 0 else codec.segment_names(encoded_args[k]))
-        ] if len(sub) > 7 else []
+            name for k in (sub[7] if len(sub) > 7 else ()) for name in codec.segment_names(encoded_args[k])
+        ]
         try:
             args = [codec.decode(a) for a in encoded_args]
             if parent_value is not None:
@@ -281,8 +276,9 @@ class Worker:
         return func, args, release
 
     def execute_cpu(self, sub, coroutine_loop, parent_value: list | None = None) -> tuple:
-        """Run one cpu task; return its outcome, its value and the names of
-        the segments written for it."""
+        """Run one cpu task; return its outcome and its value.  A value only
+        the task pinned behind it reads (``direct``) is not copied to shared
+        memory: it is handed over here, the coordinator gets a stand-in."""
         start = time.monotonic()
         release: list[str] = []
         try:
@@ -293,13 +289,12 @@ class Worker:
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
             shm.unlink(release)
-            return failure(sub[0], err.error, err.stage, start), None, ()
+            return failure(sub[0], err.error, err.stage, start), None
         except BaseException as error:  # noqa: BLE001 - the task's failure
             shm.unlink(release)
-            return failure(sub[0], error, Stage.RUN, start), None, ()
-        segments = self.task_segments(release)
-        outcome = success(sub[0], value, start, segments)
-        return outcome, value, (segments.written if segments is not None else ())
+            return failure(sub[0], error, Stage.RUN, start), None
+        direct = len(sub) > 8 and sub[8] and sub[0] in self.followers
+        return success(sub[0], value, start, self.task_segments(release, direct)), value
 
     def start_io(self, subs) -> None:
         for sub in subs:
@@ -401,6 +396,8 @@ def success(task: int, value, start: float, segments: shm.TaskSegments | None = 
     end = time.monotonic()
     try:
         payload = codec.encode(value, segments)
+    except shm.HandOver:
+        return [task, True, codec.encode_handed_over(str(task)), start, end]
     except BaseException as error:  # noqa: BLE001
         return failure(task, error, Stage.RESULT, start, end, type_name=_type_name(type(value)))
     finally:
