@@ -227,6 +227,9 @@ class SegmentWriter:
         self.prefix = f"{prefix}{os.getpid()}-"
         self.threshold = threshold
         self._count = itertools.count(1)  # next() is atomic under the GIL
+        # what a task that releases nothing encodes with: shared, as it keeps
+        # no state (most results are small and never reach it)
+        self.plain = TaskSegments(self, [])
 
     def for_task(self, release: Iterable[str] = (), hand_over: bool = False) -> TaskSegments:
         """What one task's result is encoded with (``codec.encode(value,
@@ -235,6 +238,8 @@ class SegmentWriter:
         input and one output, not more), unless the result points into them.
         ``hand_over``: a value that would need a new segment raises
         :class:`HandOver` instead (its only reader runs in this process)."""
+        if not release and not hand_over:
+            return self.plain
         return TaskSegments(self, list(release), hand_over)
 
     def next_name(self) -> str:
@@ -253,7 +258,7 @@ class TaskSegments:
     points into that segment.
     """
 
-    __slots__ = ("writer", "threshold", "release", "kept", "written", "hand_over")
+    __slots__ = ("writer", "threshold", "release", "kept", "hand_over")
 
     def __init__(self, writer: SegmentWriter, release: list[str], hand_over: bool = False) -> None:
         self.writer = writer
@@ -262,8 +267,7 @@ class TaskSegments:
         # raise HandOver instead of writing: the value goes to the one task
         # that reads it, in this process
         self.hand_over = hand_over
-        self.kept: set[str] = set()  # segments the result points into
-        self.written: list[str] = []  # segments written for this result
+        self.kept: set[str] = set()  # released segments the result points into
 
     def store(self, buffers: list[memoryview]) -> list[Handle]:
         """Handles for ``buffers`` (contiguous byte views), writing the ones
@@ -272,10 +276,10 @@ class TaskSegments:
         fresh: list[int] = []
         for k, buf in enumerate(buffers):
             inside = _find_mapped(buf)
-            if inside is not None:
-                self.kept.add(inside.name)
-            else:
+            if inside is None:
                 fresh.append(k)
+            elif self.release:
+                self.kept.add(inside.name)
             handles.append(inside)
         # release the inputs before writing: once unmapped (the task's
         # arguments are dropped by now) their memory is free for the new one
@@ -284,7 +288,6 @@ class TaskSegments:
             raise HandOver
         if fresh:
             name = self.writer.next_name()
-            self.written.append(name)
             offsets, size = [], 0
             for k in fresh:
                 offsets.append(size)
@@ -296,8 +299,9 @@ class TaskSegments:
 
     def flush_release(self) -> None:
         """Unlink the released segments no result points into (once)."""
-        names, self.release = self.release, []
-        unlink(n for n in names if n not in self.kept)
+        if self.release:
+            names, self.release = self.release, []
+            unlink([n for n in names if n not in self.kept])
 
 
 def _write(name: str, size: int, parts: list[tuple[int, memoryview]]) -> None:

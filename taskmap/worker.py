@@ -260,8 +260,8 @@ class Worker:
         encoded_args = sub[3]
         parent_encoded = parent_value[1] if parent_value is not None else None
         release = [
-            name for k in (sub[7] if len(sub) > 7 else ()) for name in codec.segment_names(encoded_args[k])
-        ]
+            name for k in sub[7] for name in codec.segment_names(encoded_args[k])
+        ] if len(sub) > 7 and sub[7] else []
         try:
             args = [codec.decode(a) for a in encoded_args]
             if parent_value is not None:

@@ -167,7 +167,7 @@ def test_released_inputs_go_before_the_result_is_written(writer):
     del a
     segments = writer.for_task([name])
     second = codec.encode(np.ones(1000), segments)
-    assert name not in our_segments() and segments.written == codec.segment_names(second)
+    assert name not in our_segments() and codec.segment_names(second)[0] in our_segments()
 
 
 def test_shared_memory_full_falls_back_to_the_pipe(writer, monkeypatch):
