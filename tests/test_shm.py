@@ -301,6 +301,45 @@ def test_arguments_are_read_only_and_returning_them_copies_nothing():
     assert not our_segments()
 
 
+def segments_of(coordinator_pid, *_inputs):
+    return shm.list_segments(f"taskmap-{coordinator_pid}-")
+
+
+def test_a_segment_goes_once_its_readers_finished():
+    me = os.getpid()
+    funcs = {
+        "big": lambda: make(MiB),
+        "r1": lambda a: float(a[0]),
+        "r2": lambda a: float(a[-1]),
+        "later": lambda x, y: segments_of(me),  # runs after both readers
+    }
+    deps = {"big": [], "r1": ["big"], "r2": ["big"], "later": ["r1", "r2"]}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2, gather=["later"])
+    assert graph.results["later"] == []  # released during the run, not only at its end
+
+
+def test_a_kept_segment_lives_until_the_run_ends():
+    me = os.getpid()
+    funcs = {"big": lambda: make(MiB), "r1": lambda a: float(a[0]), "later": lambda x: segments_of(me)}
+    deps = {"big": [], "r1": ["big"], "later": ["r1"]}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    assert len(graph.results["later"]) == 1  # 'big' is kept: its segment stayed for the caller
+    assert graph.results["big"][0] == 1.0 and not our_segments()
+
+
+def test_a_value_only_its_pinned_child_reads_is_handed_over():
+    # not kept, one child, run behind it in the same worker: no segment, and
+    # the child gets the parent's own (writable) array
+    funcs = {"t0": lambda: make(MiB), "w": writeable}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {"t0": [], "w": ["t0"]}), ncores=1, gather=["w"])
+    assert graph.results["w"] is True
+    # kept, the same child reads it from shared memory, read-only
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {"t0": [], "w": ["t0"]}), ncores=1)
+    assert graph.results["w"] is False
+    with pytest.raises(codec.DecodeError, match="handed straight"):
+        codec.decode(codec.encode_handed_over("7"))
+
+
 def test_a_rerun_that_needs_a_result_not_kept_says_so():
     graph = taskmap.run_parallel(chain_graph(), ncores=2, gather=["t3"])
     taskmap.reset_tasks(graph, ["t3"])
