@@ -10,9 +10,11 @@ output, not its intermediates, would ask.  The chain runs in one worker
 task reads an intermediate, it is handed over in-process, never copied; the
 last result is written once to shared memory and mapped by the caller.
 
-A fourth line, without a goal, keeps every result (``gather=True``): each
-intermediate then is written to a segment and mapped by the caller and by
-the next task's worker (and the tree holds the 4 kept arrays at the end).
+Two more lines, without goals: keeping every result (``gather=True``: each
+intermediate is written to a segment and mapped by the caller and by the
+next task's worker, and the tree holds the 4 kept arrays at the end), and
+``t1``..``t3`` as io tasks (never sent ahead, so every hop goes through a
+segment that the next task maps and releases before writing its own).
 
 Measured in one run, medians of ``--reps`` repetitions, each configuration
 in a fresh process of its own (so the heap one leaves behind is not counted
@@ -141,9 +143,9 @@ class PeakSampler:
 # -- the three runners ------------------------------------------------------------
 
 
-def run_taskmap(n: int, shm_threshold, gather=("t3",)) -> tuple[float, PeakSampler]:
+def run_taskmap(n: int, shm_threshold, gather=("t3",), io_bound=()) -> tuple[float, PeakSampler]:
     funcs, deps = graph_parts(n)
-    graph = taskmap.create_graph(funcs, deps)
+    graph = taskmap.create_graph(funcs, deps, io_bound=list(io_bound))
     with PeakSampler() as sampler:
         start = time.perf_counter()
         taskmap.run_parallel(graph, ncores=NCORES, gather=gather, shm_threshold=shm_threshold)
@@ -184,6 +186,10 @@ CONFIGS = {
     # each one is written to a segment and mapped by the caller (4 arrays
     # kept: at least 4x the array by definition)
     "taskmap, shm, all 4 kept": lambda n: run_taskmap(n, "auto", gather=True),
+    # no goal either: t1..t3 as io tasks, which are not sent ahead behind
+    # their parent, so every hop goes through a segment (written by one task,
+    # mapped and released by the next) and through the coordinator
+    "taskmap, shm, every hop": lambda n: run_taskmap(n, "auto", io_bound=("t1", "t2", "t3")),
 }
 
 

@@ -20,13 +20,14 @@ died), ends the process at once with ``os._exit`` -- whatever is running is
 abandoned, because nobody is left to receive its result.  On EOF from a
 coordinator that died, the worker first removes that coordinator's shared
 memory segments (nobody else would until the next coordinator starts).
+SIGINT is ignored: on Ctrl-C the coordinator decides and stops the workers
+itself.
 
 Big results (:mod:`taskmap.shm`): with the run's threshold set, a result's
 big buffers go into a shared memory segment and only a handle is sent.  A
 task's arguments are dropped as soon as its function returns, and the inputs
 it was told it reads last are unlinked before its own result is written, so
-a chain of big values holds about one input and one output at a time.  SIGINT is ignored:
-on Ctrl-C the coordinator decides and stops the workers itself.
+a chain of big values holds about one input and one output at a time.
 """
 
 from __future__ import annotations
