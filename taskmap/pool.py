@@ -118,7 +118,12 @@ class WorkerPool:
         self._ctx = get_context("loky")
         # names of this process's shared memory segments start with this
         # (None: no /dev/shm here, big values take the pipes)
-        self.shm_prefix: str | None = shm.coordinator_prefix() if shm.available() else None
+        self.shm_prefix: str | None = None
+        if shm.available():
+            try:
+                self.shm_prefix = shm.coordinator_prefix()
+            except (ProcessLookupError, OSError, ValueError, IndexError):
+                pass  # no readable /proc: no way to name segments safely
         if self.shm_prefix is not None:
             shm.sweep_orphans()  # segments of coordinators that died before us
 
