@@ -245,7 +245,7 @@ class Coordinator:
     def outcome(self, w: WorkerHandle, outcome: list) -> None:
         i, ok, payload, start, end = outcome[:5]
         if self.state.is_io[i]:
-            w.io_tasks.discard(i)
+            w.io_tasks.pop(i, None)
         else:
             if w.cpu_tasks and w.cpu_tasks[0] == i:
                 w.cpu_tasks.popleft()
@@ -269,8 +269,8 @@ class Coordinator:
             except Exception as error:
                 failure = SerializationError(
                     # the worker names the type of every pickled result
-                    name, "result", outcome[5] if len(outcome) > 5 else "unknown",
-                    f"it could not be rebuilt in the coordinator: {error}",
+                    name, "result", outcome[5] if len(outcome) > 5 else None,
+                    str(error), "deserialised in the coordinator",
                 )
                 failure.__cause__ = error
                 self.fail(i, failure, w.pid)
@@ -327,9 +327,18 @@ class Coordinator:
         if stage == Stage.TIMEOUT:
             i = self.state.index[name]
             return TaskTimeoutError(name, self.limits.timeout[i])
-        if stage != Stage.RUN:
-            what = {Stage.ARGS: "arguments", Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
-            wrapped = SerializationError(name, what, type_name, message)
+        if stage == Stage.ARGS:
+            # the worker could not decode the argument it names: the error's
+            # type says nothing of the value's (its message names the class)
+            wrapped = SerializationError(name, type_name, None, message, "deserialised in the worker")
+            wrapped.__cause__ = error
+            error = wrapped
+        elif stage != Stage.RUN:
+            what = {Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
+            action = "deserialised in the worker" if stage == Stage.FUNCTION else "serialised"
+            # (for a function the worker could not load, type_name is the error's)
+            of_type = None if stage == Stage.FUNCTION else type_name
+            wrapped = SerializationError(name, what, of_type, message, action)
             wrapped.__cause__ = error
             error = wrapped
         else:
@@ -424,7 +433,8 @@ class Coordinator:
         batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None])
         self.book.starting(i, w.pid)
         if io:
-            w.io_tasks.add(i)
+            w.io_tasks[i] = w.io_sent
+            w.io_sent += 1
         else:
             w.cpu_tasks.append(i)
             if limit is not None:
@@ -507,7 +517,7 @@ class Coordinator:
             # it died before taking them: they never started, so they go back
             for sub in subs:
                 i = sub[0]
-                w.io_tasks.discard(i)
+                w.io_tasks.pop(i, None)
                 try:
                     w.cpu_tasks.remove(i)
                 except ValueError:
@@ -540,16 +550,20 @@ class Coordinator:
         exitcode = w.exitcode()
         marker = w.slot.value if w.slot is not None else -1
         last_finished = w.slot.last_finished if w.slot is not None else -1
+        io_started = w.slot.io_started if w.slot is not None else w.io_sent
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
         w.close()
-        # io tasks all run at once: all were running.  Of the cpu tasks, the
-        # shared slot names the one running at the crash; those before it
-        # finished but their results were still batched, those after it had
-        # not started: both kinds go back to the queue.
-        running = list(w.io_tasks)
+        # io tasks run at once: those the worker's loop had started were
+        # running (the slot counts them, and they start in the order they
+        # were sent); the rest had not left the pipe and go back to the
+        # queue.  Of the cpu tasks, the slot names the one running at the
+        # crash; those before it finished but their results were still
+        # batched, those after it had not started: both kinds go back too.
+        running = [i for i, n in w.io_tasks.items() if n < io_started]
         order = list(w.cpu_tasks)
+        order.extend(i for i, n in w.io_tasks.items() if n >= io_started)
         ran: set[int] = set()  # finished, but the result was lost with the worker
         if marker in order:
             k = order.index(marker)

@@ -15,7 +15,6 @@ coordinator -> worker
                  then needs no round trip per task); it is dropped if the
                  parent fails.  ``timeout`` (seconds or None) is enforced by
                  the worker for io tasks; cpu tasks' limits by the coordinator.
-    ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.
@@ -41,8 +40,7 @@ class Kind(IntEnum):
     HELLO = 0
     SUBMIT = 1
     RESULTS = 2
-    CANCEL = 3
-    SHUTDOWN = 4
+    SHUTDOWN = 4  # (3 was CANCEL: io time limits are kept by the worker itself)
 
 
 class Stage(IntEnum):
@@ -92,10 +90,6 @@ def pack_submit(run_id: int, funcs: dict, submissions: list) -> bytes:
 
 def pack_results(outcomes: list) -> bytes:
     return msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True)
-
-
-def pack_cancel(tasks: list) -> bytes:
-    return msgpack.packb((Kind.CANCEL, tasks))
 
 
 SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))

@@ -39,6 +39,12 @@ def state_for(graph: Graph) -> SchedulingState:
     )
 
 
+# What a task may raise and still just fail (the rest, KeyboardInterrupt and
+# SystemExit, end the run).  CancelledError is a BaseException, but a task
+# that raises it (say, it awaited something that was cancelled) has failed.
+TASK_ERRORS = (Exception, asyncio.CancelledError)
+
+
 def run(
     graph: Graph,
     raise_errors: bool = False,
@@ -78,7 +84,7 @@ def run(
                     if loop is None:
                         loop = _private_loop()
                     value = loop.run_until_complete(_await(value))
-            except Exception as error:
+            except TASK_ERRORS as error:
                 book.failed(i, error)
             else:
                 book.succeeded(i, value)
@@ -183,7 +189,7 @@ async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> 
             return
         try:
             value = func(*args)
-        except Exception as error:
+        except TASK_ERRORS as error:
             book.failed(i, error)
             return
         if inspect.isawaitable(value):
@@ -193,6 +199,12 @@ async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> 
 
     def collect(fut: asyncio.Future) -> None:
         i = running.pop(fut)
+        if fut.cancelled():  # the task raised CancelledError itself
+            try:
+                fut.result()
+            except asyncio.CancelledError as cancelled:
+                book.failed(i, cancelled)
+            return
         error = fut.exception()
         if error is None:
             book.succeeded(i, fut.result())

@@ -106,8 +106,6 @@ class Worker:
                             self.cpu_queue.put(sub)
                     if io:
                         loop.call_soon_threadsafe(self.start_io, io)
-                elif kind == Kind.CANCEL:
-                    loop.call_soon_threadsafe(self.cancel_io, msg[1])
                 elif kind == Kind.SHUTDOWN:
                     break
         except (EOFError, OSError):
@@ -198,10 +196,12 @@ class Worker:
         if func is None or isinstance(func, _BrokenFunction):
             error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
             raise _StageError(Stage.FUNCTION, error)
-        try:
-            args = [codec.decode(a) for a in sub[3]]
-        except BaseException as error:  # noqa: BLE001
-            raise _StageError(Stage.ARGS, error) from error
+        args = []
+        for k, blob in enumerate(sub[3]):
+            try:
+                args.append(codec.decode(blob))
+            except BaseException as error:  # noqa: BLE001
+                raise _StageError(Stage.ARGS, error, f"argument {k + 1}") from error
         if parent_value is not None and parent_value[0] is not None:
             for slot in sub[5]:
                 args.insert(slot, parent_value[0])
@@ -216,16 +216,23 @@ class Worker:
             if inspect.isawaitable(value):
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
-            return failure(sub[0], err.error, err.stage, start), None
+            return failure(sub[0], err.error, err.stage, start, type_name=err.what), None
         except BaseException as error:  # noqa: BLE001 - the task's failure
             return failure(sub[0], error, Stage.RUN, start), None
         return success(sub[0], value, start), value
 
     def start_io(self, subs) -> None:
         for sub in subs:
+            # (the dict holds the only strong reference to the asyncio task)
             self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub))
 
     async def run_io(self, sub) -> None:
+        # The first steps of io tasks run in the order they were sent (the
+        # loop's ready queue is FIFO), so this count in the shared slot tells
+        # the coordinator, should the worker die, which of them had started
+        # (those fail) and which had not (a blocking task may stall the loop
+        # before they do; those are requeued).
+        self.running[3] += 1
         start = time.monotonic()
         task = sub[0]
         try:
@@ -243,11 +250,15 @@ class Worker:
                         raise  # the task's own TimeoutError
                     # (a plain function's thread runs on, unwatched)
                     raise _StageError(Stage.TIMEOUT, error) from None
-        except asyncio.CancelledError:
-            self.io_tasks.pop(task, None)
-            return  # the coordinator cancelled it and already knows
+        except asyncio.CancelledError as error:
+            if asyncio.current_task().cancelling():
+                self.io_tasks.pop(task, None)
+                return  # the worker's loop is shutting down
+            # the task's own code raised it (say, it awaited something that
+            # was cancelled): a failure like any other, or the run would hang
+            outcome = failure(task, error, Stage.RUN, start)
         except _StageError as err:
-            outcome = failure(task, err.error, err.stage, start)
+            outcome = failure(task, err.error, err.stage, start, type_name=err.what)
         except BaseException as error:  # noqa: BLE001
             outcome = failure(task, error, Stage.RUN, start)
         else:
@@ -265,12 +276,6 @@ class Worker:
         if inspect.isawaitable(value):
             value = await value
         return value
-
-    def cancel_io(self, tasks) -> None:
-        for task in tasks:
-            fut = self.io_tasks.pop(task, None)
-            if fut is not None:
-                fut.cancel()
 
     def flush_io(self) -> None:
         batch, self.pending_io = self.pending_io, []
@@ -297,9 +302,13 @@ class Worker:
 
 
 class _StageError(Exception):
-    def __init__(self, stage: Stage, error: BaseException) -> None:
+    """A task failed before or after its own code: ``stage`` says where;
+    ``what`` names the value (e.g. ``"argument 2"``) for the message."""
+
+    def __init__(self, stage: Stage, error: BaseException, what: str | None = None) -> None:
         self.stage = stage
         self.error = error
+        self.what = what
 
 
 async def _await(awaitable):
