@@ -91,6 +91,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import CheckpointError
 from .observers import DONE, FAILED, Observer, RunInfo, TaskEvent
+from .state import topological_order
 
 # sqlite3, the codec (msgpack, cloudpickle) and hashlib load with the first
 # store, not with ``import taskmap``: every worker process imports the
@@ -724,22 +725,15 @@ def _plan_restore(graph: Any, rows: list, fingerprints: _TaskFingerprints) -> _P
 
 
 def _topological(deps: Mapping) -> list:
-    """Tasks ordered so each comes after its dependencies (Kahn)."""
-    children: dict = {t: [] for t in deps}
-    waiting: dict = {}
-    for task, parents in deps.items():
-        waiting[task] = len(parents)
-        for p in parents:
-            children[p].append(task)
-    order = [t for t, n in waiting.items() if n == 0]
-    k = 0
-    while k < len(order):
-        for c in children[order[k]]:
-            waiting[c] -= 1
-            if waiting[c] == 0:
-                order.append(c)
-        k += 1
-    return order
+    """Tasks ordered so each comes after its dependencies."""
+    names = list(deps)
+    index = {task: i for i, task in enumerate(names)}
+    parents = [[index[p] for p in deps[task]] for task in names]
+    children: list[list[int]] = [[] for _ in names]
+    for i, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(i)
+    return [names[i] for i in topological_order(parents, children)]
 
 
 def _checksum(key: bytes, fingerprint: bytes, status: str, payload: bytes | None) -> int:

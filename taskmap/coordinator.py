@@ -43,8 +43,6 @@ from multiprocessing.connection import wait
 from . import codec, messages
 from .bookkeeping import Bookkeeper
 from .errors import (
-    RemoteTaskError,
-    RemoteTraceback,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -314,40 +312,25 @@ class Coordinator:
 
     def rebuild_error(self, name, failure: list) -> BaseException:
         blob, type_name, message, text, stage = failure
-        error: BaseException | None = None
-        if blob is not None:
-            try:
-                error = codec.decode(blob)
-            except Exception:
-                error = None
-            if not isinstance(error, BaseException):
-                error = None
-        if error is None:
-            error = RemoteTaskError(type_name, message, text)
         if stage == Stage.TIMEOUT:
             i = self.state.index[name]
             return TaskTimeoutError(name, self.limits.timeout[i])
+        error = codec.decode_exception(blob, type_name, message, text)
+        if stage == Stage.RUN:
+            return error
         if stage == Stage.ARGS:
             # the worker could not decode the argument it names: the error's
             # type says nothing of the value's (its message names the class)
             wrapped = SerializationError(name, type_name, None, message, "deserialised in the worker")
-            wrapped.__cause__ = error
-            error = wrapped
-        elif stage != Stage.RUN:
+        else:
             what = {Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
             action = "deserialised in the worker" if stage == Stage.FUNCTION else "serialised"
             # (for a function the worker could not load, type_name is the error's)
             of_type = None if stage == Stage.FUNCTION else type_name
             wrapped = SerializationError(name, what, of_type, message, action)
-            wrapped.__cause__ = error
-            error = wrapped
-        else:
-            error.__cause__ = RemoteTraceback(text)
-        try:
-            error.remote_traceback = text  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-        return error
+        wrapped.__cause__ = error
+        wrapped.remote_traceback = text  # type: ignore[attr-defined]
+        return wrapped
 
     # -- deadlines: cpu time limits, delayed retries -------------------------
 

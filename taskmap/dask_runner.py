@@ -92,8 +92,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import codec
 from .bookkeeping import Bookkeeper
 from .errors import (
-    RemoteTaskError,
-    RemoteTraceback,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -979,20 +977,7 @@ def _rebuild_error(name: Any, failure: _TaskFailure, limit: float | None) -> Bas
     parallel runtime rebuilds it."""
     if failure.timed_out:
         return TaskTimeoutError(name, limit if limit is not None else 0.0)
-    error: BaseException | None = None
-    if failure.blob is not None:
-        try:
-            error = codec.decode(failure.blob)
-        except Exception:  # noqa: BLE001 - its class does not exist here
-            error = None
-        if not isinstance(error, BaseException):
-            error = None
-    if error is None:
-        error = RemoteTaskError(failure.type_name, failure.message, failure.traceback_text)
-    error.__cause__ = RemoteTraceback(failure.traceback_text)
-    with contextlib.suppress(AttributeError):
-        error.remote_traceback = failure.traceback_text  # type: ignore[attr-defined]
-    return error
+    return codec.decode_exception(failure.blob, failure.type_name, failure.message, failure.traceback_text)
 
 
 def _value_type_name(result: Any) -> str:

@@ -780,29 +780,3 @@ def test_runners_agree_with_topological_evaluation(case):
         runner(graph)
         _check_against_reference(graph, deps, specs)
 
-
-async def raises_cancelled():
-    raise asyncio.CancelledError("given up")
-
-
-async def awaits_a_cancelled_future():
-    fut = asyncio.get_running_loop().create_future()
-    fut.cancel()
-    await fut
-
-
-@pytest.mark.timeout(20)
-@pytest.mark.parametrize("runner", RUNNERS, ids=ids)
-@pytest.mark.parametrize("io", [False, True], ids=["cpu", "io"])
-def test_a_task_that_raises_cancelled_error_fails_like_any_other(runner, io):
-    # CancelledError is a BaseException: it must not escape the runner nor
-    # leave the run waiting for a result that never comes
-    funcs = {"own": raises_cancelled, "awaited": awaits_a_cancelled_future, "child": b, "ok": a}
-    deps = {"own": [], "awaited": [], "child": ["own"], "ok": []}
-    graph = taskmap.create_graph(funcs, deps, io_bound=["own", "awaited"] if io else [])
-    runner(graph)
-    assert isinstance(graph.results["own"], asyncio.CancelledError)
-    assert graph.results["own"].args == ("given up",)
-    assert isinstance(graph.results["awaited"], asyncio.CancelledError)
-    assert graph.results["child"] == "Ancestor task own failed; task not run"
-    assert graph.results["ok"] == 5
