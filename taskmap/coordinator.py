@@ -80,6 +80,11 @@ def run_graph(
     if limits is None:
         limits = TaskLimits(state.names)
     if state.all_finished:
+        # nothing to run, but it is a run all the same: graph.last_run and
+        # the observers say so (no worker is started for it)
+        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores)
+        book.start()
+        book.finish(None)
         return graph
     pool = get_pool()
     with pool.lock, _sigterm_as_interrupt():
