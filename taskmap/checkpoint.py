@@ -539,6 +539,36 @@ class CheckpointStore:
                 continue  # a damaged key names no task
         return names
 
+    def statuses(self, graph: Any) -> dict:
+        """What the store says of each task of ``graph``, without changing
+        the graph or the store: task -> ``"done"`` (a stored result a run
+        would keep), ``"failed"``, ``"skipped"`` (below a failure, never run)
+        or ``"not run"`` (no row, or a row a run would not keep: its function
+        or a parent changed, or a parent will rerun).  For pictures of a
+        pipeline's state (``taskmap graph --checkpoint``)."""
+        from .status import DONE as S_DONE
+        from .status import FAILED as S_FAILED
+        from .status import NOT_RUN, SKIPPED
+
+        fingerprints = _TaskFingerprints(graph)
+        rows = {
+            bytes(key): (bytes(fp), status)
+            for key, fp, status in self._query("SELECT key, fingerprint, status FROM tasks")
+        }
+        deps = graph.dependencies
+        out: dict = {}
+        for task in _topological(deps):
+            parents = [out[p] for p in deps[task]]
+            key, fingerprint = fingerprints.entry(task)
+            row = rows.get(key)
+            if any(p in (S_FAILED, SKIPPED) for p in parents):
+                out[task] = SKIPPED
+            elif row is None or row[0] != fingerprint or any(p != S_DONE for p in parents):
+                out[task] = NOT_RUN
+            else:
+                out[task] = S_FAILED if row[1] == FAILED else S_DONE if row[1] == DONE else NOT_RUN
+        return out
+
     def entry(self, task: Any) -> StoredEntry | None:
         """What the store holds for ``task``, or None."""
         rows = self._query(
