@@ -100,7 +100,7 @@ from .errors import (
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
-from .runners import state_for
+from .runners import TASK_ERRORS, state_for
 from .state import FINISHED, SchedulingState, TaskState
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -238,14 +238,14 @@ def _run_task(call: _TaskCall, *parent_results: Any) -> Any:
         value = _call_io(call, args) if call.io else _call_cpu(call, args)
     except _TimedOut:
         raise _TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time()) from None
-    except Exception as error:  # noqa: BLE001 - the task's own failure, its result
+    except TASK_ERRORS as error:  # the task's own failure, its result
         raise _failure(call.label, error, pid, start) from None
     if call.envelope:
         return _Outcome(value, pid, start, time.time())
     return value
 
 
-def _failure(label: str, error: Exception, pid: int, start: float) -> _TaskFailure:
+def _failure(label: str, error: BaseException, pid: int, start: float) -> _TaskFailure:
     end = time.time()
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     try:
@@ -339,7 +339,25 @@ class _IoLoop:
 
     def run(self, awaitable: Any, limit: float | None) -> Any:
         """Run ``awaitable`` on the loop and wait for it in this thread."""
-        return asyncio.run_coroutine_threadsafe(_with_limit(awaitable, limit), self.loop).result()
+        result = asyncio.run_coroutine_threadsafe(_own_cancel(awaitable, limit), self.loop).result()
+        if type(result) is _Cancelled:
+            raise result.error
+        return result
+
+
+class _Cancelled(NamedTuple):
+    error: asyncio.CancelledError
+
+
+async def _own_cancel(awaitable: Any, limit: float | None) -> Any:
+    # a CancelledError the task raises itself is its failure; crossing the
+    # thread boundary as is, it would arrive as a bare concurrent.futures one
+    try:
+        return await _with_limit(awaitable, limit)
+    except asyncio.CancelledError as error:
+        if asyncio.current_task().cancelling():
+            raise
+        return _Cancelled(error)
 
 
 async def _with_limit(awaitable: Any, limit: float | None) -> Any:
