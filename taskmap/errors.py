@@ -8,8 +8,15 @@ stack below the coordinator's.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
+
+
+# What a task may raise and still just fail (the rest, KeyboardInterrupt and
+# SystemExit, end the run).  CancelledError is a BaseException, but a task
+# that raises it (say, it awaited something that was cancelled) has failed.
+TASK_ERRORS = (Exception, asyncio.CancelledError)
 
 class TaskmapError(Exception):
     """Base class of every error taskmap itself raises or records."""

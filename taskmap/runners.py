@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .bookkeeping import Bookkeeper
+from .errors import TASK_ERRORS
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
@@ -37,12 +38,6 @@ def state_for(graph: Graph) -> SchedulingState:
     return SchedulingState(
         graph.dependencies, graph.io_bound, graph.done, graph.durations or None
     )
-
-
-# What a task may raise and still just fail (the rest, KeyboardInterrupt and
-# SystemExit, end the run).  CancelledError is a BaseException, but a task
-# that raises it (say, it awaited something that was cancelled) has failed.
-TASK_ERRORS = (Exception, asyncio.CancelledError)
 
 
 def run(
