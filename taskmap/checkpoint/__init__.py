@@ -88,7 +88,6 @@ from .schema import NOT_STORED, SCHEMA_VERSION, encode_key
 from .store import (
     CheckpointStore,
     StoredEntry,
-    _reopen,  # noqa: F401 - not in __all__: named by pickles of a store made before the split
     as_store,  # noqa: F401 - not in __all__ (as before): imported from here by taskmap.graph
     open_checkpoint,
 )
