@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 import taskmap  # noqa: E402
+from taskmap import shm  # noqa: E402
 
 NCORES = 2
 GOAL_SPEEDUP = 5.0
@@ -232,7 +233,7 @@ def main() -> int:
     if args.child:
         child(args.child, args.n, args.reps)
         return 0
-    if not taskmap.shm.available():
+    if not shm.available():
         print("no /dev/shm on this machine: shared memory is off")
         return 1
     size = args.mb << 20

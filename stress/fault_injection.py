@@ -23,8 +23,8 @@ finish within --max-seconds is a FAIL and exit status 2):
   crash: a task running in the same worker process when a planned crash
   killed it (verified: its WorkerCrashedError names the pid that the crashing
   task recorded, and the task had started in that process -- every task
-  notes where it starts; --lenient-collateral also accepts a task that was
-  sent to that worker but had not started); innocent tasks get ``--retries``
+  notes where it starts; one sent there but not started must have been
+  requeued, not failed); innocent tasks get ``--retries``
   retries to absorb collateral failures;
 * afterwards the pool has --ncores live workers and no other child process
   is left.
@@ -301,10 +301,10 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
     def collateral(name, got) -> bool:
         """Killed, on its last attempt, with a worker another task's planned
         crash took down (documented: a crash fails the tasks the worker was
-        running).  Unless --lenient-collateral, it must have started there."""
+        running).  It must have started there: one that had not is requeued."""
         if not (isinstance(got, taskmap.WorkerCrashedError) and owners.get(got.pid, name) != name):
             return False
-        if args.lenient_collateral or got.pid in ran_in(log_dir, name):
+        if got.pid in ran_in(log_dir, name):
             return True
         problems.append(
             f"{name}: failed with a WorkerCrashedError for worker {got.pid} (killed by "
@@ -362,18 +362,6 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
             continue
         want = None if kind == "none" else value_of(int(name[1:]), [value[p] for p in deps[name] if value[p] is not None])
         value[name] = want
-        if (
-            args.lenient_collateral
-            and kind == "flaky"
-            and isinstance(got, Exception)
-            and attempts.get(name, 0) - executions(log_dir, name) >= args.retries
-        ):
-            # its retries went on attempts in crashed workers where it never
-            # started, then its one planned failure was the last attempt
-            stats["flaky tasks whose retries went to never-started attempts"] += 1
-            failed.add(name)
-            value.pop(name, None)
-            continue
         stats["flaky recovered" if kind == "flaky" else "succeeded"] += 1
         if type(got) is not type(want) or got != want:
             note = diagnose(name, got, deps, value)
@@ -444,10 +432,6 @@ def parse(argv=None):
         "io tasks not yet started included, and those rerun",
     )
     p.add_argument("--retry-delay", type=float, default=0.01)
-    p.add_argument(
-        "--lenient-collateral", action="store_true",
-        help="accept a WorkerCrashedError for a task that never started in the crashed worker",
-    )
     p.add_argument("--max-seconds", type=float, default=900, help="a run longer than this counts as hung")
     return p.parse_args(argv)
 

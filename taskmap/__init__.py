@@ -5,38 +5,79 @@ core busy, and nothing polls.  A drop-in replacement for the original
 ``taskmap`` package.  See README.md for the tour and DESIGN for the contract.
 """
 
-from .checkpoint import open_checkpoint
-from .dask_runner import run_dask
-from .errors import (
-    CheckpointError,
-    RemoteTaskError,
-    RemoteTraceback,
-    SerializationError,
-    TaskFailedError,
-    TaskmapError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-)
-from .export import to_dot, to_mermaid
-from .graph import (
-    Graph,
-    create_graph,
-    get_all_children,
-    get_ready_tasks,
-    mark_as_done,
-    mark_as_done_except,
-    reset_failed_tasks,
-    reset_tasks,
-)
-from .logs import in_progress
-from .observers import Observer, RunInfo, TaskEvent
-from .record import RunRecord, TaskRecord
-from .results import NotKept
-from .runners import run, run_async, run_parallel, run_parallel_async
-from .state import TaskState
-from .summary import Summary, summarize
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0.dev0"
+
+# Every public name is imported when first used.  Each worker process imports
+# this package (its code lives in taskmap.worker), and would otherwise pay for
+# the graph model, the runners, the checkpoint store and the Dask runner at
+# every start: ~50 ms of a fresh pool's start on the development machine.
+_LAZY = {
+    "CheckpointError": "errors",
+    "RemoteTaskError": "errors",
+    "RemoteTraceback": "errors",
+    "SerializationError": "errors",
+    "TaskFailedError": "errors",
+    "TaskmapError": "errors",
+    "TaskTimeoutError": "errors",
+    "WorkerCrashedError": "errors",
+    "Graph": "graph",
+    "create_graph": "graph",
+    "get_all_children": "graph",
+    "get_ready_tasks": "graph",
+    "mark_as_done": "graph",
+    "mark_as_done_except": "graph",
+    "reset_failed_tasks": "graph",
+    "reset_tasks": "graph",
+    "in_progress": "logs",
+    "Observer": "observers",
+    "RunInfo": "observers",
+    "TaskEvent": "observers",
+    "RunRecord": "record",
+    "TaskRecord": "record",
+    "NotKept": "results",
+    "run": "runners",
+    "run_async": "runners",
+    "run_parallel": "runners",
+    "run_parallel_async": "runners",
+    "TaskState": "state",
+    "open_checkpoint": "checkpoint",
+    "run_dask": "dask_runner",
+    "to_dot": "export",
+    "to_mermaid": "export",
+    "Summary": "summary",
+    "summarize": "summary",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .errors import CheckpointError, RemoteTaskError, RemoteTraceback, SerializationError, TaskFailedError, TaskmapError, TaskTimeoutError, WorkerCrashedError
+    from .graph import Graph, create_graph, get_all_children, get_ready_tasks, mark_as_done, mark_as_done_except, reset_failed_tasks, reset_tasks
+    from .logs import in_progress
+    from .observers import Observer, RunInfo, TaskEvent
+    from .record import RunRecord, TaskRecord
+    from .results import NotKept
+    from .runners import run, run_async, run_parallel, run_parallel_async
+    from .state import TaskState
+    from .checkpoint import open_checkpoint
+    from .dask_runner import run_dask
+    from .export import to_dot, to_mermaid
+    from .summary import Summary, summarize
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskmap' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CheckpointError",

@@ -4,7 +4,7 @@
 
     taskmap run pipeline.py[:name] [--ncores N] [--runner R] [--progress | --no-progress]
                 [--trace FILE] [--raise-errors] [--checkpoint FILE] [--summary | --no-summary]
-    taskmap graph pipeline.py[:name] [--format dot|mermaid|svg|png|pdf] [-o FILE]
+    taskmap graph pipeline.py[:name] [--format dot|mermaid|svg|png|pdf] [-o FILE] [--checkpoint FILE]
     taskmap rerun-failed pipeline.py[:name] --checkpoint FILE [the options of run]
 
 A pipeline file defines a graph object or the dicts ``funcs`` and
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output format (default: dot)")
     graph.add_argument("--output", "-o", type=Path, default=None, metavar="FILE",
                        help="write to FILE instead of stdout")
+    graph.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                       help="colour the tasks by what this checkpoint store holds (done, failed, "
+                            "skipped below a failure, not run); the store is only read")
     graph.set_defaults(command=cmd_graph)
 
     rerun = commands.add_parser(
@@ -191,8 +194,17 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from .export import render, to_dot, to_mermaid
 
     graph = load_graph(args.pipeline)
+    status = None
+    if args.checkpoint is not None:
+        if not args.checkpoint.is_file():
+            raise UsageError(f"no checkpoint store at {args.checkpoint}")
+        store = _open_store(args.checkpoint)
+        try:
+            status = store.statuses(graph)
+        finally:
+            store.close()
     if args.format in ("dot", "mermaid"):
-        text = to_dot(graph) if args.format == "dot" else to_mermaid(graph)
+        text = to_dot(graph, status=status) if args.format == "dot" else to_mermaid(graph, status=status)
         if args.output is None:
             sys.stdout.write(text)
         else:
@@ -201,7 +213,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.output is None:
         raise UsageError(f"--format {args.format} draws a picture: give a file with -o FILE")
     try:
-        render(graph, args.output, args.format)
+        render(graph, args.output, args.format, status)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from exc
     return OK

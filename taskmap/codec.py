@@ -585,3 +585,36 @@ def loads_function(data: bytes | bytearray | memoryview) -> Callable[..., Any]:
     if not callable(func):
         raise DecodeError(f"the loaded object, of type {_type_name(func)!r}, is not callable")
     return func
+
+
+def decode_exception(
+    blob: bytes | None, type_name: str, message: str, traceback_text: str
+) -> BaseException:
+    """An exception raised in another process, rebuilt here.
+
+    ``blob`` is the exception as :func:`encode` wrote it (None when it did not
+    survive a round trip there); when it does not decode here either (its
+    class does not exist in this process), a
+    :class:`taskmap.RemoteTaskError` carries ``type_name``, ``message`` and
+    the traceback text instead.  Either way the remote traceback text is the
+    exception's ``__cause__`` (a :class:`taskmap.RemoteTraceback`) and its
+    ``remote_traceback`` attribute, where the exception allows it.
+    """
+    from .errors import RemoteTaskError, RemoteTraceback
+
+    error: BaseException | None = None
+    if blob is not None:
+        try:
+            error = decode(blob)
+        except Exception:  # noqa: BLE001 - its class does not exist here
+            error = None
+        if not isinstance(error, BaseException):
+            error = None
+    if error is None:
+        error = RemoteTaskError(type_name, message, traceback_text)
+    error.__cause__ = RemoteTraceback(traceback_text)
+    try:
+        error.remote_traceback = traceback_text  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return error

@@ -19,8 +19,9 @@ io tasks are pushed to a worker the moment they are ready (to the worker with
 the fewest io tasks in flight): they only wait.  cpu tasks stay in the
 coordinator's heap until some worker has room: a worker holds at most
 ``depth`` cpu tasks, 1 while tasks are long so each goes to the first free
-core, more when measured tasks are so short that the pipe's round trip would
-leave the core idle.  Everything that becomes ready together travels to a
+core (2 while more tasks are ready than the workers can take: the next one
+then waits at the worker, not a round trip away), more when measured tasks
+are so short that the pipe's round trip would leave the core idle.  Everything that becomes ready together travels to a
 worker in one message.
 
 Big results (:mod:`taskmap.shm`): a worker puts a big result's buffers in a
@@ -50,8 +51,6 @@ from multiprocessing.connection import wait
 from . import codec, messages, shm
 from .bookkeeping import Bookkeeper
 from .errors import (
-    RemoteTaskError,
-    RemoteTraceback,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -94,10 +93,18 @@ def run_graph(
     if limits is None:
         limits = TaskLimits(state.names)
     if state.all_finished:
+        # nothing to run, but it is a run all the same: graph.last_run and
+        # the observers say so (no worker is started for it)
+        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores)
+        book.start()
+        book.finish(None)
         return graph
     pool = get_pool()
     with pool.lock, _sigterm_as_interrupt():
         pool.configure(limits.memory_limit)
+        # start missing workers first: they boot (a fresh interpreter each,
+        # ~0.2 s) while the coordinator pickles the functions and prepares
+        pool.resize(ncores)
         Coordinator(
             graph, state, pool, ncores, raise_errors, limits, observers, runner,
             shm_threshold if pool.shm_prefix is not None else None, gather,
@@ -275,7 +282,7 @@ class Coordinator:
     def outcome(self, w: WorkerHandle, outcome: list) -> None:
         i, ok, payload, start, end = outcome[:5]
         if self.state.is_io[i]:
-            w.io_tasks.discard(i)
+            w.io_tasks.pop(i, None)
         else:
             if w.cpu_tasks and w.cpu_tasks[0] == i:
                 w.cpu_tasks.popleft()
@@ -307,8 +314,8 @@ class Coordinator:
             except Exception as error:
                 failure = SerializationError(
                     # the worker names the type of every pickled result
-                    name, "result", outcome[5] if len(outcome) > 5 else "unknown",
-                    f"it could not be rebuilt in the coordinator: {error}",
+                    name, "result", outcome[5] if len(outcome) > 5 else None,
+                    str(error), "deserialised in the coordinator",
                 )
                 failure.__cause__ = error
                 self.fail(i, failure, w.pid)
@@ -355,31 +362,25 @@ class Coordinator:
 
     def rebuild_error(self, name, failure: list) -> BaseException:
         blob, type_name, message, text, stage = failure
-        error: BaseException | None = None
-        if blob is not None:
-            try:
-                error = codec.decode(blob)
-            except Exception:
-                error = None
-            if not isinstance(error, BaseException):
-                error = None
-        if error is None:
-            error = RemoteTaskError(type_name, message, text)
         if stage == Stage.TIMEOUT:
             i = self.state.index[name]
             return TaskTimeoutError(name, self.limits.timeout[i])
-        if stage != Stage.RUN:
-            what = {Stage.ARGS: "arguments", Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
-            wrapped = SerializationError(name, what, type_name, message)
-            wrapped.__cause__ = error
-            error = wrapped
+        error = codec.decode_exception(blob, type_name, message, text)
+        if stage == Stage.RUN:
+            return error
+        if stage == Stage.ARGS:
+            # the worker could not decode the argument it names: the error's
+            # type says nothing of the value's (its message names the class)
+            wrapped = SerializationError(name, type_name, None, message, "deserialised in the worker")
         else:
-            error.__cause__ = RemoteTraceback(text)
-        try:
-            error.remote_traceback = text  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-        return error
+            what = {Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
+            action = "deserialised in the worker" if stage == Stage.FUNCTION else "serialised"
+            # (for a function the worker could not load, type_name is the error's)
+            of_type = None if stage == Stage.FUNCTION else type_name
+            wrapped = SerializationError(name, what, of_type, message, action)
+        wrapped.__cause__ = error
+        wrapped.remote_traceback = text  # type: ignore[attr-defined]
+        return wrapped
 
     # -- deadlines: cpu time limits, delayed retries -------------------------
 
@@ -440,7 +441,14 @@ class Coordinator:
             self.assign(w, i, True, batches)
         while (i := state.peek_cpu()) is not None:
             w = min(ready, key=_cpu_load)
-            if len(w.cpu_tasks) >= self.cpu_depth(i):
+            held = len(w.cpu_tasks)
+            # One task queued behind the running one hides the round trip
+            # (about 0.4 ms of idle core per task), but commits the task to
+            # this worker: do it only while more tasks are ready than workers
+            # can take, so the other workers have their next task too.
+            if held >= self.cpu_depth(i) and not (
+                held == 1 and len(state.ready_cpu) > len(ready)
+            ):
                 break
             state.pop_cpu()
             self.assign(w, i, False, batches)
@@ -468,7 +476,8 @@ class Coordinator:
         batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False])
         self.book.starting(i, w.pid)
         if io:
-            w.io_tasks.add(i)
+            w.io_tasks[i] = w.io_sent
+            w.io_sent += 1
         else:
             w.cpu_tasks.append(i)
             if limit is not None:
@@ -605,7 +614,7 @@ class Coordinator:
             # it died before taking them: they never started, so they go back
             for sub in subs:
                 i = sub[0]
-                w.io_tasks.discard(i)
+                w.io_tasks.pop(i, None)
                 try:
                     w.cpu_tasks.remove(i)
                 except ValueError:
@@ -638,16 +647,20 @@ class Coordinator:
         exitcode = w.exitcode()
         marker = w.slot.value if w.slot is not None else -1
         last_finished = w.slot.last_finished if w.slot is not None else -1
+        io_started = w.slot.io_started if w.slot is not None else w.io_sent
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
         w.close()
-        # io tasks all run at once: all were running.  Of the cpu tasks, the
-        # shared slot names the one running at the crash; those before it
-        # finished but their results were still batched, those after it had
-        # not started: both kinds go back to the queue.
-        running = list(w.io_tasks)
+        # io tasks run at once: those the worker's loop had started were
+        # running (the slot counts them, and they start in the order they
+        # were sent); the rest had not left the pipe and go back to the
+        # queue.  Of the cpu tasks, the slot names the one running at the
+        # crash; those before it finished but their results were still
+        # batched, those after it had not started: both kinds go back too.
+        running = [i for i, n in w.io_tasks.items() if n < io_started]
         order = list(w.cpu_tasks)
+        order.extend(i for i, n in w.io_tasks.items() if n >= io_started)
         ran: set[int] = set()  # finished, but the result was lost with the worker
         if marker in order:
             k = order.index(marker)

@@ -31,7 +31,7 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   in ``early`` until the task has "started" in the state.  Observers and logs
   therefore see exactly the local runners' sequence of events.
 * Failures.  On the worker a task's exception is caught and re-raised inside
-  :class:`_TaskFailure`, which carries it encoded by :mod:`taskmap.codec`
+  :class:`TaskFailure`, which carries it encoded by :mod:`taskmap.codec`
   (class, args and ``__dict__`` kept, as the parallel runtime does) with its
   traceback text; Dask marks the task's dependents erred, so they never run.
   The coordinator rebuilds the exception as the task's result, and the
@@ -60,40 +60,34 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   an io coroutine past its limit is cancelled; any other task is reported as
   timed out and its thread left to finish unwatched (Dask cannot stop a
   running thread, and killing the worker would lose every result it holds).
-* Values: a task whose result the caller wants returns an :class:`_Outcome`
+* Values: a task whose result the caller wants returns an :class:`Outcome`
   (the value plus worker pid and wall-clock start/end, for observers and
   ``graph.durations``); its children unwrap it on their worker.  A task whose
   result stays on the cluster (``gather=``) returns the bare value, and its
   ``graph.results`` entry is its Dask future.
 
-dask and distributed are imported inside the functions that need them, so
-``import taskmap`` stays light; on the workers this module is imported when
-the first task arrives.
+What runs on the workers is :mod:`taskmap.dask_task` (imported there when the
+first task arrives); dask and distributed are imported here inside the
+functions that need them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import heapq
-import inspect
 import logging
 import os
 import queue
 import signal
-import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .bookkeeping import Bookkeeper
 from .errors import (
-    RemoteTaskError,
-    RemoteTraceback,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -102,6 +96,7 @@ from .errors import (
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
+from .dask_task import Outcome, TaskCall, TaskFailure, run_task
 from .runners import state_for
 from .state import FINISHED, SchedulingState, TaskState
 
@@ -117,10 +112,6 @@ __all__ = ["DaskWorkerCrashedError", "run_dask"]
 # soon as it starts.  run_dask's own LocalCluster is set up so.
 CPU_RESOURCE = "taskmap-cpu"
 
-# A failure's message is cut to this many characters in Dask's own display of
-# the error (the full text travels encoded); Dask replaces an exception whose
-# str() exceeds its max-error-length (10,000) by another one.
-_SHORT_MESSAGE = 2000
 
 
 # -- errors ---------------------------------------------------------------------
@@ -152,228 +143,6 @@ class DaskWorkerCrashedError(WorkerCrashedError):
 
     def __reduce__(self):
         return (type(self), (self.task, self.worker, self.tries))
-
-
-class _TaskFailure(Exception):
-    """What a worker raises when a task fails: the task's exception encoded
-    by :mod:`taskmap.codec` (``blob``; ``None`` when it cannot be encoded),
-    its class name, message and traceback text, whether the task ran past its
-    time limit, and the worker's pid and wall-clock start/end."""
-
-    def __init__(
-        self, task: str, blob: bytes | None, type_name: str, message: str,
-        traceback_text: str, timed_out: bool, pid: int, start: float, end: float,
-    ) -> None:
-        super().__init__(task, type_name, message[:_SHORT_MESSAGE])
-        self.task = task
-        self.blob = blob
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-        self.timed_out = timed_out
-        self.pid, self.start, self.end = pid, start, end
-
-    def __reduce__(self):
-        return (type(self), (
-            self.task, self.blob, self.type_name, self.message, self.traceback_text,
-            self.timed_out, self.pid, self.start, self.end,
-        ))
-
-    def __str__(self) -> str:
-        what = "ran past its time limit" if self.timed_out else "failed"
-        return f"task {self.task} {what}: {self.type_name}: {self.message[:_SHORT_MESSAGE]}"
-
-
-# -- what runs on the workers ----------------------------------------------------------
-
-
-class _TaskCall(NamedTuple):
-    """Everything a worker needs to run one task besides its arguments."""
-
-    label: str  # repr of the task name, for messages
-    func: Callable
-    io: bool
-    timeout: float | None
-    envelope: bool  # return an _Outcome (the caller gathers the value)
-
-
-class _Outcome:
-    """A task's value with where and when it ran (worker pid, wall clock)."""
-
-    __slots__ = ("end", "pid", "start", "value")
-
-    def __init__(self, value: Any, pid: int, start: float, end: float) -> None:
-        self.value, self.pid, self.start, self.end = value, pid, start, end
-
-    def __reduce__(self):
-        return (_Outcome, (self.value, self.pid, self.start, self.end))
-
-    def __sizeof__(self) -> int:
-        # Dask's memory accounting (dask.sizeof falls back to sys.getsizeof):
-        # count the value, or a 50 MB array would look like 64 bytes
-        from dask.sizeof import sizeof
-
-        return sizeof(self.value) + 64
-
-
-class _TimedOut(Exception):
-    """Raised on a worker when a task runs past its limit."""
-
-
-def _run_task(call: _TaskCall, *parent_results: Any) -> Any:
-    """The Dask task of every taskmap task: run ``call.func`` on the parents'
-    results (in order, ``None`` left out) and return its value (wrapped in an
-    :class:`_Outcome` when the caller will gather it)."""
-    args = []
-    for result in parent_results:
-        value = result.value if type(result) is _Outcome else result
-        if value is not None:
-            args.append(value)
-    if call.io:
-        from distributed import secede
-
-        # leave the worker's thread pool: the wait holds a thread, not one of
-        # the worker's nthreads slots, so io tasks overlap and cpu tasks run
-        secede()
-    pid, start = os.getpid(), time.time()
-    try:
-        value = _call_io(call, args) if call.io else _call_cpu(call, args)
-    except _TimedOut:
-        raise _TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time()) from None
-    except Exception as error:  # noqa: BLE001 - the task's own failure, its result
-        raise _failure(call.label, error, pid, start) from None
-    if call.envelope:
-        return _Outcome(value, pid, start, time.time())
-    return value
-
-
-def _failure(label: str, error: Exception, pid: int, start: float) -> _TaskFailure:
-    end = time.time()
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    try:
-        blob: bytes | None = codec.encode(error)
-    except Exception:  # noqa: BLE001 - the coordinator gets a RemoteTaskError instead
-        blob = None
-    return _TaskFailure(label, blob, type(error).__qualname__, str(error), text, False, pid, start, end)
-
-
-def _call_cpu(call: _TaskCall, args: list) -> Any:
-    """A cpu task in the worker's thread slot; a returned awaitable (a
-    coroutine function's coroutine) is run to its end on a private loop."""
-    if call.timeout is None:
-        return _finish(call.func(*args), _thread_loop())
-    return _in_thread_with_limit(lambda: _finish(call.func(*args), None), call.timeout, call.label)
-
-
-def _call_io(call: _TaskCall, args: list) -> Any:
-    """An io task, after it left the thread pool: a coroutine runs on the
-    worker's shared io loop (cancelled past its limit); a plain function runs
-    in this thread."""
-    if inspect.iscoroutinefunction(call.func):
-        return _io_loop().run(call.func(*args), call.timeout)
-    if call.timeout is None:
-        return _finish(call.func(*args), _io_loop())
-    return _in_thread_with_limit(lambda: _finish(call.func(*args), _io_loop()), call.timeout, call.label)
-
-
-def _finish(value: Any, loop: _IoLoop | asyncio.AbstractEventLoop | None) -> Any:
-    """``value``, or what it resolves to when it is awaitable."""
-    if not inspect.isawaitable(value):
-        return value
-    if loop is None:
-        return asyncio.run(_await(value))
-    if isinstance(loop, _IoLoop):
-        return loop.run(value, None)
-    return loop.run_until_complete(_await(value))
-
-
-async def _await(awaitable):
-    return await awaitable
-
-
-_local = threading.local()
-
-
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    """This thread's private event loop for cpu coroutines (reused: a Dask
-    worker's cpu threads live as long as the worker)."""
-    loop = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _local.loop = asyncio.new_event_loop()
-    return loop
-
-
-def _in_thread_with_limit(work: Callable[[], Any], limit: float, label: str) -> Any:
-    """Run ``work`` in a helper thread and wait at most ``limit`` seconds.
-    Past the limit the thread cannot be stopped: it is left to finish
-    unwatched, and its result is dropped."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as error:  # noqa: BLE001 - re-raised in the waiting thread
-            box["error"] = error
-
-    thread = threading.Thread(target=target, name=f"taskmap-limited {label}", daemon=True)
-    thread.start()
-    thread.join(limit)
-    if thread.is_alive():
-        raise _TimedOut
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class _IoLoop:
-    """One asyncio loop per worker process, in a daemon thread, shared by the
-    io coroutines of that worker.  Shared rather than one loop per task, so
-    that clients a coroutine caches (an aiohttp session...) stay bound to a
-    live loop; separate from the Dask worker's own loop, so that a coroutine
-    that blocks for a while does not stall the worker's heartbeats."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="taskmap-io-loop", daemon=True
-        )
-        self.thread.start()
-
-    def run(self, awaitable: Any, limit: float | None) -> Any:
-        """Run ``awaitable`` on the loop and wait for it in this thread."""
-        return asyncio.run_coroutine_threadsafe(_with_limit(awaitable, limit), self.loop).result()
-
-
-async def _with_limit(awaitable: Any, limit: float | None) -> Any:
-    if limit is None:
-        return await awaitable
-    task = asyncio.ensure_future(awaitable)
-    # asyncio.wait, not wait_for: a TimeoutError the task raises itself must
-    # stay the task's own failure, not count as running past the limit
-    done, _ = await asyncio.wait({task}, timeout=limit)
-    if not done:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise _TimedOut
-    return task.result()
-
-
-_io_loops: dict[int, _IoLoop] = {}
-_io_loops_lock = threading.Lock()
-
-
-def _io_loop() -> _IoLoop:
-    """This process's io loop, started on first use (keyed by pid: a forked
-    child does not inherit the loop's thread)."""
-    pid = os.getpid()
-    loop = _io_loops.get(pid)
-    if loop is None:
-        with _io_loops_lock:
-            loop = _io_loops.get(pid)
-            if loop is None:
-                loop = _io_loops[pid] = _IoLoop()
-    return loop
 
 
 # -- the public runner -------------------------------------------------------------
@@ -691,7 +460,7 @@ class _DaskRun:
                 args.append(self.live[p])
             elif p in self.given:
                 args.append(self.given[p])
-        call = _TaskCall(
+        call = TaskCall(
             repr(name), self.graph.funcs[name], bool(self.state.is_io[i]),
             self.limits.timeout[i], self.wanted is None or name in self.wanted,
         )
@@ -700,7 +469,7 @@ class _DaskRun:
         needs = {CPU_RESOURCE: 1} if self.cpu_resource and not call.io else None
         try:
             future = self.client.submit(
-                _run_task, call, *args, key=key, pure=False, priority=self.dask_priority[i],
+                run_task, call, *args, key=key, pure=False, priority=self.dask_priority[i],
                 resources=needs,
             )
         except Exception as error:  # the function (or the name) cannot be pickled
@@ -844,7 +613,7 @@ class _DaskRun:
         except Exception:  # noqa: BLE001 - only for the message
             return getattr(future.type, "__qualname__", "unknown")
 
-    def succeeded(self, i: int, future: Future, outcome: _Outcome | None) -> None:
+    def succeeded(self, i: int, future: Future, outcome: Outcome | None) -> None:
         self.running.discard(i)
         name = self.names[i]
         if outcome is None:  # the value stays on the cluster
@@ -882,13 +651,13 @@ class _DaskRun:
 
         name = self.names[i]
         error = future.exception()
-        if isinstance(error, _TaskFailure) and error.task != repr(name):
+        if isinstance(error, TaskFailure) and error.task != repr(name):
             # a result this task needed died with its worker, and Dask's
             # recomputation of it failed
             lost = TaskmapError(f"task {name!r} lost an argument: recomputing it failed: {error}")
             lost.__cause__ = error
             return lost, None, None, None
-        if isinstance(error, _TaskFailure):
+        if isinstance(error, TaskFailure):
             start, end = error.start - self.clock_offset, error.end - self.clock_offset
             return _rebuild_error(name, error, self.limits.timeout[i]), error.pid, start, end
         if isinstance(error, KilledWorker):
@@ -974,30 +743,17 @@ def _submission_order(state: SchedulingState) -> list[int]:
     return order
 
 
-def _rebuild_error(name: Any, failure: _TaskFailure, limit: float | None) -> BaseException:
-    """The task's own exception from a worker's :class:`_TaskFailure`, as the
+def _rebuild_error(name: Any, failure: TaskFailure, limit: float | None) -> BaseException:
+    """The task's own exception from a worker's :class:`TaskFailure`, as the
     parallel runtime rebuilds it."""
     if failure.timed_out:
         return TaskTimeoutError(name, limit if limit is not None else 0.0)
-    error: BaseException | None = None
-    if failure.blob is not None:
-        try:
-            error = codec.decode(failure.blob)
-        except Exception:  # noqa: BLE001 - its class does not exist here
-            error = None
-        if not isinstance(error, BaseException):
-            error = None
-    if error is None:
-        error = RemoteTaskError(failure.type_name, failure.message, failure.traceback_text)
-    error.__cause__ = RemoteTraceback(failure.traceback_text)
-    with contextlib.suppress(AttributeError):
-        error.remote_traceback = failure.traceback_text  # type: ignore[attr-defined]
-    return error
+    return codec.decode_exception(failure.blob, failure.type_name, failure.message, failure.traceback_text)
 
 
 def _value_type_name(result: Any) -> str:
     """Runs on a worker: the type name of a task's value."""
-    value = result.value if type(result) is _Outcome else result
+    value = result.value if type(result) is Outcome else result
     return type(value).__qualname__
 
 

@@ -8,8 +8,15 @@ stack below the coordinator's.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
+
+
+# What a task may raise and still just fail (the rest, KeyboardInterrupt and
+# SystemExit, end the run).  CancelledError is a BaseException, but a task
+# that raises it (say, it awaited something that was cancelled) has failed.
+TASK_ERRORS = (Exception, asyncio.CancelledError)
 
 class TaskmapError(Exception):
     """Base class of every error taskmap itself raises or records."""
@@ -72,21 +79,30 @@ class TaskTimeoutError(TaskmapError, TimeoutError):
 class SerializationError(TaskmapError):
     """A value or function could not be serialised or deserialised.
 
-    ``task`` names the task whose function, arguments or result it was, and
-    ``type_name`` the type of the offending value when it is known.
+    ``task`` names the task whose function, argument or result it was,
+    ``type_name`` the type of the offending value when it is known (else
+    None), and ``action`` what failed: ``"serialised"`` (the default) or
+    ``"deserialised"``, with where (``"deserialised in the worker"``).
     """
 
-    def __init__(self, task: str, what: str, type_name: str, detail: str) -> None:
+    def __init__(
+        self,
+        task: str,
+        what: str,
+        type_name: str | None,
+        detail: str,
+        action: str = "serialised",
+    ) -> None:
         self.task = task
         self.what = what
         self.type_name = type_name
         self.detail = detail
-        super().__init__(
-            f"{what} of task {task!r} (type {type_name}) could not be serialised: {detail}"
-        )
+        self.action = action
+        of_type = f" (type {type_name})" if type_name else ""
+        super().__init__(f"{what} of task {task!r}{of_type} could not be {action}: {detail}")
 
     def __reduce__(self):
-        return (type(self), (self.task, self.what, self.type_name, self.detail))
+        return (type(self), (self.task, self.what, self.type_name, self.detail, self.action))
 
 
 class RemoteTaskError(TaskmapError):

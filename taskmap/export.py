@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,15 +47,19 @@ def dot_quote(text: object) -> str:
     return f'"{s}"'
 
 
-def to_dot(graph: "Graph", *, rankdir: str = "LR", legend: bool = True) -> str:
+def to_dot(
+    graph: "Graph", *, rankdir: str = "LR", legend: bool = True, status: Mapping | None = None
+) -> str:
     """The graph in Graphviz DOT, coloured by status, shaped by lane.
 
     ``rankdir``: DOT's layout direction (``LR`` left to right, ``TB`` top
     to bottom); ``legend``: add a small cluster explaining colours and shapes
-    (its node ids start with ``legend_``).
+    (its node ids start with ``legend_``); ``status``: task -> status (one of
+    :data:`taskmap.status.STATUSES`) instead of what the graph holds, e.g.
+    :meth:`taskmap.checkpoint.CheckpointStore.statuses`.
     """
     ids = _node_ids(graph)
-    status = statuses(graph)
+    status = _status_of(graph, status)
     io = set(graph.io_bound)
     lines = [
         f"digraph {dot_quote(graph.name)} {{",
@@ -124,13 +129,14 @@ def _mermaid_class(status: str) -> str:
     return status.replace(" ", "")  # "not run" -> "notrun"
 
 
-def to_mermaid(graph: "Graph", *, direction: str = "LR") -> str:
+def to_mermaid(graph: "Graph", *, direction: str = "LR", status: Mapping | None = None) -> str:
     """The graph as a mermaid flowchart, coloured by status (class
     ``done``, ``failed``, ``skipped``, ``notrun``), io-bound tasks as
     parallelograms, cpu-bound ones as rectangles.  Paste it into a
-    ```` ```mermaid ```` block of a GitHub/GitLab markdown file."""
+    ```` ```mermaid ```` block of a GitHub/GitLab markdown file.
+    ``status`` as in :func:`to_dot`."""
     ids = _node_ids(graph)
-    status = statuses(graph)
+    status = _status_of(graph, status)
     io = set(graph.io_bound)
     lines = [f"flowchart {direction}"]
     for st in STATUSES:
@@ -147,14 +153,27 @@ def to_mermaid(graph: "Graph", *, direction: str = "LR") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _status_of(graph: "Graph", given: Mapping | None) -> dict:
+    status = statuses(graph)
+    if given is not None:
+        status.update((t, s) for t, s in given.items() if t in status)
+    return status
+
+
 # -- rendering --------------------------------------------------------------------
 
 
-def render(graph: "Graph", path: str | os.PathLike[str], format: str | None = None) -> Path:
+def render(
+    graph: "Graph",
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    status: Mapping | None = None,
+) -> Path:
     """Draw the graph into ``path`` with Graphviz's ``dot`` program.
 
     ``format``: any ``dot -T`` format (``svg``, ``png``, ``pdf``...); by
-    default the suffix of ``path``, else ``svg``.  Returns the path.  Raises
+    default the suffix of ``path``, else ``svg``; ``status`` as in
+    :func:`to_dot`.  Returns the path.  Raises
     ``RuntimeError`` when ``dot`` is not on ``PATH`` (install Graphviz, or
     write the text of :func:`to_dot` and render it elsewhere) or when it fails.
     """
@@ -169,7 +188,7 @@ def render(graph: "Graph", path: str | os.PathLike[str], format: str | None = No
         )
     done = subprocess.run(
         [program, f"-T{fmt}", "-o", str(path)],
-        input=to_dot(graph).encode("utf-8"),
+        input=to_dot(graph, status=status).encode("utf-8"),
         capture_output=True,
         check=False,
     )

@@ -22,7 +22,6 @@ coordinator -> worker
                  pinned behind this one reads its value, so a value big
                  enough for shared memory is handed to it in-process and the
                  coordinator gets a stand-in (:func:`codec.encode_handed_over`).
-    ``CANCEL``   task numbers of io tasks to cancel (timeouts, aborts).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.
@@ -48,8 +47,7 @@ class Kind(IntEnum):
     HELLO = 0
     SUBMIT = 1
     RESULTS = 2
-    CANCEL = 3
-    SHUTDOWN = 4
+    SHUTDOWN = 4  # (3 was CANCEL: io time limits are kept by the worker itself)
 
 
 class Stage(IntEnum):
@@ -101,10 +99,6 @@ def pack_submit(run_id: int, funcs: dict, submissions: list, shm_threshold: int 
 
 def pack_results(outcomes: list) -> bytes:
     return msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True)
-
-
-def pack_cancel(tasks: list) -> bytes:
-    return msgpack.packb((Kind.CANCEL, tasks))
 
 
 SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))

@@ -39,6 +39,7 @@ class WorkerHandle:
         "pid",
         "ready",
         "io_tasks",
+        "io_sent",
         "cpu_tasks",
         "funcs_sent",
         "run_id",
@@ -51,7 +52,10 @@ class WorkerHandle:
         self.slot = slot  # which cpu task it is running, read after a crash
         self.pid: int | None = process.pid
         self.ready = False  # set when its HELLO arrives
-        self.io_tasks: set[int] = set()
+        # io task -> its number among the io tasks sent to this worker (it
+        # starts them in that order; see RunningSlot.io_started)
+        self.io_tasks: dict[int, int] = {}
+        self.io_sent = 0  # over the worker's life, like the slot's count
         self.cpu_tasks: deque[int] = deque()  # in the order it will run them
         self.funcs_sent: set[int] = set()
         self.run_id = None

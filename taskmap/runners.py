@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from .bookkeeping import Bookkeeper
+from .errors import TASK_ERRORS
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
@@ -79,7 +80,7 @@ def run(
                     if loop is None:
                         loop = _private_loop()
                     value = loop.run_until_complete(_await(value))
-            except Exception as error:
+            except TASK_ERRORS as error:
                 book.failed(i, error)
             else:
                 book.succeeded(i, value)
@@ -184,7 +185,7 @@ async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> 
             return
         try:
             value = func(*args)
-        except Exception as error:
+        except TASK_ERRORS as error:
             book.failed(i, error)
             return
         if inspect.isawaitable(value):
@@ -194,6 +195,12 @@ async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> 
 
     def collect(fut: asyncio.Future) -> None:
         i = running.pop(fut)
+        if fut.cancelled():  # the task raised CancelledError itself
+            try:
+                fut.result()
+            except asyncio.CancelledError as cancelled:
+                book.failed(i, cancelled)
+            return
         error = fut.exception()
         if error is None:
             book.succeeded(i, fut.result())

@@ -1,10 +1,12 @@
 """A 64-bit integer shared by the coordinator and one worker process.
 
 The worker's cpu thread writes the number of the task it is running (or -1),
-and when it started, around each task: memory writes, no system call, nobody
-woken.  The coordinator reads it when the worker dies, to know exactly which
-task the crash interrupted even though the worker batches its results, and
-when a cpu task's time limit may have passed.
+and when it started, around each task; its loop thread counts the io tasks it
+has started: memory writes, no system call, nobody woken.  The coordinator
+reads them when the worker dies, to know exactly which tasks the crash
+interrupted (even though the worker batches its results, and io tasks may
+still have been in the pipe), and when a cpu task's time limit may have
+passed.
 
 The memory is an anonymous file (``memfd_create`` on Linux, an unlinked
 temporary file elsewhere): it has no name in /dev/shm, so nothing can leak
@@ -20,7 +22,9 @@ import os
 import tempfile
 from multiprocessing.connection import Connection
 
-_SIZE = 24  # [0]: running task or -1; [1]: its start (monotonic_ns); [2]: last finished task or -1
+# [0]: running cpu task or -1; [1]: its start (monotonic_ns); [2]: last
+# finished cpu task or -1; [3]: io tasks started so far (over the worker's life)
+_SIZE = 32
 
 
 def _anonymous_fd() -> int:
@@ -32,7 +36,8 @@ def _anonymous_fd() -> int:
 
 class RunningSlot:
     """The shared integers; ``slot.value`` is the running task (-1: none),
-    ``slot.started_ns`` when it started; ``slot.view()`` writes them."""
+    ``slot.started_ns`` when it started, ``slot.io_started`` how many io
+    tasks the worker has started; ``slot.view()`` writes them."""
 
     def __init__(self, fd: int | None = None, carrier: Connection | None = None) -> None:
         if fd is None:
@@ -61,6 +66,10 @@ class RunningSlot:
     @property
     def last_finished(self) -> int:
         return self.view()[2]
+
+    @property
+    def io_started(self) -> int:
+        return self.view()[3]
 
     def __reduce__(self):
         # only meaningful while loky spawns a worker: the Connection's fd is

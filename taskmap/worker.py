@@ -121,8 +121,6 @@ class Worker:
                             self.cpu_queue.put(sub)
                     if io:
                         loop.call_soon_threadsafe(self.start_io, io)
-                elif kind == Kind.CANCEL:
-                    loop.call_soon_threadsafe(self.cancel_io, msg[1])
                 elif kind == Kind.SHUTDOWN:
                     break
         except (EOFError, OSError):
@@ -263,17 +261,22 @@ class Worker:
         release = [
             name for k in sub[7] for name in codec.segment_names(encoded_args[k])
         ] if len(sub) > 7 and sub[7] else []
-        try:
-            args = [codec.decode(a) for a in encoded_args]
-            if parent_value is not None:
+        args = []
+        for k, blob in enumerate(encoded_args):
+            try:
+                args.append(codec.decode(blob))
+            except BaseException as error:  # noqa: BLE001
+                raise _StageError(Stage.ARGS, error, f"argument {k + 1}") from error
+        if parent_value is not None:
+            try:
                 value = parent_value[0] if parent_encoded is None else codec.decode(parent_encoded)
-                parent_value.clear()
-                if value is not None:
-                    for slot in sub[5]:
-                        args.insert(slot, value)
-                del value
-        except BaseException as error:  # noqa: BLE001
-            raise _StageError(Stage.ARGS, error) from error
+            except BaseException as error:  # noqa: BLE001
+                raise _StageError(Stage.ARGS, error, "the value of the task it ran behind") from error
+            parent_value.clear()
+            if value is not None:
+                for slot in sub[5]:
+                    args.insert(slot, value)
+            del value
         return func, args, release
 
     def execute_cpu(self, sub, coroutine_loop, parent_value: list | None = None) -> tuple:
@@ -290,7 +293,7 @@ class Worker:
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
             shm.unlink(release)
-            return failure(sub[0], err.error, err.stage, start), None
+            return failure(sub[0], err.error, err.stage, start, type_name=err.what), None
         except BaseException as error:  # noqa: BLE001 - the task's failure
             shm.unlink(release)
             return failure(sub[0], error, Stage.RUN, start), None
@@ -299,9 +302,16 @@ class Worker:
 
     def start_io(self, subs) -> None:
         for sub in subs:
+            # (the dict holds the only strong reference to the asyncio task)
             self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub))
 
     async def run_io(self, sub) -> None:
+        # The first steps of io tasks run in the order they were sent (the
+        # loop's ready queue is FIFO), so this count in the shared slot tells
+        # the coordinator, should the worker die, which of them had started
+        # (those fail) and which had not (a blocking task may stall the loop
+        # before they do; those are requeued).
+        self.running[3] += 1
         start = time.monotonic()
         task = sub[0]
         release: list[str] = []
@@ -320,11 +330,15 @@ class Worker:
                         raise  # the task's own TimeoutError
                     # (a plain function's thread runs on, unwatched)
                     raise _StageError(Stage.TIMEOUT, error) from None
-        except asyncio.CancelledError:
-            self.io_tasks.pop(task, None)
-            return  # the coordinator cancelled it and already knows
+        except asyncio.CancelledError as error:
+            if asyncio.current_task().cancelling():
+                self.io_tasks.pop(task, None)
+                return  # the worker's loop is shutting down
+            # the task's own code raised it (say, it awaited something that
+            # was cancelled): a failure like any other, or the run would hang
+            outcome = failure(task, error, Stage.RUN, start)
         except _StageError as err:
-            outcome = failure(task, err.error, err.stage, start)
+            outcome = failure(task, err.error, err.stage, start, type_name=err.what)
         except BaseException as error:  # noqa: BLE001
             outcome = failure(task, error, Stage.RUN, start)
         else:
@@ -346,12 +360,6 @@ class Worker:
         if inspect.isawaitable(value):
             value = await value
         return value
-
-    def cancel_io(self, tasks) -> None:
-        for task in tasks:
-            fut = self.io_tasks.pop(task, None)
-            if fut is not None:
-                fut.cancel()
 
     def flush_io(self) -> None:
         batch, self.pending_io = self.pending_io, []
@@ -378,9 +386,13 @@ class Worker:
 
 
 class _StageError(Exception):
-    def __init__(self, stage: Stage, error: BaseException) -> None:
+    """A task failed before or after its own code: ``stage`` says where;
+    ``what`` names the value (e.g. ``"argument 2"``) for the message."""
+
+    def __init__(self, stage: Stage, error: BaseException, what: str | None = None) -> None:
         self.stage = stage
         self.error = error
+        self.what = what
 
 
 async def _await(awaitable):

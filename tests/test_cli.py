@@ -213,6 +213,12 @@ def test_rerun_failed_reruns_only_the_failed_tasks(tmp_path):
     write(tmp_path, "flaky.py", FLAKY)
     proc = cli("run", "flaky.py", "--checkpoint", "run.db", "--runner", "sequential", cwd=tmp_path)
     assert proc.returncode == 1 and "FAILED fragile: RuntimeError: not fixed yet" in proc.stderr
+    before = (tmp_path / "run.db").read_bytes()
+    proc = cli("graph", "flaky.py", "--checkpoint", "run.db", "-f", "mermaid", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for line in ('n0["source"]:::done', 'n1["fragile"]:::failed', 'n2["final"]:::skipped'):
+        assert line in proc.stdout, proc.stdout
+    assert (tmp_path / "run.db").read_bytes() == before  # only read
 
     proc = cli("rerun-failed", "flaky.py", "--checkpoint", "run.db", "--runner", "sequential",
                cwd=tmp_path)
@@ -226,6 +232,12 @@ def test_rerun_failed_reruns_only_the_failed_tasks(tmp_path):
 
     proc = cli("rerun-failed", "flaky.py", "--checkpoint", "run.db", cwd=tmp_path)
     assert proc.returncode == 0 and "no failed tasks in run.db" in proc.stdout
+
+    # a changed function: its stored result would not be kept
+    write(tmp_path, "flaky.py", FLAKY.replace("return x + 1", "return x + 2"))
+    proc = cli("graph", "flaky.py", "--checkpoint", "run.db", "-f", "mermaid", cwd=tmp_path)
+    for line in ('n0["source"]:::done', 'n1["fragile"]:::done', 'n2["final"]:::notrun'):
+        assert line in proc.stdout, proc.stdout
 
 
 # -- in process: usage errors and options ----------------------------------------

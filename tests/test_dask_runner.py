@@ -238,6 +238,24 @@ def test_failure_is_the_result_descendants_skipped_unrelated_carry_on(client):
     assert set(graph.done) == set(graph.dependencies)
 
 
+async def raises_cancelled(*args):
+    raise asyncio.CancelledError("given up")
+
+
+@pytest.mark.parametrize("io", [False, True], ids=["cpu", "io"])
+def test_a_task_that_raises_cancelled_error_fails_like_any_other(client, io):
+    graph = taskmap.create_graph(
+        {"own": raises_cancelled, "child": add_ten, "ok": five},
+        {"own": [], "child": ["own"], "ok": []},
+        io_bound=["own"] if io else [],
+    )
+    taskmap.run_dask(graph, client=client)
+    assert isinstance(graph.results["own"], asyncio.CancelledError)
+    assert graph.results["own"].args == ("given up",)
+    assert graph.results["child"] == ANCESTOR.format("own")
+    assert graph.results["ok"] == 5
+
+
 def test_an_exception_that_cannot_be_rebuilt_is_a_remote_task_error(client):
     graph = taskmap.create_graph({"e": raise_needs_two}, {"e": []})
     taskmap.run_dask(graph, client=client)

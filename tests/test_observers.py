@@ -103,6 +103,18 @@ def test_run_finished_hears_the_error_that_stops_the_run(runner):
     assert last[0] == "run_finished" and isinstance(last[1], taskmap.TaskFailedError)
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_run_with_nothing_left_to_run_is_still_a_run(runner):
+    graph = RUNNERS[runner](build())
+    first = graph.last_run
+    rec = Recorder()
+    RUNNERS[runner](graph, observers=[rec])
+    assert [c[0] for c in rec.calls] == ["run_started", "run_finished"]
+    assert rec.calls[0][1].tasks == []
+    assert graph.last_run is not first and graph.last_run.ended is not None
+    assert graph.last_run.done_before == len(graph.dependencies)
+
+
 def test_retried_task_reports_only_its_final_outcome_with_attempts(tmp_path):
     marker = tmp_path / "tries"
 

@@ -467,3 +467,35 @@ def test_io_loop_keeps_serving_while_a_big_message_arrives():
     # message (memcpy under the GIL; about 0.2-0.5 s here).  Reading it on the
     # loop thread would add the whole transfer (over 1.2 s measured here).
     assert graph.results["tick"] < 0.75
+
+
+async def raises_cancelled():
+    raise asyncio.CancelledError("given up")
+
+
+async def awaits_a_cancelled_future():
+    fut = asyncio.get_running_loop().create_future()
+    fut.cancel()
+    await fut
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "runner",
+    # (the in-process runners too: there it escaped the runner)
+    [*RUNNERS, taskmap.run, taskmap.run_async],
+    ids=lambda r: r.__name__,
+)
+@pytest.mark.parametrize("io", [False, True], ids=["cpu", "io"])
+def test_a_task_that_raises_cancelled_error_fails_like_any_other(runner, io):
+    # CancelledError is a BaseException: an io task that raised it used to
+    # vanish in the worker (taken for a cancellation) and the run hung
+    funcs = {"own": raises_cancelled, "awaited": awaits_a_cancelled_future, "child": lambda x: x, "ok": lambda: 5}
+    deps = {"own": [], "awaited": [], "child": ["own"], "ok": []}
+    graph = taskmap.create_graph(funcs, deps, io_bound=["own", "awaited"] if io else [])
+    runner(graph, **({"ncores": 1} if runner in RUNNERS else {}))
+    assert isinstance(graph.results["own"], asyncio.CancelledError)
+    assert graph.results["own"].args == ("given up",)
+    assert isinstance(graph.results["awaited"], asyncio.CancelledError)
+    assert graph.results["child"] == "Ancestor task own failed; task not run"
+    assert graph.results["ok"] == 5

@@ -779,3 +779,4 @@ def test_runners_agree_with_topological_evaluation(case):
         graph = taskmap.create_graph(funcs, deps, io_bound=io_bound)
         runner(graph)
         _check_against_reference(graph, deps, specs)
+

@@ -1,0 +1,117 @@
+"""Restore: deciding what stays.  What a restore did (:class:`RestoreReport`),
+and the plan it follows: which stored results are kept, which tasks rerun,
+which rows are deleted (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..observers import DONE
+from ..state import topological_order
+from .schema import NOT_STORED, row_checksum
+
+if TYPE_CHECKING:
+    from .fingerprints import TaskFingerprints
+
+
+class RestoreReport:
+    """What :meth:`CheckpointStore.restore` did to a graph.
+
+    ``restored``: tasks done by the store's word: their stored result was
+    put into the graph (or was there already, from a run in this process);
+    ``rerun``: tasks taken out of ``graph.done`` (or never in it) because they
+    or an ancestor failed, changed or were damaged, and whose rows were
+    deleted; ``damaged``: task -> why its row could not be used (a subset of
+    ``rerun``).
+    """
+
+    __slots__ = ("restored", "rerun", "damaged")
+
+    def __init__(self) -> None:
+        self.restored: list = []
+        self.rerun: list = []
+        self.damaged: dict = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"RestoreReport(restored={len(self.restored)} tasks, rerun={len(self.rerun)} tasks, "
+            f"damaged={self.damaged!r})"
+        )
+
+
+class _Plan(NamedTuple):
+    report: RestoreReport
+    values: list  # (task, decoded value), parents first
+    delete: list  # keys of rows to delete
+
+
+def plan_restore(graph: Any, rows: list, fingerprints: TaskFingerprints) -> _Plan:
+    from .. import codec
+
+    if not rows:  # a new store: nothing to restore, nothing to take back
+        return _Plan(RestoreReport(), [], [])
+    deps = graph.dependencies
+    done, results = graph.done, graph.results
+    by_task: dict = {}
+    for row in rows:
+        try:
+            task = codec.decode(row[0])
+            if task in deps:
+                by_task[task] = row
+        except (codec.DecodeError, TypeError):
+            continue  # a damaged or unhashable key: no task to give it to
+    report = RestoreReport()
+    values: list = []
+    delete: list = []
+    kept: set = set()
+    rerun: set = set()
+    for task in topological(deps):
+        parents = deps[task]
+        row = by_task.get(task)
+        if row is None:
+            if any(p in rerun for p in parents):
+                rerun.add(task)
+            elif task in done:
+                kept.add(task)  # given by the caller, or finished before the store knew
+            continue
+        key, stored_fp, status, payload, checksum = row
+        ok = all(p in kept for p in parents) and bytes(stored_fp) == fingerprints.entry(task)[1]
+        if ok and row_checksum(key, stored_fp, status, payload) != checksum:
+            ok = False
+            report.damaged[task] = "checksum mismatch"
+        if ok and status == DONE and payload is not None:
+            if task in done and task in results:
+                kept.add(task)  # already here from a run in this process
+                report.restored.append(task)
+                continue
+            try:
+                value = codec.decode(payload)
+            except codec.DecodeError as exc:
+                report.damaged[task] = f"its value does not decode: {exc}"
+            else:
+                kept.add(task)
+                values.append((task, value))
+                report.restored.append(task)
+                continue
+        elif ok and status == NOT_STORED and task in done and task in results:
+            kept.add(task)  # the codec refused it, but this process still has it
+            continue
+        rerun.add(task)
+        delete.append(key)
+    # tasks without rows below a rerun task were added to ``rerun`` above;
+    # report them all, in graph order
+    report.rerun = [t for t in deps if t in rerun]
+    return _Plan(report, values, delete)
+
+
+def topological(deps: Mapping) -> list:
+    """Tasks ordered so each comes after its dependencies."""
+    names = list(deps)
+    index = {task: i for i, task in enumerate(names)}
+    parents = [[index[p] for p in deps[task]] for task in names]
+    children: list[list[int]] = [[] for _ in names]
+    for i, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(i)
+    return [names[i] for i in topological_order(parents, children)]

@@ -1,0 +1,269 @@
+"""What runs on a Dask worker for each taskmap task (see :mod:`taskmap.dask_runner`).
+
+:func:`run_task` is the Dask task of every taskmap task: it runs the task's
+function on its parents' results (in order, ``None`` left out), an io task
+after leaving the worker's thread pool with its coroutine on a per-process
+event loop, a cpu task in its thread slot; a failure is raised as a
+:class:`TaskFailure` carrying the exception encoded by :mod:`taskmap.codec`.
+Workers import this module, not the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from . import codec
+from .errors import TASK_ERRORS
+
+# A failure's message is cut to this many characters in Dask's own display of
+# the error (the full text travels encoded); Dask replaces an exception whose
+# str() exceeds its max-error-length (10,000) by another one.
+_SHORT_MESSAGE = 2000
+
+
+class TaskFailure(Exception):
+    """What a worker raises when a task fails: the task's exception encoded
+    by :mod:`taskmap.codec` (``blob``; ``None`` when it cannot be encoded),
+    its class name, message and traceback text, whether the task ran past its
+    time limit, and the worker's pid and wall-clock start/end."""
+
+    def __init__(
+        self, task: str, blob: bytes | None, type_name: str, message: str,
+        traceback_text: str, timed_out: bool, pid: int, start: float, end: float,
+    ) -> None:
+        super().__init__(task, type_name, message[:_SHORT_MESSAGE])
+        self.task = task
+        self.blob = blob
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.timed_out = timed_out
+        self.pid, self.start, self.end = pid, start, end
+
+    def __reduce__(self):
+        return (type(self), (
+            self.task, self.blob, self.type_name, self.message, self.traceback_text,
+            self.timed_out, self.pid, self.start, self.end,
+        ))
+
+    def __str__(self) -> str:
+        what = "ran past its time limit" if self.timed_out else "failed"
+        return f"task {self.task} {what}: {self.type_name}: {self.message[:_SHORT_MESSAGE]}"
+
+
+# -- what runs on the workers ----------------------------------------------------------
+
+
+class TaskCall(NamedTuple):
+    """Everything a worker needs to run one task besides its arguments."""
+
+    label: str  # repr of the task name, for messages
+    func: Callable
+    io: bool
+    timeout: float | None
+    envelope: bool  # return an Outcome (the caller gathers the value)
+
+
+class Outcome:
+    """A task's value with where and when it ran (worker pid, wall clock)."""
+
+    __slots__ = ("end", "pid", "start", "value")
+
+    def __init__(self, value: Any, pid: int, start: float, end: float) -> None:
+        self.value, self.pid, self.start, self.end = value, pid, start, end
+
+    def __reduce__(self):
+        return (Outcome, (self.value, self.pid, self.start, self.end))
+
+    def __sizeof__(self) -> int:
+        # Dask's memory accounting (dask.sizeof falls back to sys.getsizeof):
+        # count the value, or a 50 MB array would look like 64 bytes
+        from dask.sizeof import sizeof
+
+        return sizeof(self.value) + 64
+
+
+class _TimedOut(Exception):
+    """Raised on a worker when a task runs past its limit."""
+
+
+def run_task(call: TaskCall, *parent_results: Any) -> Any:
+    """The Dask task of every taskmap task: run ``call.func`` on the parents'
+    results (in order, ``None`` left out) and return its value (wrapped in an
+    :class:`Outcome` when the caller will gather it)."""
+    args = []
+    for result in parent_results:
+        value = result.value if type(result) is Outcome else result
+        if value is not None:
+            args.append(value)
+    if call.io:
+        from distributed import secede
+
+        # leave the worker's thread pool: the wait holds a thread, not one of
+        # the worker's nthreads slots, so io tasks overlap and cpu tasks run
+        secede()
+    pid, start = os.getpid(), time.time()
+    try:
+        value = _call_io(call, args) if call.io else _call_cpu(call, args)
+    except _TimedOut:
+        raise TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time()) from None
+    except TASK_ERRORS as error:  # the task's own failure, its result
+        raise _failure(call.label, error, pid, start) from None
+    if call.envelope:
+        return Outcome(value, pid, start, time.time())
+    return value
+
+
+def _failure(label: str, error: BaseException, pid: int, start: float) -> TaskFailure:
+    end = time.time()
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    try:
+        blob: bytes | None = codec.encode(error)
+    except Exception:  # noqa: BLE001 - the coordinator gets a RemoteTaskError instead
+        blob = None
+    return TaskFailure(label, blob, type(error).__qualname__, str(error), text, False, pid, start, end)
+
+
+def _call_cpu(call: TaskCall, args: list) -> Any:
+    """A cpu task in the worker's thread slot; a returned awaitable (a
+    coroutine function's coroutine) is run to its end on a private loop."""
+    if call.timeout is None:
+        return _finish(call.func(*args), _thread_loop())
+    return _in_thread_with_limit(lambda: _finish(call.func(*args), None), call.timeout, call.label)
+
+
+def _call_io(call: TaskCall, args: list) -> Any:
+    """An io task, after it left the thread pool: a coroutine runs on the
+    worker's shared io loop (cancelled past its limit); a plain function runs
+    in this thread."""
+    if inspect.iscoroutinefunction(call.func):
+        return _io_loop().run(call.func(*args), call.timeout)
+    if call.timeout is None:
+        return _finish(call.func(*args), _io_loop())
+    return _in_thread_with_limit(lambda: _finish(call.func(*args), _io_loop()), call.timeout, call.label)
+
+
+def _finish(value: Any, loop: _IoLoop | asyncio.AbstractEventLoop | None) -> Any:
+    """``value``, or what it resolves to when it is awaitable."""
+    if not inspect.isawaitable(value):
+        return value
+    if loop is None:
+        return asyncio.run(_await(value))
+    if isinstance(loop, _IoLoop):
+        return loop.run(value, None)
+    return loop.run_until_complete(_await(value))
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+_local = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's private event loop for cpu coroutines (reused: a Dask
+    worker's cpu threads live as long as the worker)."""
+    loop = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop
+
+
+def _in_thread_with_limit(work: Callable[[], Any], limit: float, label: str) -> Any:
+    """Run ``work`` in a helper thread and wait at most ``limit`` seconds.
+    Past the limit the thread cannot be stopped: it is left to finish
+    unwatched, and its result is dropped."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the waiting thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name=f"taskmap-limited {label}", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise _TimedOut
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class _IoLoop:
+    """One asyncio loop per worker process, in a daemon thread, shared by the
+    io coroutines of that worker.  Shared rather than one loop per task, so
+    that clients a coroutine caches (an aiohttp session...) stay bound to a
+    live loop; separate from the Dask worker's own loop, so that a coroutine
+    that blocks for a while does not stall the worker's heartbeats."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="taskmap-io-loop", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, awaitable: Any, limit: float | None) -> Any:
+        """Run ``awaitable`` on the loop and wait for it in this thread."""
+        result = asyncio.run_coroutine_threadsafe(_own_cancel(awaitable, limit), self.loop).result()
+        if type(result) is _Cancelled:
+            raise result.error
+        return result
+
+
+class _Cancelled(NamedTuple):
+    error: asyncio.CancelledError
+
+
+async def _own_cancel(awaitable: Any, limit: float | None) -> Any:
+    # a CancelledError the task raises itself is its failure; crossing the
+    # thread boundary as is, it would arrive as a bare concurrent.futures one
+    try:
+        return await _with_limit(awaitable, limit)
+    except asyncio.CancelledError as error:
+        if asyncio.current_task().cancelling():
+            raise
+        return _Cancelled(error)
+
+
+async def _with_limit(awaitable: Any, limit: float | None) -> Any:
+    if limit is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    # asyncio.wait, not wait_for: a TimeoutError the task raises itself must
+    # stay the task's own failure, not count as running past the limit
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise _TimedOut
+    return task.result()
+
+
+_io_loops: dict[int, _IoLoop] = {}
+_io_loops_lock = threading.Lock()
+
+
+def _io_loop() -> _IoLoop:
+    """This process's io loop, started on first use (keyed by pid: a forked
+    child does not inherit the loop's thread)."""
+    pid = os.getpid()
+    loop = _io_loops.get(pid)
+    if loop is None:
+        with _io_loops_lock:
+            loop = _io_loops.get(pid)
+            if loop is None:
+                loop = _io_loops[pid] = _IoLoop()
+    return loop
