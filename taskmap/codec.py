@@ -507,7 +507,9 @@ def _ext_code(data: bytes | bytearray | memoryview) -> int | None:
     return data[at] if at is not None and len(data) > at else None
 
 
-_EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+"""First bytes of an encoded value that is a msgpack ext (a pickle, a
+shared memory handle): a caller can skip :func:`segment_names` for others."""
 _NO_NAMES: list[str] = []  # (shared: callers only read it)
 
 
@@ -515,7 +517,7 @@ def segment_names(data: bytes | bytearray | memoryview) -> list[str]:
     """Names of the shared memory segments an encoded value points into
     (empty for a value encoded without them).  Cheap for any other value:
     it looks at the first bytes only."""
-    if not data or data[0] not in _EXT_HEADS or _ext_code(data) != EXT_SHM:
+    if not data or data[0] not in EXT_HEADS or _ext_code(data) != EXT_SHM:
         return _NO_NAMES
     body = _unpackb(data, raw=False, ext_hook=_raw_ext)
     handles = _unpackb(body.data, raw=False)[1]

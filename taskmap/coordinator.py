@@ -301,7 +301,11 @@ class Coordinator:
         name = self.state.names[i]
         self.graph.durations[name] = end - start
         if ok:
-            segments = codec.segment_names(payload) if self.shm_threshold is not None else ()
+            segments = (
+                codec.segment_names(payload)
+                if self.shm_threshold is not None and payload and payload[0] in codec.EXT_HEADS
+                else ()
+            )
             for segment in segments:
                 self.segment_users.setdefault(segment, []).append(i)
             try:

@@ -260,7 +260,7 @@ class Worker:
         parent_encoded = parent_value[1] if parent_value is not None else None
         release = [
             name for k in sub[7] for name in codec.segment_names(encoded_args[k])
-        ] if len(sub) > 7 and sub[7] else []
+        ] if sub[7] else []
         args = []
         for k, blob in enumerate(encoded_args):
             try:
@@ -297,8 +297,16 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - the task's failure
             shm.unlink(release)
             return failure(sub[0], error, Stage.RUN, start), None
-        direct = len(sub) > 8 and sub[8] and sub[0] in self.followers
-        return success(sub[0], value, start, self.task_segments(release, direct)), value
+        writer = self.shm_writer
+        if writer is None:
+            segments = None
+            if release:
+                shm.unlink(release)
+        elif release or sub[8]:
+            segments = writer.for_task(release, sub[8] and sub[0] in self.followers)
+        else:
+            segments = writer.plain  # (most tasks: nothing to release or hand over)
+        return success(sub[0], value, start, segments), value
 
     def start_io(self, subs) -> None:
         for sub in subs:
@@ -414,7 +422,7 @@ def success(task: int, value, start: float, segments: shm.TaskSegments | None = 
     except BaseException as error:  # noqa: BLE001
         return failure(task, error, Stage.RESULT, start, end, type_name=_type_name(type(value)))
     finally:
-        if segments is not None:
+        if segments is not None and segments.release:
             segments.flush_release()
     if payload[0] in _EXT_FIRST_BYTES:
         # pickled: name its type, in case the coordinator cannot rebuild it
