@@ -194,6 +194,39 @@ CONFIGS = {
 }
 
 
+def hop_graph(nbytes: int, hops: int = 8):
+    """t0 makes an array of ``nbytes``, t1..t<hops> each add one; io tasks,
+    so none is sent ahead behind its parent: every hop goes through the
+    coordinator (and, with shared memory on, through a segment)."""
+    funcs = {"t0": lambda: make(nbytes // 8)}
+    deps = {"t0": []}
+    for k in range(1, hops + 1):
+        funcs[f"t{k}"] = add_one
+        deps[f"t{k}"] = [f"t{k - 1}"]
+    return taskmap.create_graph(funcs, deps, io_bound=[f"t{k}" for k in range(1, hops + 1)])
+
+
+def sweep(reps: int) -> None:
+    """Per-hop time with shared memory (threshold 1 byte) and without, for
+    values around the default threshold: where shared memory starts to pay."""
+    hops = 8
+    print(f"per hop, a chain of {hops} io tasks (each through the coordinator), medians of {reps}:")
+    taskmap.run_parallel_async(hop_graph(1 << 16), ncores=NCORES)  # warm
+    for nbytes in (16 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20, 4 << 20):
+        per_hop = {}
+        for label, threshold in (("shm", 1), ("pipes", None)):
+            times = []
+            for _ in range(reps):
+                graph = hop_graph(nbytes, hops)
+                start = time.perf_counter()
+                taskmap.run_parallel_async(graph, ncores=NCORES, shm_threshold=threshold, gather=[f"t{hops}"])
+                times.append(time.perf_counter() - start)
+            per_hop[label] = statistics.median(times) / hops
+        print(f"  {nbytes >> 10:5d} KiB: shared memory {per_hop['shm'] * 1e3:6.2f} ms, "
+              f"pipes {per_hop['pipes'] * 1e3:6.2f} ms, pipes / shm {per_hop['pipes'] / per_hop['shm']:5.2f}")
+    print(f"  (the default threshold is {shm.DEFAULT_THRESHOLD >> 10} KiB)")
+
+
 def child(name: str, n: int, reps: int) -> None:
     """One configuration in this (fresh) process: warm up, then ``reps``
     measurements; prints one JSON line.  Each configuration has a process
@@ -227,6 +260,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per configuration (default 3)")
     parser.add_argument("--mb", type=int, default=256, help="array size in MiB (default 256)")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: per-hop time with and without shared memory for 16 KiB-4 MiB values")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,6 +271,9 @@ def main() -> int:
     if not shm.available():
         print("no /dev/shm on this machine: shared memory is off")
         return 1
+    if args.sweep:
+        sweep(max(args.reps, 5))
+        return 0
     size = args.mb << 20
     n = size // 8
     names = [k for k in CONFIGS if not (args.no_dask and k.startswith("dask"))]

@@ -61,7 +61,7 @@ def resolve_threshold(threshold: ThresholdSpec) -> int | None:
     """Bytes from which a buffer travels through shared memory; None: never.
 
     ``"auto"``: the environment variable ``TASKMAP_SHM_THRESHOLD`` (bytes,
-    or ``off``) if set, else 1 MiB; off where ``/dev/shm`` is missing.
+    or ``off``) if set, else 256 KiB; off where ``/dev/shm`` is missing.
     """
     if threshold == "auto":
         return shm.default_threshold()

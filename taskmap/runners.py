@@ -359,7 +359,7 @@ def run_parallel_async(
     ``/dev/shm``, only a handle crosses the pipes, and a child's worker maps
     the segment (a numpy argument is then a read-only array over it; copy it
     to change it).  ``"auto"`` (the default): ``$TASKMAP_SHM_THRESHOLD`` if
-    set (bytes, or ``off``), else 1 MiB; ``None``: off, everything through
+    set (bytes, or ``off``), else 256 KiB; ``None``: off, everything through
     the pipes.  No segment outlives the run.
     ``gather``: which results come back to ``graph.results``: ``True`` (the
     default) all; a collection of task names: those, every other task that

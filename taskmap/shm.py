@@ -70,8 +70,10 @@ __all__ = [
 
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "taskmap-"
-DEFAULT_THRESHOLD = 1 << 20
-"""Bytes: a buffer at least this big travels through shared memory (1 MiB)."""
+DEFAULT_THRESHOLD = 256 << 10
+"""Bytes: a buffer at least this big travels through shared memory (256 KiB:
+measured by ``bench_shm.py --sweep``, a hop through a segment costs about
+what a hop through the pipes does at 64-128 KiB, and half at 256 KiB)."""
 THRESHOLD_ENV = "TASKMAP_SHM_THRESHOLD"
 ALIGN = 64  # each buffer starts on a cache line (numpy wants 16; AVX-512 likes 64)
 _MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call

@@ -100,7 +100,7 @@ def test_threshold_from_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="TASKMAP_SHM_THRESHOLD"):
         shm.default_threshold()
     monkeypatch.delenv("TASKMAP_SHM_THRESHOLD")
-    assert shm.default_threshold() == shm.DEFAULT_THRESHOLD == MiB
+    assert shm.default_threshold() == shm.DEFAULT_THRESHOLD == 256 << 10
 
 
 # -- the codec's out-of-band path ------------------------------------------------
