@@ -154,6 +154,8 @@ class Coordinator:
         self.keep = None if gather is None else {state.index[name] for name in gather}
         # segment -> tasks whose encoded results point into it
         self.segment_users: dict[str, list[int]] = {}
+        # task -> how many of its children are known to have finished (a prefix)
+        self.finished_cursor: dict[int, int] = {}
         self.limits = limits
         self.attempts = [0] * len(state.names)
         # deadlines, not polling: (when, seq, kind, task); wait() sleeps until the first
@@ -556,15 +558,28 @@ class Coordinator:
         names = codec.segment_names(blob)
         if not names:
             return False
-        children, status = self.state.children, self.state.state
         for name in names:
             for q in self.segment_users.get(name, ()):
-                if self.keeps(q):
+                if self.keeps(q) or self._has_unfinished_child(q, i):
                     return False
-                for c in children[q]:
-                    if c != i and status[c] not in FINISHED:
-                        return False
         return True
+
+    def _has_unfinished_child(self, q: int, ignore: int) -> bool:
+        """Whether a child of q other than ``ignore`` has not finished.
+        Amortised O(1): a child that finished stays finished during a run,
+        so a cursor per q skips them once (a fan-out of n readers costs O(n)
+        in all, not O(n) per reader)."""
+        children, status = self.state.children[q], self.state.state
+        k = self.finished_cursor.get(q, 0)
+        n = len(children)
+        while k < n and status[children[k]] in FINISHED:
+            k += 1
+        self.finished_cursor[q] = k
+        for j in range(k, n):
+            c = children[j]
+            if c != ignore and status[c] not in FINISHED:
+                return True
+        return False
 
     def release_read_inputs(self, i: int) -> None:
         """Task i succeeded: unlink its parents' segments that nobody will
