@@ -172,8 +172,6 @@ class Worker:
         coroutine_loop = asyncio.new_event_loop()
         while True:
             self.execute_chain(cpu_queue.get(), coroutine_loop)
-            if cpu_queue.empty():
-                self.flush_cpu()
 
     def take_cpu_batch(self) -> list:
         with self.batch_lock:
@@ -205,6 +203,7 @@ class Worker:
         """Run ``sub``, then the tasks pinned behind it (depth first) with the
         parent's value as an argument; drop them if the parent failed."""
         chain = [(sub, None)]
+        cpu_queue = self.cpu_queue
         followers = self.followers
         running = self.running
         loop = self.loop
@@ -219,11 +218,6 @@ class Worker:
             # take the pinned tasks before the outcome is published: once the
             # coordinator sees it, it may pin new tasks behind this number
             pinned = followers.pop(sub[0], None)
-            with self.batch_lock:
-                self.cpu_batch.append(outcome)
-                opened = len(self.cpu_batch) == 1
-            if opened:
-                loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self.flush_cpu_late)
             if pinned:
                 if outcome[1]:
                     # a value that went to shared memory reaches its pinned
@@ -237,6 +231,17 @@ class Worker:
                 else:
                     self.drop(pinned)
             value = None
+            with self.batch_lock:
+                self.cpu_batch.append(outcome)
+                opened = len(self.cpu_batch) == 1
+            if outcome[4] - outcome[3] >= BATCH_SECONDS or (not chain and cpu_queue.empty()):
+                # nothing runs next, or this task was long enough to pay for
+                # its own message: send now (with any batch-mates) rather than
+                # after a timer and two thread wake-ups that would each wait
+                # for the GIL behind the next task
+                self.flush_cpu()
+            elif opened:
+                loop.call_soon_threadsafe(loop.call_later, BATCH_SECONDS, self.flush_cpu_late)
 
     def drop(self, subs: list) -> None:
         """Forget pinned tasks whose parent failed (the coordinator skips them)."""
