@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parallel-async: run_parallel_async (default); parallel: "
                             "run_parallel; async: run_async (one event loop, this process); "
                             "sequential: run (one task at a time, this process)")
+    group.add_argument("--shm-threshold", type=_shm_threshold, default="auto", metavar="SIZE",
+                       help="parallel runners: results with buffers of at least SIZE bytes "
+                            "(suffix K or M allowed) travel through shared memory; 'off' "
+                            "sends everything through the pipes (default: "
+                            "$TASKMAP_SHM_THRESHOLD, else 256K)")
     group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="show a progress bar on stderr (default: when stderr is a terminal)")
     group.add_argument("--trace", type=Path, default=None, metavar="FILE",
@@ -226,7 +231,7 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     """Run ``graph`` with the run options of ``args``; print the failures to
     stderr and the summary to stdout; return the exit status."""
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    runner = _runner(args.runner, args.ncores)
+    runner = _runner(args.runner, args.ncores, args.shm_threshold)
     status = OK
     stopped: BaseException | None = None
     try:
@@ -272,16 +277,37 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     return status
 
 
-def _runner(kind: str, ncores: int | None) -> Callable[..., Graph]:
+def _runner(kind: str, ncores: int | None, shm_threshold: int | str | None = "auto") -> Callable[..., Graph]:
     from . import runners
 
     if kind == "parallel-async":
-        return lambda graph, **kw: runners.run_parallel_async(graph, ncores=ncores, **kw)
+        return lambda graph, **kw: runners.run_parallel_async(
+            graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
     if kind == "parallel":
-        return lambda graph, **kw: runners.run_parallel(graph, ncores=ncores, **kw)
+        return lambda graph, **kw: runners.run_parallel(
+            graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
     if kind == "async":
         return runners.run_async
     return runners.run
+
+
+def _shm_threshold(text: str) -> int | str | None:
+    """``--shm-threshold``: ``off``/``none``, ``auto`` (the runners' default),
+    or bytes with an optional K or M."""
+    value = text.strip().lower()
+    if value in ("off", "none"):
+        return None
+    if value == "auto":
+        return "auto"
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(value[-1:], 1)
+    digits = value[:-1] if scale > 1 else value
+    try:
+        size = int(digits) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 262144, 256K, 1M, off)") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the threshold must be at least 1 byte")
+    return size
 
 
 def _check_trace_path(path: Path | None) -> None:

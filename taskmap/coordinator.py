@@ -663,6 +663,10 @@ class Coordinator:
                         self.outcome(w, outcome)
         except (EOFError, OSError):
             pass
+        if self.pool.shm_prefix is not None and w.pid is not None:
+            # what it wrote but never announced (a segment half written at a
+            # crash) can never be read: free that memory now, not at the end
+            shm.remove_unreported(f"{self.pool.shm_prefix}{w.pid}-", self.segment_users)
         exitcode = w.exitcode()
         marker = w.slot.value if w.slot is not None else -1
         last_finished = w.slot.last_finished if w.slot is not None else -1

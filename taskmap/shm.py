@@ -47,7 +47,7 @@ import os
 import select
 import threading
 import weakref
-from typing import Iterable, NamedTuple
+from typing import Container, Iterable, NamedTuple
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -169,6 +169,15 @@ def unlink(names: Iterable[str]) -> None:
 def remove_all(prefix: str) -> int:
     """Remove every segment whose name starts with ``prefix``; how many."""
     names = list_segments(prefix)
+    unlink(names)
+    return len(names)
+
+
+def remove_unreported(prefix: str, reported: Container[str]) -> int:
+    """Remove the segments starting with ``prefix`` that are not in
+    ``reported``: a dead worker's segments no result announced, which nobody
+    can ever read (say, one it was writing when it died).  How many."""
+    names = [n for n in list_segments(prefix) if n not in reported]
     unlink(names)
     return len(names)
 

@@ -320,3 +320,39 @@ def test_load_graph_reports_errors_raised_by_a_graph_factory(tmp_path, isolated_
     path = write(tmp_path, "factory.py", "def build():\n    raise KeyError('no data')\n")
     with pytest.raises(PipelineError, match=r"factory.py:2: KeyError: 'no data'"):
         load_graph(f"{path}:build")
+
+
+SHM_PIPE = '''\
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).with_name("out.txt")
+
+
+def make():
+    return np.ones(1 << 17)  # 1 MiB
+
+
+def look(a):
+    OUT.write_text("read-only" if not a.flags.writeable else "own copy")
+    return a.sum()
+
+
+funcs = {"make": make, "look": look}
+dependencies = {"make": [], "look": ["make"]}
+io_bound = ["look"]   # not pinned behind make: its argument crosses processes
+'''
+
+
+@pytest.mark.parametrize("flag, seen", [("512K", "read-only"), ("off", "own copy"), ("2M", "own copy")])
+def test_shm_threshold_option(tmp_path, capsys, isolated_imports, flag, seen):
+    path = write(tmp_path, "big.py", SHM_PIPE)
+    assert main(["run", str(path), "--ncores", "1", "--no-summary", "--shm-threshold", flag]) == 0
+    assert (tmp_path / "out.txt").read_text() == seen
+
+
+def test_shm_threshold_option_rejects_what_is_not_a_size(tmp_path, capsys):
+    path = write(tmp_path, "big.py", SHM_PIPE)
+    assert main(["run", str(path), "--shm-threshold", "lots"]) == 2
+    assert "'lots' is not a size" in capsys.readouterr().err

@@ -419,6 +419,28 @@ def test_worker_dies_while_writing_a_segment(tmp_path):
     assert not our_segments()
 
 
+def test_a_crashed_workers_unannounced_segment_goes_at_the_crash(tmp_path):
+    """The segment a worker was writing when it died is removed as soon as
+    the coordinator notices the death, not at the end of the run."""
+    listing = str(tmp_path / "listing")
+    seen = {}
+
+    class AtTheCrash(taskmap.observers.Observer):
+        def task_finished(self, event):
+            if event.name == "big":
+                seen["left"] = [n for n in our_segments() if f"-{event.worker}-" in n]
+
+    funcs = {"big": lambda: crash_while_writing(listing), "other": lambda: 5}
+    graph = taskmap.create_graph(funcs, {"big": [], "other": []})
+    taskmap.run_parallel(graph, ncores=2, observers=[AtTheCrash()])
+    err = graph.results["big"]
+    assert isinstance(err, taskmap.WorkerCrashedError) and err.exitcode == 6
+    at_crash = Path(listing).read_text().split()
+    assert any(f"-{err.pid}-" in n for n in at_crash), at_crash  # it was there
+    assert seen["left"] == []  # and gone when the crash was recorded
+    assert graph.results["other"] == 5 and not our_segments()
+
+
 SCRIPT = textwrap.dedent(
     """
     import os, sys, time
