@@ -73,11 +73,14 @@ def num(x) -> int:
     raise TypeError(f"unexpected argument {x!r}")
 
 
-def value_of(i: int, args) -> object:
-    """Task i's result from its arguments (order matters)."""
+def value_of(i: int, args, big: int = 0) -> object:
+    """Task i's result from its arguments (order matters); with ``big``, the
+    number as ``big`` bytes (space-padded), a value for shared memory."""
     acc = i
     for x in args:
         acc = (acc * 31 + num(x)) % M
+    if big:
+        return str(acc).encode().ljust(big)
     shape = i % 5
     if shape == 0:
         return acc
@@ -122,7 +125,7 @@ def _crash(way: str, code: int) -> None:
 
 def _fault_before(spec) -> None:
     """Everything a task does before computing its value, in the worker."""
-    name, i, kind, is_io, param, log_dir = spec
+    name, i, kind, is_io, param, log_dir, big = spec
     if kind in ("ok", "none", "slow"):
         with open(os.path.join(log_dir, name), "a") as f:  # where it ran
             f.write(f"{os.getpid()}\n")
@@ -144,10 +147,10 @@ def _fault_before(spec) -> None:
 
 
 def _result(spec, args):
-    name, i, kind, is_io, param, log_dir = spec
+    name, i, kind, is_io, param, log_dir, big = spec
     if kind == "none":
         return None
-    return value_of(i, args)
+    return value_of(i, args, big)
 
 
 def cpu_task(spec, *args):
@@ -156,7 +159,7 @@ def cpu_task(spec, *args):
 
 
 async def io_task(spec, *args):
-    name, i, kind, is_io, param, log_dir = spec
+    name, i, kind, is_io, param, log_dir, big = spec
     _fault_before(spec)
     if kind == "slow":
         await asyncio.sleep(param)
@@ -170,7 +173,7 @@ async def io_task(spec, *args):
 def plain_io_task(spec, *args):
     # a plain function marked io-bound runs in a worker thread (never planned
     # to hang: a thread cannot be stopped)
-    name, i, kind, is_io, param, log_dir = spec
+    name, i, kind, is_io, param, log_dir, big = spec
     _fault_before(spec)
     if kind == "slow":
         time.sleep(param)
@@ -278,14 +281,14 @@ def executions(log_dir: str, name: str) -> int:
         return 0
 
 
-def diagnose(name: str, got, deps, value) -> str:
+def diagnose(name: str, got, deps, value, big: int = 0) -> str:
     """Say so when a wrong value is what the task computes with one of its
     arguments left out (a task run before its parent finished)."""
     i = int(name[1:])
     args = [(p, value[p]) for p in deps[name] if value[p] is not None]
     for k, (parent, _) in enumerate(args):
         try:
-            if value_of(i, [v for j, (_, v) in enumerate(args) if j != k]) == got:
+            if value_of(i, [v for j, (_, v) in enumerate(args) if j != k], big) == got:
                 return f" -- i.e. it ran without the argument from {parent}"
         except Exception:  # noqa: BLE001
             pass
@@ -360,11 +363,14 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
                 # task's outcome still batched (or its submission unsent)
                 stats["planned failures with extra attempts"] += 1
             continue
-        want = None if kind == "none" else value_of(int(name[1:]), [value[p] for p in deps[name] if value[p] is not None])
+        big = args.big.get(name, 0)
+        want = None if kind == "none" else value_of(
+            int(name[1:]), [value[p] for p in deps[name] if value[p] is not None], big
+        )
         value[name] = want
         stats["flaky recovered" if kind == "flaky" else "succeeded"] += 1
         if type(got) is not type(want) or got != want:
-            note = diagnose(name, got, deps, value)
+            note = diagnose(name, got, deps, value, big)
             if not note and attempts.get(name, 0) > executions(log_dir, name):
                 note = (
                     f" -- graph.attempts {attempts[name]}, but it started only {executions(log_dir, name)} "
@@ -432,6 +438,12 @@ def parse(argv=None):
         "io tasks not yet started included, and those rerun",
     )
     p.add_argument("--retry-delay", type=float, default=0.01)
+    p.add_argument(
+        "--big-rate", type=float, default=0.03,
+        help="share of tasks whose value is --big-size bytes, through shared memory (parallel runners)",
+    )
+    p.add_argument("--shm-threshold", type=int, default=4096, help="the runners' shm_threshold (bytes)")
+    p.add_argument("--big-size", type=int, default=12288, help="bytes of a big value (default 3 x 4 KiB)")
     p.add_argument("--max-seconds", type=float, default=900, help="a run longer than this counts as hung")
     return p.parse_args(argv)
 
@@ -443,12 +455,15 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     names, deps = make_graph(rng, args.tasks, args.group, args.max_parents, args.cross)
     plan, lane = make_plan(rng, names, args)
+    # a separate generator, so that a seed's graph and fault plan stay what they were
+    big_rng = random.Random(args.seed * 7919 + 1)
+    args.big = {n: args.big_size for n in names if big_rng.random() < args.big_rate}
     log_dir = tempfile.mkdtemp(prefix="taskmap-faults-")
     funcs, io_bound = {}, []
     for i, name in enumerate(names):
         kind, param = plan[name]
         is_io = lane[name] != "cpu"
-        spec = (name, i, kind, is_io, param, log_dir)
+        spec = (name, i, kind, is_io, param, log_dir, args.big.get(name, 0))
         body = {"cpu": cpu_task, "io": io_task, "plain": plain_io_task}[lane[name]]
         funcs[name] = functools.partial(body, spec)
         if is_io:
@@ -462,7 +477,8 @@ def main(argv=None) -> int:
     print(
         f"fault_injection: seed {args.seed}, {args.tasks} tasks, {sum(len(d) for d in deps.values())} edges, "
         f"{len(io_bound)} io-bound, runner {args.runner}, ncores {args.ncores}; planned "
-        + ", ".join(f"{planned[k]} {k}" for k in KINDS if planned[k]),
+        + ", ".join(f"{planned[k]} {k}" for k in KINDS if planned[k])
+        + f"; {len(args.big)} big values of {args.big_size} bytes (shm_threshold {args.shm_threshold})",
         flush=True,
     )
     graph = taskmap.create_graph(funcs, deps, io_bound=io_bound, name="fault-injection")
@@ -482,7 +498,8 @@ def main(argv=None) -> int:
     threading.Thread(target=watchdog, daemon=True).start()
     start = time.monotonic()
     try:
-        runner(graph, ncores=args.ncores, timeout=timeout, retries=retries, retry_delay=args.retry_delay)
+        runner(graph, ncores=args.ncores, timeout=timeout, retries=retries, retry_delay=args.retry_delay,
+               shm_threshold=args.shm_threshold)
     except KeyboardInterrupt:
         if fired.is_set():
             print(f"FAIL: the run did not finish within {args.max_seconds:g} s ({len(graph.done)}/{args.tasks} tasks done)")

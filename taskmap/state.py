@@ -159,9 +159,12 @@ class SchedulingState:
         self.state[i] = TaskState.WAITING
 
     def requeue(self, i: int) -> None:
-        """Put a started task back in its ready queue (for a retry)."""
+        """Put a started task back (for a retry, or its worker died): in its
+        ready queue, or, when a parent has to run again first (a worker died
+        with that parent's result), waiting for it like any other task."""
         self.state[i] = TaskState.WAITING
-        self._make_ready(i)
+        if self.remaining[i] == 0:
+            self._make_ready(i)
 
     # -- instructions out ------------------------------------------------
 

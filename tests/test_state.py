@@ -345,3 +345,32 @@ def test_random_graphs_run_to_completion_in_dependency_order():
         for t in not_run:
             assert s.state[s.index[t]] == TaskState.SKIPPED
             assert any(p in fail or p in not_run for p in deps[t])
+
+
+def test_requeue_waits_for_a_parent_that_has_to_run_again():
+    # "b" was handed out ahead of "a" (pinned behind it); the worker died
+    # with a's result: both go back, and b is ready only once a finishes
+    s = make({"a": [], "b": ["a"]})
+    s.start()
+    a, b = s.index["a"], s.index["b"]
+    assert s.pop_ready() == a
+    s.started(a)
+    s.started(b)  # sent ahead
+    s.requeue(b)
+    s.requeue(a)
+    assert drain(s) == ["a"]
+    assert s.state[b] == TaskState.WAITING
+    s.started(a)
+    assert s.finished(a) == 1
+    assert drain(s) == ["b"]
+
+
+def test_requeue_of_a_task_whose_parents_finished_makes_it_ready():
+    s = make({"a": [], "b": ["a"]})
+    s.start()
+    a, b = s.index["a"], s.index["b"]
+    s.started(s.pop_ready())
+    s.finished(a)
+    s.started(s.pop_ready())
+    s.requeue(b)  # a retry
+    assert drain(s) == ["b"]
