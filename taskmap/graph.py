@@ -291,12 +291,24 @@ def _check_acyclic(deps: dict) -> None:
                     cycle = path[path.index(parent):] + [parent]
                     # path runs child -> parent; show it in the direction work flows
                     cycle.reverse()
-                    raise ValueError(
-                        "Cyclic dependency: " + " -> ".join(str(t) for t in cycle)
-                    )
+                    raise ValueError("Cyclic dependency: " + _cycle_text(cycle))
             else:
                 colour[path.pop()] = BLACK
                 stack.pop()
+
+
+CYCLE_SHOWN = 20  # tasks of a cycle named in its error at most (a huge one is elided)
+
+
+def _cycle_text(cycle: list) -> str:
+    """``a -> b -> c -> a``; a cycle longer than CYCLE_SHOWN tasks shows
+    its first and last tasks and how many are left out, not megabytes."""
+    names = [str(t) for t in cycle]
+    if len(names) > CYCLE_SHOWN + 1:
+        half = CYCLE_SHOWN // 2
+        left_out = len(names) - 2 * half
+        names = names[:half] + [f"... ({left_out} more tasks) ..."] + names[-half:]
+    return " -> ".join(names)
 
 
 def children_index(graph_or_deps) -> dict:
