@@ -31,6 +31,7 @@ import time
 import pytest
 
 import taskmap
+from _processes import exit_when_a_thread_is_in
 from taskmap.pool import get_pool
 
 psutil = pytest.importorskip("psutil")
@@ -646,22 +647,7 @@ def crash_while_result_is_sent(size):
     thread of the worker is seen inside ``Connection._send_bytes`` with a
     buffer of at least ``size`` bytes."""
     me_pid = os.getpid()
-
-    def watch():
-        me = threading.get_ident()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            for ident, frame in sys._current_frames().items():
-                while ident != me and frame is not None:
-                    if frame.f_code.co_name == "_send_bytes":
-                        buf = frame.f_locals.get("buf")
-                        if buf is not None and len(buf) >= size:
-                            os._exit(6)
-                    frame = frame.f_back
-            time.sleep(0.0001)
-        # not seen: leave the worker alone (the test then fails on its own)
-
-    threading.Thread(target=watch, daemon=True).start()
+    exit_when_a_thread_is_in("_send_bytes", lambda local: len(local.get("buf") or b"") >= size, 6)
     assert os.getpid() == me_pid
     return b"r" * size
 

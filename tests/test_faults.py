@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
 import taskmap
+from _processes import start_pipeline
 
 psutil = pytest.importorskip("psutil")
 
@@ -184,30 +183,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _start(tmp_path, **kwargs):
-    script = tmp_path / "pipeline.py"
-    script.write_text(SCRIPT)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MARK_DIR": str(marks)},
-        **kwargs,
-    )
-    line = proc.stdout.readline()
-    assert line.startswith("PID"), line + proc.stderr.read()
-    # wait until both workers run slow tasks (a busy child may only be a
-    # worker still importing, before any task ran)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(list(marks.iterdir())) < 2:
-        time.sleep(0.05)
-    if len(list(marks.iterdir())) < 2:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("the slow tasks never started on both workers")
-    return proc
+    return start_pipeline(tmp_path, SCRIPT, **kwargs)
 
 
 def _descendants(pid):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import taskmap
+from _processes import exit_when_a_thread_is_in, start_pipeline
 from taskmap import codec, shm
 
 pytestmark = [
@@ -383,20 +383,10 @@ def test_big_values_under_a_memory_limit():
 def crash_while_writing(listing: str):
     """Return a big result; die while the worker writes it into its segment
     (after noting which segments exist at that moment)."""
-
-    def watch():
-        me = threading.get_ident()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            for ident, frame in sys._current_frames().items():
-                while ident != me and frame is not None:
-                    if frame.f_code.co_name == "_write" and "fd" in frame.f_locals:
-                        Path(listing).write_text("\n".join(os.listdir("/dev/shm")))
-                        os._exit(6)
-                    frame = frame.f_back
-            time.sleep(0.0001)
-
-    threading.Thread(target=watch, daemon=True).start()
+    exit_when_a_thread_is_in(
+        "_write", lambda local: "fd" in local, 6,
+        before_exit=lambda: Path(listing).write_text("\n".join(os.listdir("/dev/shm"))),
+    )
     return b"r" * (64 * MiB)
 
 
@@ -471,27 +461,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _start(tmp_path):
-    script = tmp_path / "pipeline.py"
-    script.write_text(SCRIPT)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MARK_DIR": str(marks), "PYTHONPATH": str(REPO)},
-        start_new_session=True,
-    )
-    line = proc.stdout.readline()
-    assert line.startswith("PID"), line + proc.stderr.read()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(list(marks.iterdir())) < 2:
-        time.sleep(0.02)
-    if len(list(marks.iterdir())) < 2:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("the slow tasks never started on both workers")
+    proc = start_pipeline(tmp_path, SCRIPT, env={"PYTHONPATH": str(REPO)}, start_new_session=True)
     # three 32 MB results in shared memory, read by the running tasks
     assert len(our_segments(proc.pid)) == 3, our_segments(proc.pid)
     return proc
