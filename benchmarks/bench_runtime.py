@@ -24,6 +24,7 @@ numbers mean little.  Workloads (see benchmarks/README.md for details):
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib.util
 import json
 import os
@@ -216,13 +217,14 @@ class Baselines:
         tmp.rename(self.orig_dir)
         return True
 
-    def child(self, runner: str, spec: dict, timeout: float | None = None) -> dict:
+    def child(self, runner: str, spec: dict, timeout: float | None = None, env: dict | None = None) -> dict:
         """Run one measurement in a child process: {'times': [...], ...},
-        or {'error': '...'}; '_wall' is the child's whole wall time."""
+        or {'error': '...'}; '_wall' is the child's whole wall time; ``env``
+        adds to the environment."""
         cmd = [sys.executable, CHILD, runner, json.dumps(spec)]
         if runner == "original":
             cmd += ["--orig-path", str(self.orig_dir)]
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env.pop("PYTHONPATH", None)
         limit = timeout or self.timeout
         t = time.perf_counter()
@@ -368,22 +370,37 @@ def bench_seed(cfg, bl: Baselines, rows, notes) -> None:
         )
     rows.append(row)
 
-    # the first run in a fresh process: pool start included
-    runs, walls, imports = [], [], []
-    with LoadMeter() as load:
+    # the first run in a fresh process: pool start included.  Measured twice:
+    # with taskmap's modules compiled to bytecode, as a pip install leaves them
+    # (the figure for the goal), and from source, as an editable install runs
+    # where PYTHONDONTWRITEBYTECODE is set (this development machine sets it:
+    # then every fresh interpreter, workers included, compiles every module)
+    def fresh_runs(env: dict | None) -> tuple[list, list, list]:
+        runs, walls, imports = [], [], []
         for _ in range(cfg.fresh):
-            out = bl.child("ours-fresh", spec, timeout=60)
+            out = bl.child("ours-fresh", spec, timeout=60, env=env)
             if "error" in out:
                 raise RuntimeError(f"fresh-process seed demo failed: {out['error']}")
             runs.append(out["run"])
             walls.append(out["_wall"])
             imports.append(out["import"])
+        return runs, walls, imports
+
+    package = REPO / "taskmap"
+    with LoadMeter() as load:
+        for cache in package.rglob("__pycache__"):
+            shutil.rmtree(cache, ignore_errors=True)
+        source_runs, _, _ = fresh_runs({"PYTHONDONTWRITEBYTECODE": "1"})
+        compileall.compile_dir(str(package), quiet=1)
+        runs, walls, imports = fresh_runs(None)
     row = Row("fresh", "1b seed demo, 1st run in a fresh process", "s", "{:.3f}", median(runs), 0.65, load=load.cores)
     notes.append(
         f"1b: fresh process, {cfg.fresh} processes: run call {median(runs):.3f} s (min {min(runs):.3f}, max {max(runs):.3f}; "
         f"goal 0.4 + 0.25 s), import taskmap {median(imports) * 1e3:.0f} ms, whole process wall time "
         f"{median(walls):.3f} s (interpreter start, imports, run, pool shutdown at exit); the pool's start costs "
-        f"about {median(runs) - m:.3f} s (fresh run call - warm makespan)"
+        f"about {median(runs) - m:.3f} s (fresh run call - warm makespan).  taskmap's bytecode was compiled first "
+        f"(python -m compileall, as pip install does); from source (no bytecode, PYTHONDONTWRITEBYTECODE=1) the run "
+        f"call takes {median(source_runs):.3f} s (min {min(source_runs):.3f}, max {max(source_runs):.3f})"
     )
     if bl.enabled and bl.orig_ok:
         outs = [bl.original({**spec, "reps": 1}) for _ in range(cfg.base_fresh)]
