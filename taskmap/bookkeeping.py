@@ -29,7 +29,7 @@ class Bookkeeper:
 
     __slots__ = (
         "graph", "state", "log", "raise_errors", "names", "results", "done",
-        "observers", "runner", "ncores", "started_at", "attempts", "record",
+        "observers", "runner", "ncores", "measures_durations", "started_at", "attempts", "record",
     )
 
     def __init__(
@@ -40,6 +40,7 @@ class Bookkeeper:
         observers: Observers | None = None,
         runner: str = "run",
         ncores: int = 1,
+        measures_durations: bool = False,
     ) -> None:
         self.graph = graph
         self.state = state
@@ -51,6 +52,8 @@ class Bookkeeper:
         self.observers = observers if observers is not None else Observers()
         self.runner = runner
         self.ncores = ncores
+        # the runner writes graph.durations[task] for every task it runs
+        self.measures_durations = measures_durations
         # when each task was last started (only kept when someone observes)
         self.started_at: dict[int, float] = {}
         # attempts per task, for runners that retry (the coordinator's list)
@@ -75,7 +78,8 @@ class Bookkeeper:
         # RunRecorder observes the run (taskmap.record)
         now = time.monotonic()
         self.record = self.graph.last_run = RunRecord(
-            self.runner, self.ncores, now, len(self.graph.done)
+            self.runner, self.ncores, now, len(self.graph.done),
+            measures_durations=self.measures_durations,
         )
         if self.observers:
             names, st = state.names, state.state

@@ -95,7 +95,7 @@ def run_graph(
     if state.all_finished:
         # nothing to run, but it is a run all the same: graph.last_run and
         # the observers say so (no worker is started for it)
-        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores)
+        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
         book.start()
         book.finish(None)
         return graph
@@ -165,7 +165,7 @@ class Coordinator:
         self.state = state
         self.pool = pool
         self.ncores = ncores
-        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores)
+        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
         self.book.attempts = self.attempts
         self.run_id = next(_run_ids)
         self.encoded: dict[int, bytes] = {}  # task -> its encoded result

@@ -320,7 +320,9 @@ class _DaskRun:
         self.names = state.names
         n = len(self.names)
         cpu_slots, self.cpu_resource = _cpu_slots(client)
-        self.book = Bookkeeper(graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots)
+        self.book = Bookkeeper(
+            graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots, measures_durations=True
+        )
         self.attempts = [0] * n
         self.book.attempts = self.attempts
         # tasks this run handles (the others were done before it started)

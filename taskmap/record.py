@@ -77,6 +77,9 @@ class RunRecord:
     # with ``tasks``: tasks still running when the run ended (it raised or was
     # interrupted), status "unfinished", ``end`` the end of the run
     unfinished: list[TaskRecord] | None = None
+    # the runner wrote graph.durations[task] for each task it ran (the
+    # parallel runners; run_dask for the results it brought back)
+    measures_durations: bool = False
 
     @property
     def wall(self) -> float | None:

@@ -32,10 +32,6 @@ from .status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
 if TYPE_CHECKING:
     from .graph import Graph
 
-# runners that write graph.durations[task] for every task they run (run_dask:
-# for every task whose result it brings back)
-_MEASURING_RUNNERS = frozenset({"run_parallel", "run_parallel_async", "run_dask"})
-
 # detail levels of a summary
 PER_TASK = "per task"  # TaskRecords: times, lanes and workers
 DURATIONS = "durations"  # the parallel runners' graph.durations
@@ -169,7 +165,8 @@ def _task_times(
     if record.tasks is not None:
         return (*_from_records(record.tasks), PER_TASK,
                 sum(1 for t in record.tasks if t.attempts > 1))
-    if record.runner not in _MEASURING_RUNNERS:
+    # (a record pickled before the flag existed has none: counts only)
+    if not getattr(record, "measures_durations", False):
         return [], [], COUNTS_ONLY, None
     # graph.durations also holds earlier runs' times: take only tasks this
     # run finished, and only done ones (a task whose worker crashed has no
