@@ -21,6 +21,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from . import __version__
 from .errors import TaskFailedError, TaskmapError
@@ -277,7 +278,9 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     return status
 
 
-def _runner(kind: str, ncores: int | None, shm_threshold: int | str | None = "auto") -> Callable[..., Graph]:
+def _runner(
+    kind: str, ncores: int | None, shm_threshold: int | Literal["auto"] | None = "auto"
+) -> Callable[..., Graph]:
     from . import runners
 
     if kind == "parallel-async":
@@ -291,7 +294,7 @@ def _runner(kind: str, ncores: int | None, shm_threshold: int | str | None = "au
     return runners.run
 
 
-def _shm_threshold(text: str) -> int | str | None:
+def _shm_threshold(text: str) -> int | Literal["auto"] | None:
     """``--shm-threshold``: ``off``/``none``, ``auto`` (the runners' default),
     or bytes with an optional K or M."""
     value = text.strip().lower()

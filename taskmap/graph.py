@@ -325,7 +325,7 @@ def descendants(children: Mapping, roots: Iterable[Task]) -> set:
     """Every task reachable from ``roots`` through ``children``, roots excluded
     unless reachable from another root."""
     seen: set = set()
-    queue = deque()
+    queue: deque = deque()
     for root in roots:
         queue.extend(children.get(root, ()))
     while queue:

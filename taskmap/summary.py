@@ -194,7 +194,7 @@ def _from_records(records: list[TaskRecord]) -> tuple[list[TaskTime], list[Worke
         busy = per_worker.setdefault(t.worker, [0.0, 0.0, 0])
         busy[0 if t.lane == CPU else 1] += seconds
         busy[2] += 1
-    workers = [WorkerTime(pid, cpu, io, n) for pid, (cpu, io, n) in per_worker.items()]
+    workers = [WorkerTime(pid, cpu, io, int(n)) for pid, (cpu, io, n) in per_worker.items()]
     workers.sort(key=lambda w: -w.cpu_seconds - w.io_seconds)
     return times, workers
 
