@@ -493,10 +493,13 @@ class Coordinator:
     def pin_chain(self, w: WorkerHandle, parent: int, batch: list) -> None:
         """Send ahead, behind a cpu task, the chain of cpu tasks that wait
         for nothing else: each runs on the same worker right after its
-        parent, with no round trip through the coordinator."""
+        parent, with no round trip through the coordinator.  A task sent out
+        before in this run (a retry, or a rerun after a crash) is not pinned:
+        should it kill its worker again, it must not take the results of the
+        tasks before it in the chain, still batched there, down with it."""
         state = self.state
         children, remaining, status, is_io = state.children, state.remaining, state.state, state.is_io
-        encoded, priority = self.encoded, state.priority
+        encoded, priority, attempts = self.encoded, state.priority, self.attempts
         for _ in range(MAX_PINNED):
             best = -1
             for c in children[parent]:
@@ -504,6 +507,7 @@ class Coordinator:
                     remaining[c] == 1
                     and status[c] == TaskState.WAITING
                     and not is_io[c]
+                    and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
                 ):
                     best = c

@@ -1033,3 +1033,22 @@ def test_retry_of_a_crashed_pinned_task_waits_for_its_lost_parent(runner, tmp_pa
         if graph.attempts["a"] == 2:  # its result was lost with the worker: it ran again
             return
     pytest.fail("a's result was never lost with the worker in 5 tries")
+
+
+def always_crash(*args):
+    os._exit(7)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_task_that_kills_its_worker_again_does_not_take_its_parents_down(runner):
+    # a -> b -> c, all quick cpu tasks: b and c run pinned behind a in one
+    # worker, so when c kills it, a's and b's results are still batched there
+    # and both rerun.  c's retry must not be pinned behind them again: it
+    # once was, killed the worker again with their results, and a -- never at
+    # fault, no retries of its own -- failed as "lost".
+    funcs = {"a": lambda: 1, "b": lambda x: x + 1, "c": always_crash}
+    graph = taskmap.create_graph(funcs, {"a": [], "b": ["a"], "c": ["b"]})
+    run(runner, graph, ncores=2, retries={"c": 1})
+    assert graph.results["a"] == 1 and graph.results["b"] == 2, graph.results
+    check_crash(graph, "c", exitcode=7)
+    assert graph.attempts["c"] == 2
