@@ -295,22 +295,16 @@ def _runner(
 
 
 def _shm_threshold(text: str) -> int | Literal["auto"] | None:
-    """``--shm-threshold``: ``off``/``none``, ``auto`` (the runners' default),
-    or bytes with an optional K or M."""
-    value = text.strip().lower()
-    if value in ("off", "none"):
-        return None
-    if value == "auto":
+    """``--shm-threshold``: ``auto`` (the runners' default), or what
+    :func:`taskmap.shm.parse_threshold` reads (bytes, K or M, ``off``)."""
+    if text.strip().lower() == "auto":
         return "auto"
-    scale = {"k": 1 << 10, "m": 1 << 20}.get(value[-1:], 1)
-    digits = value[:-1] if scale > 1 else value
+    from .shm import parse_threshold
+
     try:
-        size = int(digits) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 262144, 256K, 1M, off)") from None
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: the threshold must be at least 1 byte")
-    return size
+        return parse_threshold(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _check_trace_path(path: Path | None) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "close_and_sweep",
     "coordinator_prefix",
     "default_threshold",
+    "parse_threshold",
     "list_segments",
     "remove_all",
     "sweep_orphans",
@@ -99,18 +100,30 @@ def default_threshold() -> int | None:
     ``/dev/shm`` is not available."""
     if not available():
         return None
-    text = os.environ.get(THRESHOLD_ENV, "").strip().lower()
+    text = os.environ.get(THRESHOLD_ENV, "").strip()
     if not text:
         return DEFAULT_THRESHOLD
-    if text in ("off", "none", "no", "0", "false"):
-        return None
     try:
-        value = int(text)
+        return parse_threshold(text)
+    except ValueError as error:
+        raise ValueError(f"{THRESHOLD_ENV}: {error}") from None
+
+
+def parse_threshold(text: str) -> int | None:
+    """A threshold written as text (the environment variable, the command
+    line): bytes with an optional K or M suffix, or ``off`` (also ``none``,
+    ``no``, ``false``, ``0``) for shared memory off."""
+    value = text.strip().lower()
+    if value in ("off", "none", "no", "0", "false"):
+        return None
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(value[-1:], 1)
+    try:
+        size = int(value[:-1] if scale > 1 else value) * scale
     except ValueError:
-        raise ValueError(f"{THRESHOLD_ENV} must be a number of bytes or 'off', not {text!r}") from None
-    if value < 1:
-        raise ValueError(f"{THRESHOLD_ENV} must be >= 1 (or 'off'), not {value}")
-    return value
+        raise ValueError(f"{text!r} is not a size (e.g. 262144, 256K, 1M, off)") from None
+    if size < 1:
+        raise ValueError(f"{text!r}: the threshold must be at least 1 byte (or 'off')")
+    return size
 
 
 # -- whose segment is it -----------------------------------------------------
