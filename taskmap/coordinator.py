@@ -10,8 +10,8 @@ Data flow (compare CPython's ``concurrent/futures/process.py``)::
     Bookkeeper <--+-- RESULTS [task, ok, payload, start, end] <-- worker k
                       sentinel k fires                         (process died)
 
-The coordinator blocks in ONE ``multiprocessing.connection.wait`` over every
-worker's pipe and every worker's process sentinel; each wake-up is sorted into
+The coordinator blocks in ONE ``poll`` over every worker's pipe and every
+worker's process sentinel; each wake-up is sorted into
 results (record them, push the tasks that became ready), a worker's HELLO (it
 can take tasks), or a death.  Nothing sleeps or polls.
 
@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import select
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from multiprocessing.connection import wait
 
 from . import codec, messages, shm
 from .bookkeeping import Bookkeeper
@@ -158,7 +159,7 @@ class Coordinator:
         self.finished_cursor: dict[int, int] = {}
         self.limits = limits
         self.attempts = [0] * len(state.names)
-        # deadlines, not polling: (when, seq, kind, task); wait() sleeps until the first
+        # deadlines, not polling: (when, seq, kind, task); wait_once sleeps until the first
         self.timers: list[tuple[float, int, int, int]] = []
         self.timer_seq = itertools.count()
         self.timed_out: set[int] = set()
@@ -177,6 +178,11 @@ class Coordinator:
         self.pinned: dict[int, tuple[int, WorkerHandle]] = {}
         self.pinned_behind: dict[int, int] = {}
         self.start_failures = 0
+        # what wait_once polls (see watch)
+        self.watching: list[WorkerHandle] = []
+        self.poller = select.poll()
+        self.watched: dict[int, tuple[WorkerHandle, bool]] = {}
+        self.pipe_pollers: dict[WorkerHandle, select.poll] = {}
 
     # -- before the run ---------------------------------------------------
 
@@ -187,6 +193,7 @@ class Coordinator:
         ids: dict[int, int] = {}
         blobs: dict[int, bytes] = {}
         func_of = [0] * len(names)
+        pickler = codec.FunctionPickler()
         for i, name in enumerate(names):
             if state[i] == TaskState.DONE:
                 continue
@@ -195,7 +202,7 @@ class Coordinator:
             fid = ids.get(key)
             if fid is None:
                 try:
-                    blob = codec.dumps_function(func)
+                    blob = pickler.dumps(func)
                 except Exception as error:
                     raise SerializationError(
                         name, "function", type(func).__qualname__, str(error)
@@ -242,19 +249,41 @@ class Coordinator:
                 shm.remove_all(self.pool.shm_prefix)
 
     def wait_once(self) -> None:
+        """Block until a worker's pipe has a message or a worker dies (or
+        the first deadline passes); handle what happened."""
         workers = self.pool.workers
-        by_conn = {w.conn: w for w in workers}
-        by_sentinel = {w.sentinel: w for w in workers}
-        timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
-        for obj in wait([*by_conn, *by_sentinel], timeout):
-            w = by_conn.get(obj)
-            if w is not None:
-                if w in self.pool.workers:
-                    self.receive(w)
-                continue
-            w = by_sentinel[obj]
+        if self.watching != workers:
+            self.watch(workers)
+        if self.timers:
+            # (rounded up: waking before the deadline would only wait again)
+            timeout_ms = max(0, math.ceil((self.timers[0][0] - time.monotonic()) * 1000))
+        else:
+            timeout_ms = None
+        for fd, _ in self.poller.poll(timeout_ms):
+            w, died = self.watched[fd]
             if w in self.pool.workers:
-                self.worker_died(w)
+                if died:
+                    self.worker_died(w)
+                else:
+                    self.receive(w)
+
+    def watch(self, workers: list[WorkerHandle]) -> None:
+        """Poll these workers' pipes and sentinels from now on.  One poll
+        object serves a run until a worker is replaced: building one per
+        wake-up, as ``multiprocessing.connection.wait`` does, cost more than
+        the rest of a wake-up's system calls here."""
+        self.watching = list(workers)  # (the handles themselves: no id reuse)
+        self.poller = select.poll()
+        self.watched = {}
+        self.pipe_pollers = {}
+        for w in workers:
+            fd = w.conn.fileno()
+            self.poller.register(fd, select.POLLIN)
+            self.poller.register(w.sentinel, select.POLLIN)
+            self.watched[fd] = (w, False)
+            self.watched[w.sentinel] = (w, True)
+            self.pipe_pollers[w] = one = select.poll()
+            one.register(fd, select.POLLIN)
 
     def receive(self, w: WorkerHandle) -> None:
         """Read every message waiting on w's pipe."""
@@ -274,12 +303,8 @@ class Coordinator:
                 w.ready = True
                 w.pid = msg[1]
                 self.start_failures = 0
-            try:
-                if not conn.poll(0):
-                    return
-            except (EOFError, OSError):
-                self.worker_died(w)
-                return
+            if w not in self.pool.workers or not self.pipe_pollers[w].poll(0):
+                return  # (a hang-up reads as readable: recv_bytes sees the EOF)
 
     def outcome(self, w: WorkerHandle, outcome: list) -> None:
         i, ok, payload, start, end = outcome[:5]

@@ -412,13 +412,14 @@ class _DaskRun:
         (Dask would only refuse it at its own submit, after its parents')."""
         funcs, names = self.graph.funcs, self.names
         seen: set[int] = set()
+        pickler = codec.FunctionPickler()
         for i, name in enumerate(names):
             func = funcs[name]
             if not self.in_run[i] or id(func) in seen:
                 continue
             seen.add(id(func))
             try:
-                codec.dumps_function(func)
+                pickler.dumps(func)
             except Exception as error:
                 raise SerializationError(name, "function", type(func).__qualname__, str(error)) from error
 

@@ -685,6 +685,36 @@ def test_function_closing_over_a_lock():
     assert info.value.__cause__ is not None
 
 
+def test_function_pickler_blobs_stand_alone():
+    # one pickler for a run's functions: each blob loads on its own (the memo
+    # does not leak from one function into the next), also after a failure
+    lock = threading.Lock()
+    shared = {"n": 3}
+
+    def make(k):
+        def f(x):
+            return x + k + shared["n"]
+
+        return f
+
+    def locked():
+        with lock:
+            return 1
+
+    pickler = codec.FunctionPickler()
+    first = pickler.dumps(make(1))
+    with pytest.raises(CodecError, match="locked"):
+        pickler.dumps(locked)
+    second = pickler.dumps(make(10))
+    by_ref = pickler.dumps(module_function)
+    assert codec.loads_function(second)(1) == 14
+    assert codec.loads_function(first)(1) == 5
+    assert codec.loads_function(by_ref) is module_function
+    # the same bytes a fresh pickler writes
+    assert by_ref == codec.dumps_function(module_function)
+    assert len(second) == len(codec.dumps_function(make(10)))
+
+
 def test_loads_function_failures():
     with pytest.raises(CodecError) as info:
         codec.loads_function(b"ctaskmap_no_such_module\nfunc\n.")
