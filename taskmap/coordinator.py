@@ -20,8 +20,10 @@ the fewest io tasks in flight): they only wait.  cpu tasks stay in the
 coordinator's heap until some worker has room: a worker holds at most
 ``depth`` cpu tasks, 1 while tasks are long so each goes to the first free
 core (2 while more tasks are ready than the workers can take: the next one
-then waits at the worker, not a round trip away), more when measured tasks
-are so short that the pipe's round trip would leave the core idle.  Everything that becomes ready together travels to a
+then waits at the worker, not a round trip away; 3 when a task more
+critical than the one waiting becomes ready: it is sent to run first), more
+when measured tasks are so short that the pipe's round trip would leave the
+core idle.  Everything that becomes ready together travels to a
 worker in one message.
 
 Big results (:mod:`taskmap.shm`): a worker puts a big result's buffers in a
@@ -71,6 +73,32 @@ PIPELINE_SECONDS = 0.0003  # work to keep queued at a worker when tasks are tiny
 MAX_START_FAILURES = 3
 
 _run_ids = itertools.count(1)
+
+
+def finished_before_crash(
+    order: list[int], marker: int, last_finished: int, sent_first: list[list[int]] = ()
+) -> set[int]:
+    """Which tasks a dead worker held had finished (their results lost with
+    it, still batched there).  ``order``: the tasks it held, in the order it
+    was to run them; ``marker``: the cpu task it was running (-1: none) and
+    ``last_finished``: the last cpu task it finished, both read from its
+    shared slot; ``sent_first``: each task sent to run ahead of a waiting
+    task, with the tasks pinned behind it.
+
+    Tasks before the running one finished; with none running, those up to
+    the last finished.  But a task sent to run first may not have run
+    before the task it went ahead of, which could have started before it
+    arrived: it counts as finished only when the slot proves it (it, or a
+    task pinned behind it, finished last or is running)."""
+    ran: set[int] = set()
+    if marker in order:
+        ran.update(order[: order.index(marker)])
+    elif last_finished in order:
+        ran.update(order[: order.index(last_finished) + 1])
+    for chain in sent_first:
+        if chain[0] in ran and last_finished not in chain and marker not in chain:
+            ran.difference_update(chain)
+    return ran
 
 
 def run_graph(
@@ -177,6 +205,8 @@ class Coordinator:
         # chains sent ahead: parent -> (child pinned behind it, worker), and back
         self.pinned: dict[int, tuple[int, WorkerHandle]] = {}
         self.pinned_behind: dict[int, int] = {}
+        # cpu task sent to run first at its worker -> the task it went ahead of
+        self.ahead_of: dict[int, int] = {}
         self.start_failures = 0
         # what wait_once polls (see watch)
         self.watching: list[WorkerHandle] = []
@@ -323,6 +353,7 @@ class Coordinator:
             avg = self.cpu_seconds.get(fid)
             self.cpu_seconds[fid] = took if avg is None else 0.8 * avg + 0.2 * took
         self.pinned_behind.pop(i, None)
+        self.ahead_of.pop(i, None)
         if self.state.state[i] != TaskState.RUNNING:
             return  # cancelled, timed out or its pinned parent failed meanwhile
         name = self.state.names[i]
@@ -480,13 +511,46 @@ class Coordinator:
             if held >= self.cpu_depth(i) and not (
                 held == 1 and len(state.ready_cpu) > len(ready)
             ):
-                break
+                # The task sent ahead to a worker may be less critical than
+                # this one, which became ready since: this one goes first
+                # there (else it would wait for both tasks, not one).
+                w = self.queue_to_jump(ready, i)
+                if w is None:
+                    break
+                waiting = w.cpu_tasks[1]
+                state.pop_cpu()
+                self.assign(w, i, False, batches, first=True)
+                if i in w.cpu_tasks:  # (not if its arguments could not be sent)
+                    w.cpu_tasks.remove(waiting)  # it runs after i and i's chain
+                    w.cpu_tasks.append(waiting)
+                    self.ahead_of[i] = waiting
+                continue
             state.pop_cpu()
             self.assign(w, i, False, batches)
         for w, subs in batches.items():
             self.send(w, subs)
 
-    def assign(self, w: WorkerHandle, i: int, io: bool, batches: dict) -> None:
+    def queue_to_jump(self, ready: list[WorkerHandle], i: int) -> WorkerHandle | None:
+        """A worker where cpu task i should run next, ahead of the one task
+        waiting there behind the running one, because i's chain below is
+        longer; None if there is none.  Only long tasks (depth 1), one jump
+        per queue, and never ahead of a task pinned behind its parent."""
+        if self.cpu_depth(i) != 1:
+            return None
+        priority = self.state.priority
+        for w in ready:
+            tasks = w.cpu_tasks
+            if len(tasks) == 2:
+                waiting = tasks[1]
+                if (
+                    priority[waiting] < priority[i]
+                    and waiting not in self.pinned_behind
+                    and waiting not in self.ahead_of
+                ):
+                    return w
+        return None
+
+    def assign(self, w: WorkerHandle, i: int, io: bool, batches: dict, first: bool = False) -> None:
         state = self.state
         args = []
         release = []
@@ -504,7 +568,7 @@ class Coordinator:
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
         batch = batches.setdefault(w, [])
-        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False])
+        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False, first])
         self.book.starting(i, w.pid)
         if io:
             w.io_tasks[i] = w.io_sent
@@ -567,10 +631,17 @@ class Coordinator:
                 self.add_timer(time.monotonic() + limit, self.CPU_DEADLINE, best)
             self.pinned[parent] = (best, w)
             self.pinned_behind[best] = parent
-            batch.append([best, self.func_of[best], False, args, parent, slots, None, release, False])
+            batch.append([best, self.func_of[best], False, args, parent, slots, None, release, False, False])
             # reported as started when its parent succeeds: until then it
             # may be withdrawn (the parent fails) and never run
             parent = best
+
+    def _pinned_chain(self, i: int) -> list[int]:
+        """Task i and the tasks pinned behind it, in the order they run."""
+        chain = [i]
+        while (entry := self.pinned.get(chain[-1])) is not None:
+            chain.append(entry[0])
+        return chain
 
     def keeps(self, i: int) -> bool:
         """Whether task i's result comes back to the caller."""
@@ -663,6 +734,7 @@ class Coordinator:
             for sub in subs:
                 i = sub[0]
                 w.io_tasks.pop(i, None)
+                self.ahead_of.pop(i, None)
                 try:
                     w.cpu_tasks.remove(i)
                 except ValueError:
@@ -713,14 +785,14 @@ class Coordinator:
         running = [i for i, n in w.io_tasks.items() if n < io_started]
         order = list(w.cpu_tasks)
         order.extend(i for i, n in w.io_tasks.items() if n >= io_started)
-        ran: set[int] = set()  # finished, but the result was lost with the worker
+        # finished, but the result was lost with the worker
+        first = [self._pinned_chain(i) for i in order if i in self.ahead_of]
+        ran = finished_before_crash(order, marker, last_finished, first)
+        for i in w.cpu_tasks:
+            self.ahead_of.pop(i, None)
         if marker in order:
-            k = order.index(marker)
-            ran.update(order[:k])
             running.insert(0, marker)  # the prime suspect is named first
-            del order[k]
-        elif last_finished in order:
-            ran.update(order[: order.index(last_finished) + 1])
+            order.remove(marker)
         if marker in self.timed_out:
             # we killed it for that task: its io tasks are innocent, they rerun
             order.extend(running[1:])

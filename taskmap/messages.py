@@ -8,7 +8,7 @@ forward a parent's result to its children without decoding and re-encoding it.
 coordinator -> worker
     ``SUBMIT``   run id, new functions ``{func_id: cloudpickle bytes}`` (each
                  sent once per worker and run), a batch of
-                 :class:`Submission` ``[task, func, io, args, after, slots, timeout, release, direct]``
+                 :class:`Submission` ``[task, func, io, args, after, slots, timeout, release, direct, first]``
                  and the run's shared memory threshold (bytes, or None: off).
                  ``after`` >= 0 pins a cpu task behind a parent sent to the same
                  worker: it runs right after that parent succeeds, with the
@@ -22,6 +22,9 @@ coordinator -> worker
                  pinned behind this one reads its value, so a value big
                  enough for shared memory is handed to it in-process and the
                  coordinator gets a stand-in (:func:`codec.encode_handed_over`).
+                 ``first``: a cpu task that runs before the cpu tasks already
+                 waiting at the worker (it became ready later but is more
+                 critical); the others keep their order.
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.
@@ -70,6 +73,7 @@ class Submission(NamedTuple):
     timeout: float | None  # io tasks only
     release: list  # args whose segments this task may unlink
     direct: bool  # a big value goes straight to the pinned child, not to shared memory
+    first: bool  # a cpu task that runs before those already waiting at the worker
 
 
 class Failure(NamedTuple):

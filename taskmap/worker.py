@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, messages, shm
@@ -74,6 +75,10 @@ class Worker:
         self.loop = asyncio.new_event_loop()
         self.funcs: dict = {}
         self.run_id = None
+        # cpu tasks waiting to run, in order; the queue holds one token per
+        # task (a blocking get in C, where a deque cannot wait), so a task
+        # sent to run first can go to the front of the deque
+        self.cpu_waiting: deque = deque()
         self.cpu_queue: queue.SimpleQueue = queue.SimpleQueue()
         self.followers: dict[int, list] = {}  # parent -> tasks pinned behind it
         self.send_lock = threading.Lock()
@@ -118,7 +123,11 @@ class Worker:
                         if sub[2]:
                             io.append(sub)
                         else:
-                            self.cpu_queue.put(sub)
+                            if sub[9]:
+                                self.cpu_waiting.appendleft(sub)
+                            else:
+                                self.cpu_waiting.append(sub)
+                            self.cpu_queue.put(None)
                     if io:
                         loop.call_soon_threadsafe(self.start_io, io)
                 elif kind == Kind.SHUTDOWN:
@@ -168,10 +177,11 @@ class Worker:
         long task.  The running task's number is kept in shared memory so
         that, should the worker crash, the coordinator blames exactly that
         task and reruns the finished ones whose results were still batched."""
-        cpu_queue = self.cpu_queue
+        cpu_queue, waiting = self.cpu_queue, self.cpu_waiting
         coroutine_loop = asyncio.new_event_loop()
         while True:
-            self.execute_chain(cpu_queue.get(), coroutine_loop)
+            cpu_queue.get()  # (a task was put in the deque before its token)
+            self.execute_chain(waiting.popleft(), coroutine_loop)
 
     def take_cpu_batch(self) -> list:
         with self.batch_lock:

@@ -740,6 +740,19 @@ def test_crash_while_a_big_result_is_in_flight(tmp_path):
     check_pool_replaced(err.pid)
 
 
+def test_crash_of_a_task_sent_ahead_of_a_waiting_one_requeues_the_waiting_one():
+    # 'c0' goes ahead of 'lone0' (waiting at the worker) and kills the
+    # worker: lone0 never started, so it reruns without spending an attempt
+    from test_parallel import jump_graph
+
+    graph = run(taskmap.run_parallel_async, jump_graph(critical=lambda: os._exit(4)), ncores=1)
+    check_crash(graph, "c0", exitcode=4)
+    assert isinstance(graph.results["lone0"], float)
+    assert graph.attempts.get("lone0", 1) == 1
+    assert graph.results["c1"] == skipped("c0")
+    check_pool_replaced(graph.results["c0"].pid, ncores=1)
+
+
 def exit_while_a_big_message_arrives(min_size):
     """Spin (so this worker's reader thread gets the GIL only every switch
     interval and a big message takes a while to read) until the reader is in

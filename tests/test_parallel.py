@@ -450,6 +450,30 @@ def test_cpu_tasks_go_by_critical_path_not_fifo():
     assert graph.results["c0"] < min(graph.results[f"lone{i}"] for i in range(5))
 
 
+async def gate_io(seconds=0.05):
+    await asyncio.sleep(seconds)
+
+
+def jump_graph(critical=stamp):
+    # ncores=1: 'long' runs, 'lone0' is sent ahead to wait behind it (more
+    # cpu tasks are ready than workers); 50 ms in, 'gate' makes 'c0' ready,
+    # the head of a chain of 3 (more critical than 'lone0')
+    funcs = {"long": lambda: busy(0.4), "lone0": stamp, "lone1": stamp, "gate": gate_io}
+    funcs.update({"c0": critical, "c1": stamp, "c2": stamp})
+    deps = {"long": [], "lone0": [], "lone1": [], "gate": [], "c0": ["gate"], "c1": ["c0"], "c2": ["c1"]}
+    return taskmap.create_graph(funcs, deps, io_bound=["gate"])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_more_critical_task_goes_ahead_of_one_waiting_at_the_worker(runner):
+    graph = runner(jump_graph(), ncores=1)
+    # c0 (and its chain) ran before lone0, which was waiting at the worker
+    # before c0 was ready: it did not wait for both 'long' and 'lone0'
+    assert graph.results["c0"] < graph.results["c1"] < graph.results["c2"] < graph.results["lone0"]
+    assert graph.results["lone0"] < graph.results["lone1"]
+    assert graph.attempts.get("lone0", 1) == 1
+
+
 def test_io_loop_keeps_serving_while_a_big_message_arrives():
     big = b"x" * (200 * 1024 * 1024)
     funcs = {
