@@ -9,11 +9,11 @@ the worker starts QUEUED_GAP after the previous one.  Policies:
 
 * ``no-queue``  a worker holds only the task it runs (every start waits a
   round trip);
-* ``queue``     taskmap's rule: a worker may hold one more cpu task while more
-  cpu tasks are ready than the workers can take;
-* ``jump``      as ``queue``, and a ready task whose priority beats that of a
-  task waiting at a worker is sent there and runs before it (a worker holds
-  at most 3).  Not implemented in taskmap.
+* ``queue``     a worker may hold one more cpu task while more cpu tasks are
+  ready than the workers can take (taskmap's rule until the next one);
+* ``jump``      taskmap's rule: as ``queue``, and a ready task whose priority
+  beats that of a task waiting at a worker is sent there and runs before it
+  (a worker holds at most 3).
 
 Priorities are the critical-path lengths of ``taskmap.state`` (counted in
 tasks, as on a graph's first run).  ``--cpu-scale`` shortens or lengthens the
