@@ -65,7 +65,7 @@ from .messages import Kind, Stage
 from .observers import Observers
 from .pool import WorkerHandle, WorkerPool, get_pool
 from .results import NotKept
-from .state import FINISHED, SchedulingState, TaskState
+from .state import DONE, FINISHED, RUNNING, WAITING, SchedulingState
 
 MAX_CPU_DEPTH = 64
 MAX_PINNED = 64  # longest chain sent ahead to one worker in one message
@@ -225,7 +225,7 @@ class Coordinator:
         func_of = [0] * len(names)
         pickler = codec.FunctionPickler()
         for i, name in enumerate(names):
-            if state[i] == TaskState.DONE:
+            if state[i] == DONE:
                 continue
             func = funcs[name]
             key = id(func)
@@ -327,8 +327,7 @@ class Coordinator:
             msg = messages.unpack(data)
             kind = msg[0]
             if kind == Kind.RESULTS:
-                for outcome in msg[1]:
-                    self.outcome(w, outcome)
+                self.outcomes(w, msg[1])
             elif kind == Kind.HELLO:
                 w.ready = True
                 w.pid = msg[1]
@@ -336,38 +335,53 @@ class Coordinator:
             if w not in self.pool.workers or not self.pipe_pollers[w].poll(0):
                 return  # (a hang-up reads as readable: recv_bytes sees the EOF)
 
-    def outcome(self, w: WorkerHandle, outcome: list) -> None:
-        i, ok, payload, start, end = outcome[:5]
-        if self.state.is_io[i]:
-            w.io_tasks.pop(i, None)
-        else:
-            if w.cpu_tasks and w.cpu_tasks[0] == i:
-                w.cpu_tasks.popleft()
-            else:
-                try:
-                    w.cpu_tasks.remove(i)
-                except ValueError:
-                    pass
+    def outcomes(self, w: WorkerHandle, batch: list) -> None:
+        """Record the outcomes of one RESULTS message from worker w.  (One
+        call per message, its lookups hoisted: with tiny tasks this loop is
+        the coordinator's busiest.)"""
+        state, book, graph_durations = self.state, self.book, self.graph.durations
+        status, names, is_io = state.state, state.names, state.is_io
+        io_tasks, cpu_tasks = w.io_tasks, w.cpu_tasks
+        func_of, cpu_seconds = self.func_of, self.cpu_seconds
+        pinned, pinned_behind, ahead_of = self.pinned, self.pinned_behind, self.ahead_of
+        encoded, keep = self.encoded, self.keep
+        shm_on = self.shm_threshold is not None
+        for outcome in batch:
+            i, ok, payload, start, end = outcome[:5]
             took = end - start
-            fid = self.func_of[i]
-            avg = self.cpu_seconds.get(fid)
-            self.cpu_seconds[fid] = took if avg is None else 0.8 * avg + 0.2 * took
-        self.pinned_behind.pop(i, None)
-        self.ahead_of.pop(i, None)
-        if self.state.state[i] != TaskState.RUNNING:
-            return  # cancelled, timed out or its pinned parent failed meanwhile
-        name = self.state.names[i]
-        self.graph.durations[name] = end - start
-        if ok:
+            if is_io[i]:
+                io_tasks.pop(i, None)
+            else:
+                if cpu_tasks and cpu_tasks[0] == i:
+                    cpu_tasks.popleft()
+                else:
+                    try:
+                        cpu_tasks.remove(i)
+                    except ValueError:
+                        pass
+                fid = func_of[i]
+                avg = cpu_seconds.get(fid)
+                cpu_seconds[fid] = took if avg is None else 0.8 * avg + 0.2 * took
+            if pinned_behind:
+                pinned_behind.pop(i, None)
+            if ahead_of:
+                ahead_of.pop(i, None)
+            if status[i] != RUNNING:
+                continue  # cancelled, timed out or its pinned parent failed meanwhile
+            name = names[i]
+            graph_durations[name] = took
+            if not ok:
+                self.fail(i, self.rebuild_error(name, payload), w.pid, start, end)
+                continue
             segments = (
                 codec.segment_names(payload)
-                if self.shm_threshold is not None and payload and payload[0] in codec.EXT_HEADS
+                if shm_on and payload and payload[0] in codec.EXT_HEADS
                 else ()
             )
             for segment in segments:
                 self.segment_users.setdefault(segment, []).append(i)
             try:
-                if self.keep is None or i in self.keep:
+                if keep is None or i in keep:
                     # a kept big value: a private copy-on-write mapping of its
                     # segment, so the caller gets a writable array, no copy
                     value = codec.decode(payload, writable=True)
@@ -381,17 +395,16 @@ class Coordinator:
                 )
                 failure.__cause__ = error
                 self.fail(i, failure, w.pid)
-                return
-            self.encoded[i] = payload
+                continue
+            encoded[i] = payload
             # (a handle is no value to store: a checkpoint encodes the value)
-            self.book.succeeded(i, value, w.pid, start, end, None if segments else payload)
+            book.succeeded(i, value, w.pid, start, end, None if segments else payload)
             if self.segment_users:
                 self.release_read_inputs(i)
-            follower = self.pinned.pop(i, None)  # the task pinned behind it runs on
-            if follower is not None:
-                self.book.starting(follower[0], w.pid)
-        else:
-            self.fail(i, self.rebuild_error(name, payload), w.pid, start, end)
+            if pinned:
+                follower = pinned.pop(i, None)  # the task pinned behind it runs on
+                if follower is not None:
+                    book.starting(follower[0], w.pid)
 
     def fail(
         self, i: int, error: BaseException, pid: int | None = None, start: float | None = None,
@@ -457,7 +470,7 @@ class Coordinator:
         while timers and timers[0][0] <= now:
             _, _, kind, i = heapq.heappop(timers)
             if kind == self.RETRY:
-                if self.state.state[i] == TaskState.WAITING:
+                if self.state.state[i] == WAITING:
                     self.state.requeue(i)
             else:
                 self.check_cpu_deadline(i, now)
@@ -465,7 +478,7 @@ class Coordinator:
     def check_cpu_deadline(self, i: int, now: float) -> None:
         """Kill the worker of cpu task i if i has run past its limit; else
         look again when it could have (it may still be queued)."""
-        if self.state.state[i] != TaskState.RUNNING:
+        if self.state.state[i] != RUNNING:
             return
         w = next((w for w in self.pool.workers if i in w.cpu_tasks), None)
         if w is None:
@@ -594,7 +607,7 @@ class Coordinator:
             for c in children[parent]:
                 if (
                     remaining[c] == 1
-                    and status[c] == TaskState.WAITING
+                    and status[c] == WAITING
                     and not is_io[c]
                     and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
@@ -760,8 +773,7 @@ class Coordinator:
             while w.conn.poll(0):
                 msg = messages.unpack(w.conn.recv_bytes())
                 if msg[0] == Kind.RESULTS:
-                    for outcome in msg[1]:
-                        self.outcome(w, outcome)
+                    self.outcomes(w, msg[1])
         except (EOFError, OSError):
             pass
         if self.pool.shm_prefix is not None and w.pid is not None:
@@ -809,7 +821,7 @@ class Coordinator:
         names, state = self.state.names, self.state.state
         lost = []
         for i in order:
-            if state[i] == TaskState.RUNNING:
+            if state[i] == RUNNING:
                 if i in ran and self.attempts[i] > self.limits.retries[i] + 1:
                     # its result was lost with the worker more than once (say,
                     # it kills its worker after returning): stop rerunning it
@@ -825,7 +837,7 @@ class Coordinator:
                 else:
                     self.state.requeue(i)
         for i in lost + running:
-            if state[i] == TaskState.RUNNING:
+            if state[i] == RUNNING:
                 if i in self.timed_out:
                     error = TaskTimeoutError(names[i], self.limits.timeout[i])
                 else:
@@ -837,7 +849,7 @@ class Coordinator:
         raise_errors) kills the workers that still hold tasks."""
         names, state = self.state.names, self.state.state
         self.graph.in_progress[:] = [
-            names[i] for i in range(len(names)) if state[i] == TaskState.RUNNING
+            names[i] for i in range(len(names)) if state[i] == RUNNING
         ]
         if isinstance(exc, Exception):
             for w in [w for w in self.pool.workers if w.busy]:

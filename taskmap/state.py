@@ -33,7 +33,11 @@ class TaskState(IntEnum):
     SKIPPED = 5  # an ancestor failed; result is the ancestor string
 
 
-FINISHED = (TaskState.DONE, TaskState.FAILED, TaskState.SKIPPED)
+# The same states as plain ints, for the paths a run takes several times per
+# task: comparing a bytearray item with an IntEnum member goes through the
+# class attribute and int's subclass path (~140 ns against ~25 ns).
+WAITING, READY, RUNNING, DONE, FAILED, SKIPPED = (int(s) for s in TaskState)
+FINISHED = frozenset((DONE, FAILED, SKIPPED))
 
 
 def ancestor_failed_message(task) -> str:
@@ -85,10 +89,9 @@ class SchedulingState:
         self.is_io = bytearray(name in io_set for name in names)
         self.state = bytearray(n)  # all WAITING
         for name in done:
-            self.state[index[name]] = TaskState.DONE
-        self.unfinished = n - sum(1 for s in self.state if s == TaskState.DONE)
+            self.state[index[name]] = DONE
+        self.unfinished = n - sum(1 for s in self.state if s == DONE)
         state = self.state
-        DONE = TaskState.DONE
         self.remaining = [
             sum(1 for p in ps if state[p] != DONE) for ps in parents
         ]
@@ -102,25 +105,25 @@ class SchedulingState:
         """Queue every task whose dependencies are all done already."""
         state, remaining = self.state, self.remaining
         for i in range(len(state)):
-            if state[i] == TaskState.WAITING and remaining[i] == 0:
+            if state[i] == WAITING and remaining[i] == 0:
                 self._make_ready(i)
 
     def started(self, i: int) -> None:
         """Task i was handed to an executor."""
-        self.state[i] = TaskState.RUNNING
+        self.state[i] = RUNNING
 
     def finished(self, i: int) -> int:
         """Task i finished with a result; queue the children that became
         ready.  Returns how many became ready."""
         if self.state[i] in FINISHED:
             return 0
-        self.state[i] = TaskState.DONE
+        self.state[i] = DONE
         self.unfinished -= 1
         became = 0
         remaining, state = self.remaining, self.state
         for c in self.children[i]:
             remaining[c] -= 1
-            if remaining[c] == 0 and state[c] == TaskState.WAITING:
+            if remaining[c] == 0 and state[c] == WAITING:
                 self._make_ready(c)
                 became += 1
         return became
@@ -132,7 +135,7 @@ class SchedulingState:
         were done before the run, are left alone."""
         if self.state[i] in FINISHED:
             return []
-        self.state[i] = TaskState.FAILED
+        self.state[i] = FAILED
         self.unfinished -= 1
         skipped = []
         state, children = self.state, self.children
@@ -144,11 +147,11 @@ class SchedulingState:
                 continue
             seen.add(c)
             s = state[c]
-            if s == TaskState.WAITING or s == TaskState.READY:
-                state[c] = TaskState.SKIPPED
+            if s == WAITING or s == READY:
+                state[c] = SKIPPED
                 self.unfinished -= 1
                 skipped.append(c)
-            elif s == TaskState.SKIPPED:
+            elif s == SKIPPED:
                 continue  # its descendants were skipped with it
             stack.extend(children[c])
         return skipped
@@ -156,13 +159,13 @@ class SchedulingState:
     def unstart(self, i: int) -> None:
         """Task i was handed out ahead of its last dependency, which then
         failed: it waits again (and ``failed`` will skip it)."""
-        self.state[i] = TaskState.WAITING
+        self.state[i] = WAITING
 
     def requeue(self, i: int) -> None:
         """Put a started task back (for a retry, or its worker died): in its
         ready queue, or, when a parent has to run again first (a worker died
         with that parent's result), waiting for it like any other task."""
-        self.state[i] = TaskState.WAITING
+        self.state[i] = WAITING
         if self.remaining[i] == 0:
             self._make_ready(i)
 
@@ -173,14 +176,14 @@ class SchedulingState:
         q = self.ready_io
         while q:
             i = q.popleft()
-            if self.state[i] == TaskState.READY:
+            if self.state[i] == READY:
                 return i
         return None
 
     def peek_cpu(self) -> int | None:
         """The task ``pop_cpu`` would return, left in the queue."""
         h = self.ready_cpu
-        while h and self.state[h[0][1]] != TaskState.READY:
+        while h and self.state[h[0][1]] != READY:
             heapq.heappop(h)
         return h[0][1] if h else None
 
@@ -189,7 +192,7 @@ class SchedulingState:
         h = self.ready_cpu
         while h:
             _, i = heapq.heappop(h)
-            if self.state[i] == TaskState.READY:
+            if self.state[i] == READY:
                 return i
         return None
 
@@ -206,7 +209,7 @@ class SchedulingState:
         return bool(self.ready_io or self.ready_cpu)
 
     def _make_ready(self, i: int) -> None:
-        self.state[i] = TaskState.READY
+        self.state[i] = READY
         if self.is_io[i]:
             self.ready_io.append(i)
         else:
