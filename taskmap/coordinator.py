@@ -515,8 +515,7 @@ class Coordinator:
             w = min(ready, key=_io_load)
             self.assign(w, i, True, batches)
         while (i := state.peek_cpu()) is not None:
-            w = min(ready, key=_cpu_load)
-            held = len(w.cpu_tasks)
+            w, held = _least_cpu_loaded(ready)
             # One task queued behind the running one hides the round trip
             # (about 0.4 ms of idle core per task), but commits the task to
             # this worker: do it only while more tasks are ready than workers
@@ -862,5 +861,12 @@ def _io_load(w: WorkerHandle) -> int:
     return len(w.io_tasks)
 
 
-def _cpu_load(w: WorkerHandle) -> int:
-    return len(w.cpu_tasks)
+def _least_cpu_loaded(workers: list[WorkerHandle]) -> tuple[WorkerHandle, int]:
+    """The worker holding the fewest cpu tasks (the first of equals) and
+    how many it holds.  (A loop, not min(key=): called once per cpu task.)"""
+    best, held = workers[0], len(workers[0].cpu_tasks)
+    for w in workers:
+        n = len(w.cpu_tasks)
+        if n < held:
+            best, held = w, n
+    return best, held

@@ -76,25 +76,31 @@ class SchedulingState:
         names = list(dependencies)
         index = {name: i for i, name in enumerate(names)}
         n = len(names)
-        parents = [[index[p] for p in dependencies[name]] for name in names]
+        lookup = index.__getitem__
+        parents = [list(map(lookup, dependencies[name])) for name in names]
         children: list[list[int]] = [[] for _ in range(n)]
         for i, ps in enumerate(parents):
             for p in ps:
                 children[p].append(i)
-        io_set = set(io_bound)
         self.names = names
         self.index = index
         self.parents = parents
         self.children = children
-        self.is_io = bytearray(name in io_set for name in names)
-        self.state = bytearray(n)  # all WAITING
+        # (loops over the io and done names, not over every task: a run
+        # builds this state before its first task can start)
+        self.is_io = bytearray(n)
+        for name in io_bound:
+            k = index.get(name)  # (a name no longer in the graph is no task)
+            if k is not None:
+                self.is_io[k] = 1
+        self.state = state = bytearray(n)  # all WAITING
         for name in done:
-            self.state[index[name]] = DONE
-        self.unfinished = n - sum(1 for s in self.state if s == DONE)
-        state = self.state
-        self.remaining = [
-            sum(1 for p in ps if state[p] != DONE) for ps in parents
-        ]
+            state[index[name]] = DONE
+        self.unfinished = n - state.count(DONE)
+        if self.unfinished == n:
+            self.remaining = [len(ps) for ps in parents]
+        else:
+            self.remaining = [sum(1 for p in ps if state[p] != DONE) for ps in parents]
         self.priority = critical_path_priority(parents, children, names, durations)
         self.ready_io: deque[int] = deque()
         self.ready_cpu: list[tuple[float, int]] = []
