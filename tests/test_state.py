@@ -46,7 +46,7 @@ def test_numbering_and_indices():
     s = make(deps)
     assert s.names == ["c", "b", "a"]
     assert s.index == {"c": 0, "b": 1, "a": 2}
-    assert s.parents == [[2, 1], [2], []]
+    assert s.parents == [(2, 1), (2,), ()]  # (tuples: smaller than lists)
     assert s.children == [[], [0], [0, 1]]
     assert s.remaining == [2, 1, 0]
     assert s.unfinished == 3
