@@ -316,6 +316,21 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
         stats["failed by a crash in a worker where they never started"] += 1
         return True
 
+    def ran_before_parents_failed(name, got) -> bool:
+        """Failed as collateral of a crash in a worker where it did start,
+        although a parent ended without a value: possible only when that
+        parent ran first (its result lost with a worker, still batched
+        there), so it executed again, or was skipped on its requeue."""
+        if not (isinstance(got, taskmap.WorkerCrashedError) and got.pid in ran_in(log_dir, name)):
+            return False
+        for p in deps[name]:
+            if p in failed:
+                if executions(log_dir, p) < 2:
+                    return False
+            elif failed_above[p] and executions(log_dir, p) < 1:
+                return False
+        return True
+
     done = Counter(graph.done)
     if set(done) != set(names) or any(c != 1 for c in done.values()):
         missing = sorted(set(names) - set(done), key=lambda s: int(s[1:]))
@@ -329,6 +344,13 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
         failed_above[name] = above
         got = results.get(name, "<missing>")
         kind, param = plan[name]
+        if above and ran_before_parents_failed(name, got):
+            # it ran, with its parents' values, in a worker that then died;
+            # a parent's result was lost with a worker, and that parent's
+            # rerun failed later: the child's own crash failure stands
+            stats["crash failures before a parent's rerun failed"] += 1
+            failed.add(name)
+            continue
         if above:
             stats["skipped"] += 1
             ok = isinstance(got, str) and any(got == f"Ancestor task {t} failed; task not run" for t in above)

@@ -835,6 +835,11 @@ class Coordinator:
                     self.state.unstart(i)
                 else:
                     self.state.requeue(i)
+        # "c runs behind p in w" is void with w: each such c was requeued,
+        # withdrawn or is failed below on its own; a link left behind would
+        # have p's next failure withdraw c again, even a c that had failed
+        for p in [p for p, (_, pw) in self.pinned.items() if pw is w]:
+            self.pinned_behind.pop(self.pinned.pop(p)[0], None)
         for i in lost + running:
             if state[i] == RUNNING:
                 if i in self.timed_out:

@@ -1065,3 +1065,44 @@ def test_a_task_that_kills_its_worker_again_does_not_take_its_parents_down(runne
     assert graph.results["a"] == 1 and graph.results["b"] == 2, graph.results
     check_crash(graph, "c", exitcode=7)
     assert graph.attempts["c"] == 2
+
+
+def value_then_error(path):
+    """1 at once the first time; the next time (a rerun), an error."""
+    if os.path.exists(path):
+        raise ValueError("failed on its rerun")
+    open(path, "w").close()
+    return 1
+
+
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_pinned_task_that_failed_is_not_withdrawn_again_when_its_lost_parent_fails(runner, tmp_path):
+    # 'p' is quick, so its result is normally still batched in the worker when
+    # 'c', pinned behind it, kills the worker: c fails (it ran, with p's first
+    # value) and p reruns, raising this time.  The link "c runs behind p in
+    # that worker" once outlived the worker: p's failure then withdrew the
+    # failed c as if it had never started, skipped it, counted it finished a
+    # second time, and the run returned before 's' finished (or never
+    # returned, one task short of zero).  Should p's result get out before the
+    # crash, the scenario did not happen: try again, up to 5 times.
+    for attempt in range(5):
+        warm_both_workers()
+        funcs = {
+            "p": functools.partial(value_then_error, str(tmp_path / f"p{attempt}")),
+            "c": always_crash,
+            "s": functools.partial(sleep_then, 1.0, "slept"),
+        }
+        graph = taskmap.create_graph(funcs, {"p": [], "c": ["p"], "s": []})
+        run(runner, graph, ncores=2)  # (every task has a result)
+        assert graph.results["s"] == "slept"
+        check_crash(graph, "c", exitcode=7)
+        if graph.attempts["p"] == 2:  # its result was lost with the worker: it ran again
+            assert isinstance(graph.results["p"], ValueError), graph.results
+            return
+        assert graph.results["p"] == 1
+    pytest.fail("p's result was never lost with the worker in 5 tries")
