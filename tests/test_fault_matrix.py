@@ -1025,27 +1025,40 @@ def quick_then_slow(path):
     return 41
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
-def test_retry_of_a_crashed_pinned_task_waits_for_its_lost_parent(runner, tmp_path):
-    # 'a' is quick, so its result is normally still batched in the worker when
-    # 'b', pinned behind it, kills the worker: 'a' reruns (slowly now), and
-    # b's retry must wait for it.  It once went at once to the replacement
-    # worker and ran without its argument (b(None) -> TypeError).  Should a's
-    # result get out before the crash (the worker's 1 ms batch timer won the
-    # race), the scenario did not happen: try again, up to 5 times.
+def run_until_result_lost(runner, parent: str, make_graph, **kwargs):
+    """Run ``make_graph(attempt)`` until ``parent``'s result was lost with a
+    crashed worker (it ran twice); return that graph and the earlier ones.
+    A quick task's result is normally still batched in the worker when the
+    task pinned behind it kills the worker; should it get out before the
+    crash (the worker's 1 ms batch timer won the race), the scenario did not
+    happen: try again, up to 5 times."""
+    earlier = []
     for attempt in range(5):
         warm_both_workers()
+        graph = make_graph(attempt)
+        run(runner, graph, ncores=2, **kwargs)
+        if graph.attempts[parent] == 2:
+            return graph, earlier
+        earlier.append(graph)
+    pytest.fail(f"{parent}'s result was never lost with the worker in 5 tries")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_retry_of_a_crashed_pinned_task_waits_for_its_lost_parent(runner, tmp_path):
+    # 'b', pinned behind 'a', kills the worker with a's result: 'a' reruns
+    # (slowly now), and b's retry must wait for it.  It once went at once to
+    # the replacement worker and ran without its argument (b(None) -> TypeError).
+    def make_graph(attempt):
         funcs = {
             "a": functools.partial(quick_then_slow, str(tmp_path / f"a{attempt}")),
             "b": functools.partial(crash_first_time, str(tmp_path / f"b{attempt}")),
         }
-        graph = taskmap.create_graph(funcs, {"a": [], "b": ["a"]})
-        run(runner, graph, ncores=2, retries={"b": 1})
-        assert graph.results == {"a": 41, "b": 42}, graph.results
-        assert graph.attempts["b"] == 2
-        if graph.attempts["a"] == 2:  # its result was lost with the worker: it ran again
-            return
-    pytest.fail("a's result was never lost with the worker in 5 tries")
+        return taskmap.create_graph(funcs, {"a": [], "b": ["a"]})
+
+    graph, earlier = run_until_result_lost(runner, "a", make_graph, retries={"b": 1})
+    for g in [*earlier, graph]:
+        assert g.results == {"a": 41, "b": 42}, g.results
+        assert g.attempts["b"] == 2
 
 
 def always_crash(*args):
@@ -1082,27 +1095,24 @@ def sleep_then(seconds, value):
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_a_pinned_task_that_failed_is_not_withdrawn_again_when_its_lost_parent_fails(runner, tmp_path):
-    # 'p' is quick, so its result is normally still batched in the worker when
-    # 'c', pinned behind it, kills the worker: c fails (it ran, with p's first
-    # value) and p reruns, raising this time.  The link "c runs behind p in
-    # that worker" once outlived the worker: p's failure then withdrew the
-    # failed c as if it had never started, skipped it, counted it finished a
-    # second time, and the run returned before 's' finished (or never
-    # returned, one task short of zero).  Should p's result get out before the
-    # crash, the scenario did not happen: try again, up to 5 times.
-    for attempt in range(5):
-        warm_both_workers()
+    # 'c', pinned behind 'p', kills the worker with p's result: c fails (it
+    # ran, with p's first value) and p reruns, raising this time.  The link
+    # "c runs behind p in that worker" once outlived the worker: p's failure
+    # then withdrew the failed c as if it had never started, skipped it,
+    # counted it finished a second time, and the run returned before 's'
+    # finished (or never returned, one task short of zero).
+    def make_graph(attempt):
         funcs = {
             "p": functools.partial(value_then_error, str(tmp_path / f"p{attempt}")),
             "c": always_crash,
             "s": functools.partial(sleep_then, 1.0, "slept"),
         }
-        graph = taskmap.create_graph(funcs, {"p": [], "c": ["p"], "s": []})
-        run(runner, graph, ncores=2)  # (every task has a result)
-        assert graph.results["s"] == "slept"
-        check_crash(graph, "c", exitcode=7)
-        if graph.attempts["p"] == 2:  # its result was lost with the worker: it ran again
-            assert isinstance(graph.results["p"], ValueError), graph.results
-            return
-        assert graph.results["p"] == 1
-    pytest.fail("p's result was never lost with the worker in 5 tries")
+        return taskmap.create_graph(funcs, {"p": [], "c": ["p"], "s": []})
+
+    graph, earlier = run_until_result_lost(runner, "p", make_graph)  # (every task has a result)
+    assert isinstance(graph.results["p"], ValueError), graph.results
+    for g in [*earlier, graph]:
+        assert g.results["s"] == "slept"
+        check_crash(g, "c", exitcode=7)
+    for g in earlier:
+        assert g.results["p"] == 1
