@@ -123,12 +123,26 @@ def _crash(way: str, code: int) -> None:
     time.sleep(60)
 
 
+def _journal_start(log_dir: str, name: str) -> None:
+    """Note in this process's journal that the task began: one append to a
+    descriptor opened once per process, so another thread's crash cannot fall
+    between opening a file and writing to it (the old evidence, a file per
+    task, lost starts that way).  The descriptor lives on ``sys``: these
+    functions travel by value, each with its own copy of this module's
+    globals."""
+    pid = os.getpid()
+    held = getattr(sys, "_fault_journal", None)
+    if held is None or held[0] != pid:
+        fd = os.open(os.path.join(log_dir, f"journal-{pid}"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        sys._fault_journal = held = (pid, fd)
+    os.write(held[1], f"{name}\n".encode())
+
+
 def _fault_before(spec) -> None:
     """Everything a task does before computing its value, in the worker."""
     name, i, kind, is_io, param, log_dir, big = spec
+    _journal_start(log_dir, name)
     if kind in ("ok", "none", "slow"):
-        with open(os.path.join(log_dir, name), "a") as f:  # where it ran
-            f.write(f"{os.getpid()}\n")
         if kind == "slow" and not is_io:
             _spin(param)
         return
@@ -264,21 +278,26 @@ def crash_pid_owners(log_dir: str, plan) -> dict[int, str]:
     return owners
 
 
-def ran_in(log_dir: str, name: str) -> set[int]:
+def read_journals(log_dir: str) -> dict[str, list[int]]:
+    """Task -> the pid of each process where it began, from every worker's
+    journal (see _journal_start)."""
+    starts: dict[str, list[int]] = {}
+    for entry in os.listdir(log_dir):
+        if entry.startswith("journal-"):
+            pid = int(entry[len("journal-"):])
+            with open(os.path.join(log_dir, entry)) as f:
+                for name in f.read().split():
+                    starts.setdefault(name, []).append(pid)
+    return starts
+
+
+def ran_in(starts: dict, name: str) -> set[int]:
     """pids of the worker processes where the task started."""
-    try:
-        with open(os.path.join(log_dir, name)) as f:
-            return {int(p) for p in f.read().split()}
-    except FileNotFoundError:
-        return set()
+    return set(starts.get(name, ()))
 
 
-def executions(log_dir: str, name: str) -> int:
-    try:
-        with open(os.path.join(log_dir, name)) as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
+def executions(starts: dict, name: str) -> int:
+    return len(starts.get(name, ()))
 
 
 def diagnose(name: str, got, deps, value, big: int = 0) -> str:
@@ -300,6 +319,7 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
     stats: Counter = Counter()
     results, attempts = graph.results, graph.attempts
     owners = crash_pid_owners(log_dir, plan)
+    starts = read_journals(log_dir)
 
     def collateral(name, got) -> bool:
         """Killed, on its last attempt, with a worker another task's planned
@@ -307,7 +327,7 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
         running).  It must have started there: one that had not is requeued."""
         if not (isinstance(got, taskmap.WorkerCrashedError) and owners.get(got.pid, name) != name):
             return False
-        if got.pid in ran_in(log_dir, name):
+        if got.pid in ran_in(starts, name):
             return True
         problems.append(
             f"{name}: failed with a WorkerCrashedError for worker {got.pid} (killed by "
@@ -321,13 +341,13 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
         although a parent ended without a value: possible only when that
         parent ran first (its result lost with a worker, still batched
         there), so it executed again, or was skipped on its requeue."""
-        if not (isinstance(got, taskmap.WorkerCrashedError) and got.pid in ran_in(log_dir, name)):
+        if not (isinstance(got, taskmap.WorkerCrashedError) and got.pid in ran_in(starts, name)):
             return False
         for p in deps[name]:
             if p in failed:
-                if executions(log_dir, p) < 2:
+                if executions(starts, p) < 2:
                     return False
-            elif failed_above[p] and executions(log_dir, p) < 1:
+            elif failed_above[p] and executions(starts, p) < 1:
                 return False
         return True
 
@@ -393,14 +413,14 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
         stats["flaky recovered" if kind == "flaky" else "succeeded"] += 1
         if type(got) is not type(want) or got != want:
             note = diagnose(name, got, deps, value, big)
-            if not note and attempts.get(name, 0) > executions(log_dir, name):
+            if not note and attempts.get(name, 0) > executions(starts, name):
                 note = (
-                    f" -- graph.attempts {attempts[name]}, but it started only {executions(log_dir, name)} "
+                    f" -- graph.attempts {attempts[name]}, but it started only {executions(starts, name)} "
                     "time(s): the other attempts were spent in crashed workers where it never started"
                 )
             problems.append(f"{name}: planned {kind}, expected {want!r:.60}, got {got!r:.160}{note}")
         elif kind == "flaky" and attempts.get(name, 0) < 2:
-            runs = executions(log_dir, name)
+            runs = executions(starts, name)
             problems.append(
                 f"{name}: flaky task (fails its first execution) succeeded with graph.attempts "
                 f"{attempts.get(name)}, though it ran {runs} times"
