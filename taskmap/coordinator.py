@@ -782,20 +782,23 @@ class Coordinator:
         exitcode = w.exitcode()
         marker = w.slot.value if w.slot is not None else -1
         last_finished = w.slot.last_finished if w.slot is not None else -1
-        io_started = w.slot.io_started if w.slot is not None else w.io_sent
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
+        # io tasks begin as soon as the worker can: those whose flag in the
+        # slot says they began were running; the rest (still in the pipe, or
+        # behind a loop some task blocked, or waiting for an io thread) go
+        # back to the queue.
+        began = [
+            w.slot is None or w.slot.io_began(n, w.io_sent) for n in w.io_tasks.values()
+        ]
         w.close()
-        # io tasks run at once: those the worker's loop had started were
-        # running (the slot counts them, and they start in the order they
-        # were sent); the rest had not left the pipe and go back to the
-        # queue.  Of the cpu tasks, the slot names the one running at the
+        # Of the cpu tasks, the slot names the one running at the
         # crash; those before it finished but their results were still
         # batched, those after it had not started: both kinds go back too.
-        running = [i for i, n in w.io_tasks.items() if n < io_started]
+        running = [i for i, b in zip(w.io_tasks, began) if b]
         order = list(w.cpu_tasks)
-        order.extend(i for i, n in w.io_tasks.items() if n >= io_started)
+        order.extend(i for i, b in zip(w.io_tasks, began) if not b)
         # finished, but the result was lost with the worker
         first = [self._pinned_chain(i) for i in order if i in self.ahead_of]
         ran = finished_before_crash(order, marker, last_finished, first)

@@ -53,9 +53,9 @@ class WorkerHandle:
         self.pid: int | None = process.pid
         self.ready = False  # set when its HELLO arrives
         # io task -> its number among the io tasks sent to this worker (it
-        # starts them in that order; see RunningSlot.io_started)
+        # numbers them the same way, in arrival order; see RunningSlot.io_began)
         self.io_tasks: dict[int, int] = {}
-        self.io_sent = 0  # over the worker's life, like the slot's count
+        self.io_sent = 0  # over the worker's life, as the worker counts them
         self.cpu_tasks: deque[int] = deque()  # in the order it will run them
         self.funcs_sent: set[int] = set()
         self.run_id = None

@@ -1,8 +1,11 @@
-"""A 64-bit integer shared by the coordinator and one worker process.
+"""A few integers and a ring of flags shared by the coordinator and one
+worker process.
 
 The worker's cpu thread writes the number of the task it is running (or -1),
-and when it started, around each task; its loop thread counts the io tasks it
-has started: memory writes, no system call, nobody woken.  The coordinator
+and when it started, around each task; each io task sets its flag when it
+begins (a coroutine at its first step, a plain function in its thread, which
+may begin after io tasks sent later): memory writes, no system call, nobody
+woken.  The coordinator
 reads them when the worker dies, to know exactly which tasks the crash
 interrupted (even though the worker batches its results, and io tasks may
 still have been in the pipe), and when a cpu task's time limit may have
@@ -23,8 +26,14 @@ import tempfile
 from multiprocessing.connection import Connection
 
 # [0]: running cpu task or -1; [1]: its start (monotonic_ns); [2]: last
-# finished cpu task or -1; [3]: io tasks started so far (over the worker's life)
-_SIZE = 32
+# finished cpu task or -1; [3]: unused
+_INTS = 32
+# then a byte per io task, by its number among the io tasks sent to the worker
+# (over its life) modulo IO_RING: 1 once it began.  The worker clears a byte
+# when the task that reuses it arrives, so a flag is valid while fewer than
+# IO_RING io tasks were sent after its own.
+IO_RING = 1 << 16
+_SIZE = _INTS + IO_RING
 
 
 def _anonymous_fd() -> int:
@@ -35,9 +44,10 @@ def _anonymous_fd() -> int:
 
 
 class RunningSlot:
-    """The shared integers; ``slot.value`` is the running task (-1: none),
-    ``slot.started_ns`` when it started, ``slot.io_started`` how many io
-    tasks the worker has started; ``slot.view()`` writes them."""
+    """The shared memory; ``slot.value`` is the running task (-1: none),
+    ``slot.started_ns`` when it started, ``slot.io_began(n)`` whether the
+    worker's io task number ``n`` began; ``slot.view()`` and
+    ``slot.io_flags()`` write them."""
 
     def __init__(self, fd: int | None = None, carrier: Connection | None = None) -> None:
         if fd is None:
@@ -53,7 +63,11 @@ class RunningSlot:
             view[0] = view[2] = -1
 
     def view(self) -> memoryview:
-        return memoryview(self._map).cast("q")
+        return memoryview(self._map)[:_INTS].cast("q")
+
+    def io_flags(self) -> memoryview:
+        """The ring of io flags: ``flags[n % IO_RING]``."""
+        return memoryview(self._map)[_INTS:]
 
     @property
     def value(self) -> int:
@@ -67,9 +81,11 @@ class RunningSlot:
     def last_finished(self) -> int:
         return self.view()[2]
 
-    @property
-    def io_started(self) -> int:
-        return self.view()[3]
+    def io_began(self, n: int, sent: int) -> bool:
+        """Whether the worker's io task number ``n`` began, ``sent`` io tasks
+        having been sent to it; True when the ring cannot tell (a later task
+        may have reused the flag): a task of unknown state counts as begun."""
+        return sent > n + IO_RING or bool(self._map[_INTS + n % IO_RING])
 
     def __reduce__(self):
         # only meaningful while loky spawns a worker: the Connection's fd is

@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, messages, shm
 from .messages import Kind, Stage
+from .slot import IO_RING
 
 IO_THREADS = 256
 BATCH_SECONDS = 0.001  # longest a finished cpu result waits for batch-mates
@@ -70,6 +71,9 @@ class Worker:
         # running[0]: the cpu task running now, or -1 (shared with the coordinator)
         self.progress = progress
         self.running = progress.view()
+        # io_flags[n % IO_RING]: io task number n (in arrival order) began
+        self.io_flags = progress.io_flags()
+        self.io_received = 0
         self.cpu_batch: list = []
         self.batch_lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
@@ -112,6 +116,7 @@ class Worker:
                     for func_id, blob in funcs.items():
                         self.funcs[func_id] = self._load(blob)
                     io = []
+                    flags = self.io_flags
                     # register pinned tasks before their parents can run
                     followers = self.followers
                     for sub in subs:
@@ -121,7 +126,12 @@ class Worker:
                         if sub[4] >= 0:
                             continue
                         if sub[2]:
-                            io.append(sub)
+                            # number it as the coordinator did (send order)
+                            # and clear the flag it reuses, before it can begin
+                            n = self.io_received % IO_RING
+                            self.io_received += 1
+                            flags[n] = 0
+                            io.append((sub, n))
                         else:
                             if sub[9]:
                                 self.cpu_waiting.appendleft(sub)
@@ -324,17 +334,18 @@ class Worker:
         return success(sub[0], value, start, segments), value
 
     def start_io(self, subs) -> None:
-        for sub in subs:
+        for sub, flag in subs:
             # (the dict holds the only strong reference to the asyncio task)
-            self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub))
+            self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub, flag))
 
-    async def run_io(self, sub) -> None:
-        # The first steps of io tasks run in the order they were sent (the
-        # loop's ready queue is FIFO), so this count in the shared slot tells
-        # the coordinator, should the worker die, which of them had started
-        # (those fail) and which had not (a blocking task may stall the loop
-        # before they do; those are requeued).
-        self.running[3] += 1
+    async def run_io(self, sub, flag: int) -> None:
+        # The task's flag in the shared slot tells the coordinator, should the
+        # worker die, whether it began (it fails) or not (a blocking task may
+        # stall the loop before it does, or every io thread may be busy; it is
+        # requeued): a coroutine begins at its first step, here, a plain
+        # function when its thread calls it (see call_io).
+        if not _runs_in_a_thread(self.funcs.get(sub[1])):
+            self.io_flags[flag] = 1
         start = time.monotonic()
         task = sub[0]
         release: list[str] = []
@@ -342,12 +353,12 @@ class Worker:
             func, args, release = self.prepare(sub)
             limit = sub[6]
             if limit is None:
-                value = await self.call_io(func, args)
+                value = await self.call_io(func, args, flag)
             else:
                 deadline = asyncio.timeout(limit)
                 try:
                     async with deadline:
-                        value = await self.call_io(func, args)
+                        value = await self.call_io(func, args, flag)
                 except TimeoutError as error:
                     if not deadline.expired():
                         raise  # the task's own TimeoutError
@@ -376,10 +387,10 @@ class Worker:
             # results finishing in the same loop iteration travel together
             self.loop.call_soon(self.flush_io)
 
-    async def call_io(self, func, args):
-        if inspect.iscoroutinefunction(func):
+    async def call_io(self, func, args, flag: int):
+        if not _runs_in_a_thread(func):
             return await func(*args)
-        value = await self.loop.run_in_executor(self.io_threads, _call, func, args)
+        value = await self.loop.run_in_executor(self.io_threads, _begin, self.io_flags, flag, func, args)
         if inspect.isawaitable(value):
             value = await value
         return value
@@ -422,7 +433,15 @@ async def _await(awaitable):
     return await awaitable
 
 
-def _call(func, args):
+def _runs_in_a_thread(func) -> bool:
+    """Whether an io task's function is a plain one, run in an io thread
+    (not a coroutine function, nor a function that could not be loaded)."""
+    return callable(func) and not isinstance(func, _BrokenFunction) and not inspect.iscoroutinefunction(func)
+
+
+def _begin(flags: memoryview, flag: int, func, args):
+    """In an io thread: mark the task begun, then call its function."""
+    flags[flag] = 1
     return func(*args)
 
 

@@ -475,6 +475,49 @@ def test_io_task_not_started_on_a_crashed_worker_is_not_failed(tmp_path):
     assert graph.results["waiting"] == "ran", repr(graph.results["waiting"])
 
 
+def note_start_and_sleep(path, seconds, value):
+    write_line(path, f"{value} {os.getpid()}")
+    time.sleep(seconds)
+    return value
+
+
+def exit_once_lines(path, lines):
+    wait_for_file(path, lines=lines)
+    time.sleep(0.2)  # (the next one, had a thread been free, would begin now)
+    os._exit(3)
+
+
+def test_plain_io_task_waiting_for_a_thread_on_a_crashed_worker_is_not_failed(tmp_path):
+    # one worker, whose io threads (IO_THREADS) all run plain functions that
+    # sleep: one more is handed to the thread pool but waits for a thread.
+    # When the cpu task 'crash' kills the worker, the sleeping ones fail (they
+    # were running) and the waiting one, which never began, runs again on
+    # the replacement worker (it was counted as started, and failed, when it
+    # was handed to the pool).
+    from taskmap.worker import IO_THREADS
+
+    path = str(tmp_path / "log")
+    n = IO_THREADS + 1
+    funcs = {f"s{k}": functools.partial(note_start_and_sleep, path, 1.5, f"s{k}") for k in range(n)}
+    funcs["crash"] = lambda: exit_once_lines(path, IO_THREADS)
+    deps = {name: [] for name in funcs}
+    graph = taskmap.create_graph(funcs, deps, io_bound=[f"s{k}" for k in range(n)])
+    run(taskmap.run_parallel_async, graph, ncores=1, seconds=60)
+    dead = check_crash(graph, "crash", exitcode=3).pid
+    began = {}
+    for line in open(path).read().splitlines():
+        name, pid = line.split()
+        began.setdefault(name, []).append(int(pid))
+    survivors = [f"s{k}" for k in range(n) if graph.results[f"s{k}"] == f"s{k}"]
+    assert len(survivors) == 1, survivors[:5]
+    assert dead not in began[survivors[0]]  # it never began in the dead worker
+    for k in range(n):
+        name = f"s{k}"
+        if name != survivors[0]:
+            check_crash(graph, name, exitcode=3)
+            assert began[name] == [dead]  # it was running there
+
+
 def write_pid_and_sleep(path):
     write_line(path, os.getpid())
     time.sleep(30)
