@@ -344,7 +344,9 @@ class Worker:
         # stall the loop before it does, or every io thread may be busy; it is
         # requeued): a coroutine begins at its first step, here, a plain
         # function when its thread calls it (see call_io).
-        if not _runs_in_a_thread(self.funcs.get(sub[1])):
+        # (decided once: the flag of a plain function goes with it to its thread)
+        thread_flag = flag if _runs_in_a_thread(self.funcs.get(sub[1])) else None
+        if thread_flag is None:
             self.io_flags[flag] = 1
         start = time.monotonic()
         task = sub[0]
@@ -353,12 +355,12 @@ class Worker:
             func, args, release = self.prepare(sub)
             limit = sub[6]
             if limit is None:
-                value = await self.call_io(func, args, flag)
+                value = await self.call_io(func, args, thread_flag)
             else:
                 deadline = asyncio.timeout(limit)
                 try:
                     async with deadline:
-                        value = await self.call_io(func, args, flag)
+                        value = await self.call_io(func, args, thread_flag)
                 except TimeoutError as error:
                     if not deadline.expired():
                         raise  # the task's own TimeoutError
@@ -387,10 +389,12 @@ class Worker:
             # results finishing in the same loop iteration travel together
             self.loop.call_soon(self.flush_io)
 
-    async def call_io(self, func, args, flag: int):
-        if not _runs_in_a_thread(func):
+    async def call_io(self, func, args, thread_flag: int | None):
+        """Await a coroutine function's call here, or call a plain function in
+        an io thread, which sets its io flag ``thread_flag`` first."""
+        if thread_flag is None:
             return await func(*args)
-        value = await self.loop.run_in_executor(self.io_threads, _begin, self.io_flags, flag, func, args)
+        value = await self.loop.run_in_executor(self.io_threads, _begin, self.io_flags, thread_flag, func, args)
         if inspect.isawaitable(value):
             value = await value
         return value
