@@ -19,6 +19,7 @@ _LAZY = {
     "RemoteTaskError": "errors",
     "RemoteTraceback": "errors",
     "SerializationError": "errors",
+    "StaleCodeError": "errors",
     "TaskFailedError": "errors",
     "TaskmapError": "errors",
     "TaskTimeoutError": "errors",
@@ -52,7 +53,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .errors import CheckpointError, RemoteTaskError, RemoteTraceback, SerializationError, TaskFailedError, TaskmapError, TaskTimeoutError, WorkerCrashedError
+    from .errors import CheckpointError, RemoteTaskError, RemoteTraceback, SerializationError, StaleCodeError, TaskFailedError, TaskmapError, TaskTimeoutError, WorkerCrashedError
     from .graph import Graph, create_graph, get_all_children, get_ready_tasks, mark_as_done, mark_as_done_except, reset_failed_tasks, reset_tasks
     from .logs import in_progress
     from .observers import Observer, RunInfo, TaskEvent
@@ -89,6 +90,7 @@ __all__ = [
     "RunInfo",
     "RunRecord",
     "SerializationError",
+    "StaleCodeError",
     "Summary",
     "TaskFailedError",
     "TaskRecord",

@@ -51,10 +51,11 @@ import threading
 import time
 from contextlib import contextmanager
 
-from . import codec, messages, shm
+from . import codec, messages, process_setup, shm
 from .bookkeeping import Bookkeeper
 from .errors import (
     SerializationError,
+    StaleCodeError,
     TaskmapError,
     TaskTimeoutError,
     WorkerCrashedError,
@@ -197,6 +198,8 @@ class Coordinator:
         self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
         self.book.attempts = self.attempts
         self.run_id = next(_run_ids)
+        # cwd, environment, sys.path and user modules, as of the run's start
+        self.setup = process_setup.snapshot()
         self.encoded: dict[int, bytes] = {}  # task -> its encoded result
         self.func_of, self.func_blobs = self._pickle_functions()
         # moving average of cpu task time per function: how deep to queue
@@ -441,7 +444,7 @@ class Coordinator:
             i = self.state.index[name]
             return TaskTimeoutError(name, self.limits.timeout[i])
         error = codec.decode_exception(blob, type_name, message, text)
-        if stage == Stage.RUN:
+        if stage == Stage.RUN or isinstance(error, StaleCodeError):
             return error
         if stage == Stage.ARGS:
             # the worker could not decode the argument it names: the error's
@@ -730,9 +733,14 @@ class Coordinator:
         return blob
 
     def send(self, w: WorkerHandle, subs: list) -> None:
+        setup = None
         if w.run_id != self.run_id:
             w.run_id = self.run_id
             w.funcs_sent = set()
+            body = process_setup.message_body(w.setup_heard, self.setup)
+            if body is not None:
+                setup = messages.pack_setup(body)
+            w.setup_heard = self.setup
         new = {}
         for sub in subs:
             fid = sub[1]
@@ -740,6 +748,8 @@ class Coordinator:
                 w.funcs_sent.add(fid)
                 new[fid] = self.func_blobs[fid]
         try:
+            if setup is not None:
+                w.conn.send_bytes(setup)  # (the worker applies it before any task)
             w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold))
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back

@@ -85,7 +85,7 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import codec
+from . import codec, process_setup
 from .bookkeeping import Bookkeeper
 from .errors import (
     SerializationError,
@@ -96,6 +96,7 @@ from .errors import (
 from .graph import Graph
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
+from .process_setup import function_module
 from .dask_task import Outcome, TaskCall, TaskFailure, run_task
 from .runners import state_for
 from .state import FINISHED, SchedulingState, TaskState
@@ -344,6 +345,8 @@ class _DaskRun:
         self.timers: list[tuple[float, int]] = []  # (when, task): delayed retries
         self.submissions = [0] * n
         self.token = uuid.uuid4().hex[:8]
+        # the caller's user modules: a task's worker must run this code
+        self.code_versions = process_setup.snapshot().modules
         # worker wall clock -> this process's monotonic clock
         self.clock_offset = time.time() - time.monotonic()
         top = max(state.priority, default=0.0) + 1.0
@@ -463,9 +466,13 @@ class _DaskRun:
                 args.append(self.live[p])
             elif p in self.given:
                 args.append(self.given[p])
+        func = self.graph.funcs[name]
+        module = function_module(func)
+        version = self.code_versions.get(module) if module else None
         call = TaskCall(
-            repr(name), self.graph.funcs[name], bool(self.state.is_io[i]),
+            repr(name), func, bool(self.state.is_io[i]),
             self.limits.timeout[i], self.wanted is None or name in self.wanted,
+            (module, version) if version is not None else None,
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import sys
 import threading
 import time
 import traceback
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import codec
-from .errors import TASK_ERRORS
+from .errors import TASK_ERRORS, StaleCodeError
 
 # A failure's message is cut to this many characters in Dask's own display of
 # the error (the full text travels encoded); Dask replaces an exception whose
@@ -70,6 +71,9 @@ class TaskCall(NamedTuple):
     io: bool
     timeout: float | None
     envelope: bool  # return an Outcome (the caller gathers the value)
+    # the caller's version of the user module whose code func runs (None: not
+    # a user module): a worker holding another version fails the task
+    code: tuple[str, tuple] | None = None
 
 
 class Outcome:
@@ -112,6 +116,8 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
         secede()
     pid, start = os.getpid(), time.time()
     try:
+        if call.code is not None:
+            _check_code(*call.code)
         value = _call_io(call, args) if call.io else _call_cpu(call, args)
     except _TimedOut:
         raise TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time()) from None
@@ -120,6 +126,33 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
     if call.envelope:
         return Outcome(value, pid, start, time.time())
     return value
+
+
+# module name -> (module object, its spec, the version of its file read the
+# first time one of its functions ran here with that module object and spec)
+_imported_versions: dict[str, tuple[Any, Any, Any]] = {}
+
+
+def _check_code(module: str, version: tuple) -> None:
+    """Refuse to run code of ``module`` other than the caller's: a Dask
+    worker runs tasks in threads, so a module cannot be reloaded under them;
+    the task fails naming the module instead of giving a stale result."""
+    from .process_setup import file_version, user_module_file
+
+    obj = sys.modules.get(module)
+    spec = getattr(obj, "__spec__", None)
+    seen = _imported_versions.get(module)
+    if seen is None or seen[0] is not obj or seen[1] is not spec:
+        path = user_module_file(module, obj)
+        seen = _imported_versions[module] = (obj, spec, file_version(path) if path else ())
+    if seen[2] != tuple(version):
+        raise StaleCodeError(
+            module,
+            f"this Dask worker (pid {os.getpid()}) imported another version of {version[0]} "
+            "than the caller runs (it was edited and reloaded in the caller, or edited "
+            "since the worker imported it); restart the workers (client.restart()) "
+            "or reload the module on them, and reload it in the caller",
+        )
 
 
 def _failure(label: str, error: BaseException, pid: int, start: float) -> TaskFailure:

@@ -105,6 +105,20 @@ class SerializationError(TaskmapError):
         return (type(self), (self.task, self.what, self.type_name, self.detail, self.action))
 
 
+class StaleCodeError(TaskmapError):
+    """A worker cannot run the code of ``module`` that the caller runs: the
+    module's reload in the worker failed, or its file changed after the
+    caller loaded it.  The task fails instead of running other code."""
+
+    def __init__(self, module: str, reason: str) -> None:
+        self.module = module
+        self.reason = reason
+        super().__init__(f"module {module!r} in the worker is not the caller's: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.module, self.reason))
+
+
 class RemoteTaskError(TaskmapError):
     """A task's exception whose class could not be rebuilt in the coordinator.
 

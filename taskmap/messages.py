@@ -25,6 +25,10 @@ coordinator -> worker
                  ``first``: a cpu task that runs before the cpu tasks already
                  waiting at the worker (it became ready later but is more
                  critical); the others keep their order.
+    ``SETUP``    before a run's first SUBMIT to a worker, when anything changed
+                 since it last heard: the caller's cwd, environment (bytes),
+                 ``sys.path`` and user-module versions, as a dict of only what
+                 changed (see :mod:`taskmap.process_setup`).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.
@@ -51,6 +55,7 @@ class Kind(IntEnum):
     SUBMIT = 1
     RESULTS = 2
     SHUTDOWN = 4  # (3 was CANCEL: io time limits are kept by the worker itself)
+    SETUP = 5
 
 
 class Stage(IntEnum):
@@ -103,6 +108,10 @@ def pack_submit(run_id: int, funcs: dict, submissions: list, shm_threshold: int 
 
 def pack_results(outcomes: list) -> bytes:
     return msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True)
+
+
+def pack_setup(body: dict) -> bytes:
+    return msgpack.packb((Kind.SETUP, body), use_bin_type=True)
 
 
 SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))

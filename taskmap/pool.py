@@ -44,6 +44,7 @@ class WorkerHandle:
         "funcs_sent",
         "run_id",
         "slot",
+        "setup_heard",
     )
 
     def __init__(self, process, conn, slot: RunningSlot) -> None:
@@ -59,6 +60,8 @@ class WorkerHandle:
         self.cpu_tasks: deque[int] = deque()  # in the order it will run them
         self.funcs_sent: set[int] = set()
         self.run_id = None
+        # the caller's setup this worker last heard (process_setup.CallerSetup)
+        self.setup_heard = None
 
     @property
     def sentinel(self):

@@ -45,6 +45,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, messages, shm
+from .process_setup import WorkerSetup
 from .messages import Kind, Stage
 from .slot import IO_RING
 
@@ -90,6 +91,9 @@ class Worker:
         self.pending_io: list = []
         self.io_threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="taskmap-send")
+        # the caller's cwd, environment, sys.path and code; cwd and streams
+        # put back after each task
+        self.setup = WorkerSetup()
 
     # -- threads ----------------------------------------------------------
 
@@ -113,8 +117,9 @@ class Worker:
                         self.run_id = run_id
                         self.funcs = {}
                         self.set_shm_threshold(msg[4] if len(msg) > 4 else None)
-                    for func_id, blob in funcs.items():
-                        self.funcs[func_id] = self._load(blob)
+                        self.setup.new_run()
+                    if funcs:
+                        self.load_functions(funcs)
                     io = []
                     flags = self.io_flags
                     # register pinned tasks before their parents can run
@@ -140,6 +145,8 @@ class Worker:
                             self.cpu_queue.put(None)
                     if io:
                         loop.call_soon_threadsafe(self.start_io, io)
+                elif kind == Kind.SETUP:
+                    self.apply_setup(msg[1])
                 elif kind == Kind.SHUTDOWN:
                     break
         except (EOFError, OSError):
@@ -171,6 +178,25 @@ class Worker:
                 shm.unlink(release)
             return None
         return writer.for_task(release, hand_over)
+
+    def apply_setup(self, body: dict) -> None:
+        """Take the caller's setup, before any task of the run.  A failure
+        here must not end the reader thread: it is reported on stderr and the
+        run goes on (a task then meets whatever it could not set)."""
+        try:
+            self.setup.apply(body)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+
+    def load_functions(self, funcs: dict) -> None:
+        """Load a run's new functions; a function whose module this worker
+        cannot run as the caller does fails its tasks (never old code)."""
+        setup = self.setup
+        loaded = {func_id: self._load(blob) for func_id, blob in funcs.items()}
+        setup.check_imports()  # (loading may have imported user modules)
+        for func_id, func in loaded.items():
+            error = setup.stale_error(func)
+            self.funcs[func_id] = func if error is None else _BrokenFunction(error)
 
     @staticmethod
     def _load(blob: bytes):
@@ -227,12 +253,14 @@ class Worker:
         followers = self.followers
         running = self.running
         loop = self.loop
+        after_task = self.setup.after_task
         while chain:
             sub, parent_value = chain.pop()
             running[1] = time.monotonic_ns()
             running[0] = sub[0]
             outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
             parent_value = None
+            after_task()  # (cwd and streams as before it, for the next task)
             running[0] = -1
             running[2] = sub[0]  # finished, even if its result never gets out
             # take the pinned tasks before the outcome is published: once the
@@ -383,6 +411,7 @@ class Worker:
             release = []
         if release:
             shm.unlink(release)
+        self.setup.after_task()
         self.io_tasks.pop(task, None)
         self.pending_io.append(outcome)
         if len(self.pending_io) == 1:
@@ -542,4 +571,6 @@ def worker_main(conn, progress, memory_limit: int | None = None, shm_prefix: str
     # it needs the GIL again after each wake-up).  1 ms bounds the stall of io
     # tasks; with no other thread waiting, no switch happens at all.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    Worker(conn, progress, shm_prefix).serve()
+    worker = Worker(conn, progress, shm_prefix)
+    worker.setup.guard()
+    worker.serve()

@@ -759,3 +759,59 @@ def _task_that_always_kills_its_worker(client) -> None:
     assert type(error.__cause__).__name__ == "KilledWorker"
     assert graph.results["child"] == ANCESTOR.format("killer")
     assert (graph.results["a"], graph.results["b"]) == (5, 15)
+
+
+# -- stale code (issue 25) ------------------------------------------------------
+
+
+def _on_worker_path(directory: str, add: bool) -> None:
+    import sys
+
+    if add:
+        sys.path.insert(0, directory)
+    else:
+        sys.path.remove(directory)
+
+
+def _reload_on_worker(name: str) -> None:
+    import importlib
+    import sys
+
+    importlib.reload(sys.modules[name])
+
+
+def test_a_worker_holding_old_code_of_a_reloaded_module_fails_the_task_naming_it(
+    client, tmp_path, monkeypatch
+):
+    """Dask workers run tasks in threads, so taskmap does not reload a
+    module under them: a task whose module the caller reloaded fails with a
+    StaleCodeError naming the module, never with a stale result; once the
+    workers reload it too, the task runs the caller's code."""
+    import importlib
+    import sys
+    import uuid
+
+    name = f"usermod_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / f"{name}.py"
+    source = "def version(*_):\n    return {!r}\n"
+    path.write_text(source.format("v1"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client.run(_on_worker_path, str(tmp_path), True)
+    module = importlib.import_module(name)
+    try:
+        def graph():
+            return taskmap.create_graph({"a": module.version, "b": five}, {"a": [], "b": []})
+
+        assert taskmap.run_dask(graph(), client=client).results == {"a": "v1", "b": 5}
+        client.run(importlib.import_module, name)  # every worker holds v1 now
+        path.write_text(source.format("v22"))
+        importlib.reload(module)
+        results = taskmap.run_dask(graph(), client=client).results
+        assert isinstance(results["a"], taskmap.StaleCodeError), results
+        assert name in str(results["a"]) and "client.restart()" in str(results["a"])
+        assert results["b"] == 5
+        client.run(_reload_on_worker, name)
+        assert taskmap.run_dask(graph(), client=client).results == {"a": "v22", "b": 5}
+    finally:
+        client.run(_on_worker_path, str(tmp_path), False)
+        sys.modules.pop(name, None)
