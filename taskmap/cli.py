@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
                      help="record each outcome in this checkpoint store (created if missing); "
                           "a rerun with the same FILE keeps what succeeded")
+    run.add_argument("--take-over", action="store_true",
+                     help="take over the checkpoint store's hold left by a run on another "
+                          "host (a shared filesystem) that is known to be gone")
     run.set_defaults(command=cmd_run)
 
     graph = commands.add_parser(
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
                        help="the checkpoint store a `taskmap run --checkpoint FILE` wrote")
+    rerun.add_argument("--take-over", action="store_true",
+                     help="take over the checkpoint store's hold left by a run on another "
+                          "host (a shared filesystem) that is known to be gone")
     rerun.set_defaults(command=cmd_rerun_failed)
     return parser
 
@@ -164,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     graph = load_graph(args.pipeline)
     if args.checkpoint is None:
         return run_and_report(graph, args)
-    store = _open_store(args.checkpoint)
+    store = _open_store(args.checkpoint, args.take_over)
     try:
         graph.checkpoint = store
         return run_and_report(graph, args)
@@ -181,7 +187,7 @@ def cmd_rerun_failed(args: argparse.Namespace) -> int:
             f"`taskmap run {args.pipeline} --checkpoint {args.checkpoint}`"
         )
     graph = load_graph(args.pipeline)
-    store = _open_store(args.checkpoint)
+    store = _open_store(args.checkpoint, args.take_over)
     try:
         failed = store.failed_tasks()
         if not failed:
@@ -312,13 +318,13 @@ def _check_trace_path(path: Path | None) -> None:
         raise UsageError(f"--trace {path}: directory {path.parent} does not exist")
 
 
-def _open_store(path: Path):
+def _open_store(path: Path, take_over: bool = False):
     """The checkpoint store at ``path`` (taskmap.checkpoint, imported only when used)."""
     try:
         from .checkpoint import open_checkpoint
     except ImportError as exc:  # pragma: no cover - an install without the module
         raise UsageError(f"checkpoint stores are not available: {exc}") from exc
     try:
-        return open_checkpoint(path)
+        return open_checkpoint(path, take_over=take_over)
     except TaskmapError as exc:  # CheckpointError: not a store, damaged, newer schema
         raise UsageError(str(exc)) from exc

@@ -95,9 +95,8 @@ class CheckpointObserver(Observer):
                     error_text, time.time(), event.attempts))
 
     def run_finished(self, graph: Any, error: BaseException | None) -> None:
-        if self.writer is not None:
-            self.writer = None
-            self.store.flush()
+        self.writer = None
+        self.store.end_run()  # (commits what is pending, lets go of the store)
 
 
 class Writer:

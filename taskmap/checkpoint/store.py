@@ -16,6 +16,7 @@ from ..errors import CheckpointError
 from ..observers import DONE, FAILED, Observer
 from .file_check import HINT, check_file
 from .fingerprints import TaskFingerprints
+from .hold import RunHold
 from .log import log
 from .recorder import CheckpointObserver, Writer
 from .restore import RestoreReport, plan_restore, topological
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 _SYNCHRONOUS = ("normal", "full")
 
 
-def open_checkpoint(path: str | os.PathLike, *, synchronous: str = "normal") -> CheckpointStore:
+def open_checkpoint(
+    path: str | os.PathLike, *, synchronous: str = "normal", take_over: bool = False
+) -> CheckpointStore:
     """Open (or create) the checkpoint store at ``path``.
 
     ``synchronous``: ``"normal"`` (default; a committed outcome survives the
@@ -38,8 +41,15 @@ def open_checkpoint(path: str | os.PathLike, *, synchronous: str = "normal") -> 
     every commit waits for the disk).  Raises :class:`taskmap.CheckpointError`
     naming the file if it is not a taskmap store, is truncated or damaged, or
     was written by a newer taskmap; the file is then not modified.
+
+    One run at a time per store: a run holds it from its start to its end,
+    and a run started meanwhile (in any process of this host) fails before
+    any task with a :class:`taskmap.CheckpointError` naming the holder (pid,
+    host, since when).  A hold left by a run that died is taken over (logged
+    as a warning); one left by a run on another host (a shared filesystem) is
+    taken over only with ``take_over=True``.  Reading the store needs no hold.
     """
-    return CheckpointStore(path, synchronous=synchronous)
+    return CheckpointStore(path, synchronous=synchronous, take_over=take_over)
 
 
 def as_store(checkpoint: Any) -> CheckpointStore:
@@ -81,11 +91,17 @@ class CheckpointStore:
     one is recorded as not stored, like a result the codec cannot encode.
     """
 
-    def __init__(self, path: str | os.PathLike, *, synchronous: str = "normal") -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, synchronous: str = "normal", take_over: bool = False
+    ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
         self.path = Path(os.fspath(path))
         self.synchronous = synchronous
+        self.take_over = take_over
+        # a run holds the store from its restore to its end (taskmap.checkpoint.hold)
+        self._hold = RunHold(self.path)
+        self._running = False
         self.last_restore: RestoreReport | None = None
         self._lock = threading.Lock()  # one user of the connection at a time
         self._fingerprints: TaskFingerprints | None = None
@@ -212,13 +228,26 @@ class CheckpointStore:
         docstring): put kept results into ``graph.results``/``graph.done``,
         take tasks to rerun out of them, delete the rerun tasks' rows.
 
-        Called by every runner before it builds its scheduling state.  Raises
-        :class:`taskmap.CheckpointError` if the store cannot be read; the
-        graph and the file are then left as they were.
+        Called by every runner before it builds its scheduling state; the run
+        holds the store from here to its end.  Raises
+        :class:`taskmap.CheckpointError` if another run holds the store (see
+        :func:`open_checkpoint`) or it cannot be read; the graph and the file
+        are then left as they were.
         """
+        conn = self._db()
+        if self._running:
+            raise self._error("a run of this process is using this store; one run at a time per store")
+        # the hold comes first: a run refused must not have touched the store
+        self._hold.acquire(graph.name, self.take_over)
+        try:
+            return self._restore(conn, graph)
+        except BaseException:
+            self._hold.release()
+            raise
+
+    def _restore(self, conn: sqlite3.Connection, graph: Any) -> RestoreReport:
         import sqlite3
 
-        conn = self._db()
         fingerprints = TaskFingerprints(graph)
         with self._lock:
             # everything is read before anything is written: a store found
@@ -290,6 +319,7 @@ class CheckpointStore:
         if self._writer is not None:  # a run that ended without run_finished
             self._writer.close()
         self._writer = Writer(self, graph.name)
+        self._running = True
         return self._writer, fingerprints
 
     def _write(self, rows: list[tuple]) -> None:
@@ -332,6 +362,14 @@ class CheckpointStore:
             writer.close()
             if writer.error is not None:
                 raise self._error(f"recording outcomes failed: {writer.error}") from writer.error
+
+    def end_run(self) -> None:
+        """Commit what is pending and let go of the store (at a run's end)."""
+        try:
+            self.flush()
+        finally:
+            self._running = False
+            self._hold.release()
 
     # -- maintenance and queries ---------------------------------------------------
 
@@ -414,7 +452,7 @@ class CheckpointStore:
         if self._conn is None:
             return
         try:
-            self.flush()
+            self.end_run()
         finally:
             with self._lock:
                 conn, self._conn = self._conn, None
@@ -432,12 +470,12 @@ class CheckpointStore:
         self.close()
 
     def __reduce__(self):
-        return (_reopen, (str(self.path), self.synchronous))
+        return (_reopen, (str(self.path), self.synchronous, self.take_over))
 
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else "open"
         return f"<taskmap CheckpointStore {str(self.path)!r} ({state})>"
 
 
-def _reopen(path: str, synchronous: str) -> CheckpointStore:
-    return CheckpointStore(path, synchronous=synchronous)
+def _reopen(path: str, synchronous: str, take_over: bool = False) -> CheckpointStore:
+    return CheckpointStore(path, synchronous=synchronous, take_over=take_over)
