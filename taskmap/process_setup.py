@@ -34,12 +34,11 @@ variables (until the next run), and anything read once at import, such as
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import os
-import site
 import sys
-import sysconfig
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -49,9 +48,14 @@ from .errors import StaleCodeError
 Version = tuple[str, int, int]
 
 
+@functools.cache
 def _excluded_roots() -> tuple[str, ...]:
     """Directories whose modules are not the user's: the standard library,
-    site-packages (installed packages are not edited between runs), taskmap."""
+    site-packages (installed packages are not edited between runs), taskmap.
+    (Computed on first use: a worker imports this module at start.)"""
+    import site
+    import sysconfig
+
     roots = set()
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -67,7 +71,6 @@ def _excluded_roots() -> tuple[str, ...]:
     return tuple(os.path.join(os.path.abspath(r), "") for r in roots if r)
 
 
-_EXCLUDED = _excluded_roots()
 _NOT_USER_NAMES = frozenset({"__main__", "__mp_main__"})
 
 
@@ -80,7 +83,7 @@ def user_module_file(name: str, module: Any) -> str | None:
         origin = spec.origin if spec is not None and spec.has_location else None
     except Exception:  # noqa: BLE001 - odd objects live in sys.modules too
         return None
-    if not origin or not origin.endswith(".py") or origin.startswith(_EXCLUDED):
+    if not origin or not origin.endswith(".py") or origin.startswith(_excluded_roots()):
         return None
     return origin
 
