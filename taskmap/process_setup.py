@@ -212,8 +212,12 @@ def message_body(heard: CallerSetup | None, now: CallerSetup) -> dict | None:
         body["modules"] = now.modules
     elif heard.modules is not now.modules:
         old_m, new_m = heard.modules, now.modules
-        body["modules"] = {k: v for k, v in new_m.items() if old_m.get(k) != v}
-        body["modules_gone"] = [k for k in old_m if k not in new_m]
+        changed = {k: v for k, v in new_m.items() if old_m.get(k) != v}
+        gone = [k for k in old_m if k not in new_m]
+        if changed:
+            body["modules"] = changed
+        if gone:
+            body["modules_gone"] = gone
     return body or None
 
 
