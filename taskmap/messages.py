@@ -63,6 +63,24 @@ class Stage(IntEnum):
     TIMEOUT = 4  # an io task ran past its time limit and was cancelled
 
 
+# Positions in the msgpack arrays, named: the per-task paths index the arrays
+# (building a NamedTuple per task costs more than the task's other
+# bookkeeping); everything else may use the NamedTuples below, whose fields
+# are in the same order.
+MSG_KIND = 0  # every message
+HELLO_PID = 1
+SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM = 1, 2, 3, 4
+RESULTS_OUTCOMES = 1
+
+# Submission
+(SUB_TASK, SUB_FUNC, SUB_IO, SUB_ARGS, SUB_AFTER, SUB_SLOTS, SUB_TIMEOUT,
+ SUB_RELEASE, SUB_DIRECT, SUB_FIRST) = range(10)
+# Outcome (OUT_TYPE is optional: present only for a pickled result)
+OUT_TASK, OUT_OK, OUT_PAYLOAD, OUT_START, OUT_END, OUT_TYPE = range(6)
+# Failure
+FAIL_ERROR, FAIL_TYPE, FAIL_MESSAGE, FAIL_TRACEBACK, FAIL_STAGE = range(5)
+
+
 class Submission(NamedTuple):
     task: int
     func: int
@@ -74,6 +92,16 @@ class Submission(NamedTuple):
     release: list  # args whose segments this task may unlink
     direct: bool  # a big value goes straight to the pinned child, not to shared memory
     first: bool  # a cpu task that runs before those already waiting at the worker
+
+
+def submission(
+    task: int, func: int, io: bool, args: list, after: int = -1, slots: list | tuple = (),
+    timeout: float | None = None, release: list | None = None, direct: bool = False,
+    first: bool = False,
+) -> list:
+    """A :class:`Submission` as the list that travels (and that the
+    coordinator may still amend: ``direct`` is set once a child is pinned)."""
+    return [task, func, io, args, after, slots, timeout, release if release is not None else [], direct, first]
 
 
 class Failure(NamedTuple):
