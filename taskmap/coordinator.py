@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 import select
 import signal
 import threading
@@ -166,6 +167,7 @@ class Coordinator:
         self.ledger = Ledger(
             state, limits, self.func_of, CodecValues(graph, state, limits), graph.durations,
             keep, shm=shm_threshold is not None, stop_on_failure=raise_errors,
+            validating=bool(os.environ.get("TASKMAP_VALIDATE")),
         )
         self.book.attempts = self.ledger.attempts
         # armed timers (cpu time limits, delayed retries): (when, seq, kind,

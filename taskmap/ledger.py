@@ -345,7 +345,9 @@ class Ledger:
     graph's); ``keep``: tasks whose results come back (None: all);
     ``shm``: whether results may point into shared memory;
     ``stop_on_failure`` (``raise_errors``): stop handling an event at the
-    first recorded failure, whose record then raises."""
+    first recorded failure, whose record then raises; ``validating``: check
+    the invariants after every event (the tests; ``TASKMAP_VALIDATE=1`` for
+    a real run)."""
 
     def __init__(
         self,
@@ -357,8 +359,11 @@ class Ledger:
         keep: set[int] | None = None,
         shm: bool = False,
         stop_on_failure: bool = False,
+        validating: bool = False,
     ) -> None:
         self.state = state
+        self.validating = validating
+        self.stopped = False  # a failure was recorded with stop_on_failure
         self.limits = limits
         self.func_of = func_of
         self.values = values
@@ -394,6 +399,8 @@ class Ledger:
         """Apply one event; the instructions to carry out, in order."""
         out: list[Instruction] = []
         self._handlers[type(event)](event, out)  # type: ignore[operator]
+        if self.validating:
+            check_invariants(self)
         return out
 
     # -- queries ----------------------------------------------------------
@@ -522,6 +529,8 @@ class Ledger:
                 state.requeue(i)
             return False
         out.append(Failed(i, error, pid, start, end, state.failed(i)))
+        if self.stop_on_failure:
+            self.stopped = True  # (its record raises: the run ends half-way through this event)
         return True
 
     # -- timers ---------------------------------------------------------------
@@ -874,7 +883,10 @@ def check_invariants(ledger: Ledger) -> None:
     unfinished tasks matches the states; every ready task is in exactly one
     queue, once; a pin link exists in both directions or neither, between
     two running tasks held by one live worker in that order; a task sent
-    first is a running cpu task; a segment's users are done tasks."""
+    first is a running cpu task; a segment's users are done tasks.  (None
+    once a run stopped at a failure: it ends half-way through that event.)"""
+    if ledger.stopped:
+        return
     state = ledger.state
     status, names, parents = state.state, state.names, state.parents
     n = len(names)
