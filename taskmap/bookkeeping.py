@@ -139,10 +139,17 @@ class Bookkeeper:
         """Record task i's result.  ``start``/``end``: the worker's monotonic
         clock around the call, when it ran elsewhere; ``payload``: the result
         already encoded, when the runner has it."""
+        self.recorded_success(i, value, pid, start, end, payload, self.state.finished(i))
+
+    def recorded_success(
+        self, i: int, value, pid: int | None, start: float | None, end: float | None,
+        payload: bytes | None, became: int,
+    ) -> None:
+        """Record task i's result, the state already told (``became``: how
+        many children became ready); see :meth:`succeeded`."""
         name = self.names[i]
         self.results[name] = value
         self.done.append(name)
-        became = self.state.finished(i)
         self.log.finished(name, pid)
         if self.observers:
             self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
@@ -157,10 +164,17 @@ class Bookkeeper:
         start: float | None = None, end: float | None = None,
     ) -> None:
         """Record task i's failure and skip its descendants; raise if asked."""
+        self.recorded_failure(i, error, pid, start, end, self.state.failed(i))
+
+    def recorded_failure(
+        self, i: int, error: BaseException, pid: int | None, start: float | None,
+        end: float | None, skipped: list[int],
+    ) -> None:
+        """Record task i's failure and its ``skipped`` descendants, the state
+        already told; raise if asked.  See :meth:`failed`."""
         name = self.names[i]
         self.results[name] = error
         self.done.append(name)
-        skipped = self.state.failed(i)
         self.log.failed(name, error, pid)
         observers = self.observers
         if observers:

@@ -45,7 +45,7 @@ as crashed.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgpack
 
@@ -68,17 +68,45 @@ class Stage(IntEnum):
     TIMEOUT = 4  # an io task ran past its time limit and was cancelled
 
 
+# Positions in the msgpack arrays, named: the per-task paths index the arrays
+# (building a NamedTuple per task costs more than the task's other
+# bookkeeping); everything else may use the NamedTuples below, whose fields
+# are in the same order.
+MSG_KIND = 0  # every message
+HELLO_PID = 1
+SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM = 1, 2, 3, 4
+RESULTS_OUTCOMES = 1
+
+# Submission
+(SUB_TASK, SUB_FUNC, SUB_IO, SUB_ARGS, SUB_AFTER, SUB_SLOTS, SUB_TIMEOUT,
+ SUB_RELEASE, SUB_DIRECT, SUB_FIRST) = range(10)
+# Outcome (OUT_TYPE is optional: present only for a pickled result)
+OUT_TASK, OUT_OK, OUT_PAYLOAD, OUT_START, OUT_END, OUT_TYPE = range(6)
+# Failure
+FAIL_ERROR, FAIL_TYPE, FAIL_MESSAGE, FAIL_TRACEBACK, FAIL_STAGE = range(5)
+
+
 class Submission(NamedTuple):
     task: int
     func: int
     io: bool
-    args: list  # encoded values (bytes)
+    args: list[bytes]  # encoded values
     after: int  # -1, or the parent this task is pinned behind
-    slots: list  # where the pinned parent's value goes in args
+    slots: list[int]  # where the pinned parent's value goes in args
     timeout: float | None  # io tasks only
-    release: list  # args whose segments this task may unlink
+    release: list[int]  # args whose segments this task may unlink
     direct: bool  # a big value goes straight to the pinned child, not to shared memory
     first: bool  # a cpu task that runs before those already waiting at the worker
+
+
+def submission(
+    task: int, func: int, io: bool, args: list[bytes], after: int = -1,
+    slots: list[int] | tuple[int, ...] = (), timeout: float | None = None,
+    release: list[int] | None = None, direct: bool = False, first: bool = False,
+) -> list[Any]:
+    """A :class:`Submission` as the list that travels (and that the
+    coordinator may still amend: ``direct`` is set once a child is pinned)."""
+    return [task, func, io, args, after, slots, timeout, release if release is not None else [], direct, first]
 
 
 class Failure(NamedTuple):
@@ -99,15 +127,17 @@ class Outcome(NamedTuple):
 
 
 def pack_hello(pid: int) -> bytes:
-    return msgpack.packb((Kind.HELLO, pid))
+    return cast(bytes, msgpack.packb((Kind.HELLO, pid)))
 
 
-def pack_submit(run_id: int, funcs: dict, submissions: list, shm_threshold: int | None = None) -> bytes:
-    return msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions, shm_threshold), use_bin_type=True)
+def pack_submit(
+    run_id: int, funcs: dict[int, bytes], submissions: list[list[Any]], shm_threshold: int | None = None
+) -> bytes:
+    return cast(bytes, msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions, shm_threshold), use_bin_type=True))
 
 
-def pack_results(outcomes: list) -> bytes:
-    return msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True)
+def pack_results(outcomes: list[list[Any]]) -> bytes:
+    return cast(bytes, msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True))
 
 
 def pack_setup(body: dict) -> bytes:
@@ -117,6 +147,6 @@ def pack_setup(body: dict) -> bytes:
 SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))
 
 
-def unpack(data: bytes) -> list:
+def unpack(data: bytes) -> list[Any]:
     """Decode one message; ``result[0]`` is its Kind (as an int)."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    return cast(list[Any], msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True))

@@ -83,8 +83,7 @@ class RunningSlot:
 
     def io_began(self, n: int, sent: int) -> bool:
         """Whether the worker's io task number ``n`` began, ``sent`` io tasks
-        having been sent to it; True when the ring cannot tell (a later task
-        may have reused the flag): a task of unknown state counts as begun."""
+        having been sent to it (see :func:`io_began`)."""
         return sent > n + IO_RING or bool(self._map[_INTS + n % IO_RING])
 
     def __reduce__(self):
@@ -101,6 +100,14 @@ class RunningSlot:
             self._carrier = None
         self._map.close()
         os.close(self._fd)
+
+
+def io_began(flags: bytes, n: int, sent: int) -> bool:
+    """Whether io task number ``n`` began, by a copy of a slot's ring of io
+    flags (``bytes(slot.io_flags())``), ``sent`` io tasks having been sent;
+    True when the ring cannot tell (a later task may have reused the flag):
+    a task of unknown state counts as begun."""
+    return sent > n + IO_RING or bool(flags[n % IO_RING])
 
 
 def _attach(carrier: Connection) -> RunningSlot:

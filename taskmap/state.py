@@ -40,6 +40,22 @@ WAITING, READY, RUNNING, DONE, FAILED, SKIPPED = (int(s) for s in TaskState)
 FINISHED = frozenset((DONE, FAILED, SKIPPED))
 
 
+_STATE_NAMES = tuple(s.name for s in TaskState)
+
+
+class IllegalTransition(RuntimeError):
+    """A runner asked for a transition the task's state does not allow (a
+    second ``finished``, finishing a task that is not running, ...): a bug
+    in the runner's bookkeeping, raised at once instead of ignored (as
+    ``graphlib`` raises for a node marked done twice)."""
+
+    def __init__(self, task, event: str, state: int) -> None:
+        super().__init__(f"task {task!r}: {event} is illegal in state {_STATE_NAMES[state]}")
+        self.task = task
+        self.event = event
+        self.state = state
+
+
 def ancestor_failed_message(task) -> str:
     """The result given to every descendant of a failed task."""
     return f"Ancestor task {task} failed; task not run"
@@ -115,15 +131,21 @@ class SchedulingState:
             if state[i] == WAITING and remaining[i] == 0:
                 self._make_ready(i)
 
+    def _illegal(self, i: int, event: str) -> IllegalTransition:
+        return IllegalTransition(self.names[i], event, self.state[i])
+
     def started(self, i: int) -> None:
-        """Task i was handed to an executor."""
+        """Task i was handed to an executor: it was ready, or waits for the
+        one parent it was sent to run behind (see the coordinator's pinning)."""
+        if self.state[i] > READY:
+            raise self._illegal(i, "started")
         self.state[i] = RUNNING
 
     def finished(self, i: int) -> int:
         """Task i finished with a result; queue the children that became
-        ready.  Returns how many became ready."""
-        if self.state[i] in FINISHED:
-            return 0
+        ready.  Returns how many became ready.  Only a running task can."""
+        if self.state[i] != RUNNING:
+            raise self._illegal(i, "finished")
         self.state[i] = DONE
         self.unfinished -= 1
         became = 0
@@ -139,9 +161,10 @@ class SchedulingState:
         """Task i failed.  Every descendant that has not started is skipped
         (and counts as finished); returns those descendants.  Descendants
         that already started or finished, possible only through tasks that
-        were done before the run, are left alone."""
-        if self.state[i] in FINISHED:
-            return []
+        were done before the run, are left alone.  Only a running task can
+        fail."""
+        if self.state[i] != RUNNING:
+            raise self._illegal(i, "failed")
         self.state[i] = FAILED
         self.unfinished -= 1
         skipped = []
@@ -165,13 +188,19 @@ class SchedulingState:
 
     def unstart(self, i: int) -> None:
         """Task i was handed out ahead of its last dependency, which then
-        failed: it waits again (and ``failed`` will skip it)."""
+        failed: it waits again (and ``failed`` will skip it); or a task to
+        retry after a delay waits for its timer."""
+        if self.state[i] != RUNNING:
+            raise self._illegal(i, "unstart")
         self.state[i] = WAITING
 
     def requeue(self, i: int) -> None:
         """Put a started task back (for a retry, or its worker died): in its
         ready queue, or, when a parent has to run again first (a worker died
-        with that parent's result), waiting for it like any other task."""
+        with that parent's result), waiting for it like any other task.  A
+        task waiting for a retry delay is requeued when its timer fires."""
+        if self.state[i] != RUNNING and self.state[i] != WAITING:
+            raise self._illegal(i, "requeue")
         self.state[i] = WAITING
         if self.remaining[i] == 0:
             self._make_ready(i)

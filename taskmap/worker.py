@@ -45,8 +45,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, messages, shm
+from .messages import (
+    MSG_KIND, OUT_END, OUT_OK, OUT_PAYLOAD, OUT_START, SUB_AFTER, SUB_ARGS, SUB_DIRECT,
+    SUB_FIRST, SUB_FUNC, SUB_IO, SUB_RELEASE, SUB_SLOTS, SUB_TASK, SUB_TIMEOUT,
+    SUBMIT_SHM, Kind, Stage,
+)
 from .process_setup import WorkerSetup
-from .messages import Kind, Stage
 from .slot import IO_RING
 
 IO_THREADS = 256
@@ -110,13 +114,13 @@ class Worker:
         try:
             while True:
                 msg = messages.unpack(conn.recv_bytes())
-                kind = msg[0]
+                kind = msg[MSG_KIND]
                 if kind == Kind.SUBMIT:
                     _, run_id, funcs, subs = msg[:4]
                     if run_id != self.run_id:
                         self.run_id = run_id
                         self.funcs = {}
-                        self.set_shm_threshold(msg[4] if len(msg) > 4 else None)
+                        self.set_shm_threshold(msg[SUBMIT_SHM] if len(msg) > SUBMIT_SHM else None)
                         self.setup.new_run()
                     if funcs:
                         self.load_functions(funcs)
@@ -125,12 +129,12 @@ class Worker:
                     # register pinned tasks before their parents can run
                     followers = self.followers
                     for sub in subs:
-                        if sub[4] >= 0:
-                            followers.setdefault(sub[4], []).append(sub)
+                        if sub[SUB_AFTER] >= 0:
+                            followers.setdefault(sub[SUB_AFTER], []).append(sub)
                     for sub in subs:
-                        if sub[4] >= 0:
+                        if sub[SUB_AFTER] >= 0:
                             continue
-                        if sub[2]:
+                        if sub[SUB_IO]:
                             # number it as the coordinator did (send order)
                             # and clear the flag it reuses, before it can begin
                             n = self.io_received % IO_RING
@@ -138,7 +142,7 @@ class Worker:
                             flags[n] = 0
                             io.append((sub, n))
                         else:
-                            if sub[9]:
+                            if sub[SUB_FIRST]:
                                 self.cpu_waiting.appendleft(sub)
                             else:
                                 self.cpu_waiting.append(sub)
@@ -257,23 +261,23 @@ class Worker:
         while chain:
             sub, parent_value = chain.pop()
             running[1] = time.monotonic_ns()
-            running[0] = sub[0]
+            running[0] = sub[SUB_TASK]
             outcome, value = self.execute_cpu(sub, coroutine_loop, parent_value)
             parent_value = None
             after_task()  # (cwd and streams as before it, for the next task)
             running[0] = -1
-            running[2] = sub[0]  # finished, even if its result never gets out
+            running[2] = sub[SUB_TASK]  # finished, even if its result never gets out
             # take the pinned tasks before the outcome is published: once the
             # coordinator sees it, it may pin new tasks behind this number
-            pinned = followers.pop(sub[0], None)
+            pinned = followers.pop(sub[SUB_TASK], None)
             if pinned:
-                if outcome[1]:
+                if outcome[OUT_OK]:
                     # a value that went to shared memory reaches its pinned
                     # children as it reaches any other: decoded from there
                     # (read-only, and this copy of it can be freed now)
-                    if outcome[2] and codec.segment_names(outcome[2]):
+                    if outcome[OUT_PAYLOAD] and codec.segment_names(outcome[OUT_PAYLOAD]):
                         value = None
-                        chain.extend((f, [None, outcome[2]]) for f in reversed(pinned))
+                        chain.extend((f, [None, outcome[OUT_PAYLOAD]]) for f in reversed(pinned))
                     else:  # (also a value handed over: see execute_cpu)
                         chain.extend((f, [value, None]) for f in reversed(pinned))
                 else:
@@ -282,7 +286,7 @@ class Worker:
             with self.batch_lock:
                 self.cpu_batch.append(outcome)
                 opened = len(self.cpu_batch) == 1
-            if outcome[4] - outcome[3] >= BATCH_SECONDS or (not chain and cpu_queue.empty()):
+            if outcome[OUT_END] - outcome[OUT_START] >= BATCH_SECONDS or (not chain and cpu_queue.empty()):
                 # nothing runs next, or this task was long enough to pay for
                 # its own message: send now (with any batch-mates) rather than
                 # after a timer and two thread wake-ups that would each wait
@@ -295,7 +299,7 @@ class Worker:
         """Forget pinned tasks whose parent failed (the coordinator skips them)."""
         stack = list(subs)
         while stack:
-            stack.extend(self.followers.pop(stack.pop()[0], ()))
+            stack.extend(self.followers.pop(stack.pop()[SUB_TASK], ()))
 
     # -- running one task -------------------------------------------------
 
@@ -305,15 +309,15 @@ class Worker:
         went wrong.  ``parent_value`` is ``[value, None]`` of the parent a
         pinned task ran behind, or ``[None, encoded]`` when that value lies
         in shared memory; it is emptied (the arguments hold the value)."""
-        func = self.funcs.get(sub[1])
+        func = self.funcs.get(sub[SUB_FUNC])
         if func is None or isinstance(func, _BrokenFunction):
-            error = func.error if func is not None else KeyError(f"function {sub[1]} not sent")
+            error = func.error if func is not None else KeyError(f"function {sub[SUB_FUNC]} not sent")
             raise _StageError(Stage.FUNCTION, error)
-        encoded_args = sub[3]
+        encoded_args = sub[SUB_ARGS]
         parent_encoded = parent_value[1] if parent_value is not None else None
         release = [
-            name for k in sub[7] for name in codec.segment_names(encoded_args[k])
-        ] if sub[7] else []
+            name for k in sub[SUB_RELEASE] for name in codec.segment_names(encoded_args[k])
+        ] if sub[SUB_RELEASE] else []
         args = []
         for k, blob in enumerate(encoded_args):
             try:
@@ -327,7 +331,7 @@ class Worker:
                 raise _StageError(Stage.ARGS, error, "the value of the task it ran behind") from error
             parent_value.clear()
             if value is not None:
-                for slot in sub[5]:
+                for slot in sub[SUB_SLOTS]:
                     args.insert(slot, value)
             del value
         return func, args, release
@@ -346,25 +350,25 @@ class Worker:
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
             shm.unlink(release)
-            return failure(sub[0], err.error, err.stage, start, type_name=err.what), None
+            return failure(sub[SUB_TASK], err.error, err.stage, start, type_name=err.what), None
         except BaseException as error:  # noqa: BLE001 - the task's failure
             shm.unlink(release)
-            return failure(sub[0], error, Stage.RUN, start), None
+            return failure(sub[SUB_TASK], error, Stage.RUN, start), None
         writer = self.shm_writer
         if writer is None:
             segments = None
             if release:
                 shm.unlink(release)
-        elif release or sub[8]:
-            segments = writer.for_task(release, sub[8] and sub[0] in self.followers)
+        elif release or sub[SUB_DIRECT]:
+            segments = writer.for_task(release, sub[SUB_DIRECT] and sub[SUB_TASK] in self.followers)
         else:
             segments = writer.plain  # (most tasks: nothing to release or hand over)
-        return success(sub[0], value, start, segments), value
+        return success(sub[SUB_TASK], value, start, segments), value
 
     def start_io(self, subs) -> None:
         for sub, flag in subs:
             # (the dict holds the only strong reference to the asyncio task)
-            self.io_tasks[sub[0]] = self.loop.create_task(self.run_io(sub, flag))
+            self.io_tasks[sub[SUB_TASK]] = self.loop.create_task(self.run_io(sub, flag))
 
     async def run_io(self, sub, flag: int) -> None:
         # The task's flag in the shared slot tells the coordinator, should the
@@ -373,15 +377,15 @@ class Worker:
         # requeued): a coroutine begins at its first step, here, a plain
         # function when its thread calls it (see call_io).
         # (decided once: the flag of a plain function goes with it to its thread)
-        thread_flag = flag if _runs_in_a_thread(self.funcs.get(sub[1])) else None
+        thread_flag = flag if _runs_in_a_thread(self.funcs.get(sub[SUB_FUNC])) else None
         if thread_flag is None:
             self.io_flags[flag] = 1
         start = time.monotonic()
-        task = sub[0]
+        task = sub[SUB_TASK]
         release: list[str] = []
         try:
             func, args, release = self.prepare(sub)
-            limit = sub[6]
+            limit = sub[SUB_TIMEOUT]
             if limit is None:
                 value = await self.call_io(func, args, thread_flag)
             else:

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from taskmap.state import (
+    IllegalTransition,
     SchedulingState,
     TaskState,
     ancestor_failed_message,
@@ -122,21 +123,46 @@ def test_duplicate_parent_counts_twice_consistently():
     s = make(deps)
     s.start()
     assert drain(s) == ["a"]
+    s.started(0)
     assert s.finished(0) == 1
     assert drain(s) == ["b"]
 
 
-def test_finished_twice_is_ignored():
+def test_finished_twice_raises_and_changes_nothing():
+    # (it used to be ignored: a second report of one task is a runner's bug,
+    # and ignoring it hid one that hung a run, see b211764)
     deps = {"a": [], "b": ["a"], "c": ["a", "b"]}
     s = make(deps)
     s.start()
-    s.pop_ready()
+    s.started(s.pop_ready())
     assert s.finished(0) == 1
-    assert s.finished(0) == 0
+    with pytest.raises(IllegalTransition, match="'a': finished is illegal in state DONE"):
+        s.finished(0)
     assert s.remaining[s.index["c"]] == 1
     assert s.unfinished == 2
-    assert s.failed(0) == []
+    with pytest.raises(IllegalTransition, match="failed is illegal in state DONE"):
+        s.failed(0)
     assert s.state[0] == TaskState.DONE
+
+
+def test_transitions_from_the_wrong_state_raise():
+    s = make({"a": [], "b": ["a"]})
+    s.start()
+    a, b = s.index["a"], s.index["b"]
+    with pytest.raises(IllegalTransition, match="finished is illegal in state READY"):
+        s.finished(a)  # never started
+    with pytest.raises(IllegalTransition, match="unstart is illegal in state READY"):
+        s.unstart(a)
+    with pytest.raises(IllegalTransition, match="requeue is illegal in state READY"):
+        s.requeue(a)
+    s.started(s.pop_ready())
+    with pytest.raises(IllegalTransition, match="started is illegal in state RUNNING"):
+        s.started(a)
+    s.failed(a)
+    assert s.state[b] == TaskState.SKIPPED
+    for event in (s.started, s.finished, s.failed, s.requeue, s.unstart):
+        with pytest.raises(IllegalTransition):
+            event(b)
 
 
 def test_failed_skips_every_descendant_and_counts_them_finished():
@@ -160,9 +186,11 @@ def test_failed_skips_every_descendant_and_counts_them_finished():
     s.started(w)
     s.finished(w)
     assert drain(s) == ["x"]
+    s.started(s.index["x"])
     s.finished(s.index["x"])
     assert s.all_finished
-    assert s.failed(f) == []  # a second report changes nothing
+    with pytest.raises(IllegalTransition):
+        s.failed(f)  # a second report is a bug
 
 
 def test_failure_of_unrelated_task_does_not_block_others():

@@ -1,0 +1,107 @@
+"""The coordinator's codec work for its :class:`~taskmap.ledger.Ledger`: a
+run's functions pickled once, results and errors decoded, given results
+encoded, each failure worded as the user reads it.  (The ledger itself
+handles values only as opaque encoded bytes.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import codec
+from .errors import SerializationError, StaleCodeError, TaskTimeoutError
+from .graph import Graph
+from .limits import TaskLimits
+from .messages import OUT_PAYLOAD, OUT_TYPE, Stage
+from .results import NotKept
+from .state import DONE, SchedulingState
+
+
+def pickle_functions(graph: Graph, state: SchedulingState) -> tuple[list[int], dict[int, bytes]]:
+    """Pickle each distinct function of the tasks to run once; ``func_of[i]``
+    is task i's function id, ``blobs[id]`` the pickle; a function that cannot be sent
+    to a worker stops the run before it starts, naming the task."""
+    funcs, names, status = graph.funcs, state.names, state.state
+    ids: dict[int, int] = {}
+    blobs: dict[int, bytes] = {}
+    func_of = [0] * len(names)
+    pickler = codec.FunctionPickler()
+    for i, name in enumerate(names):
+        if status[i] == DONE:
+            continue
+        func = funcs[name]
+        key = id(func)
+        fid = ids.get(key)
+        if fid is None:
+            try:
+                blob = pickler.dumps(func)
+            except Exception as error:
+                raise SerializationError(
+                    name, "function", type(func).__qualname__, str(error)
+                ) from error
+            fid = ids[key] = len(ids)
+            blobs[fid] = blob
+        func_of[i] = fid
+    return func_of, blobs
+
+
+class CodecValues:
+    """The ledger's :class:`~taskmap.ledger.Values`: results and errors
+    decoded, given results encoded, with the errors a user reads."""
+
+    def __init__(self, graph: Graph, state: SchedulingState, limits: TaskLimits) -> None:
+        self.results = graph.results
+        self.names = state.names
+        self.limits = limits
+
+    def given(self, i: int, p: int) -> bytes:
+        """Encode a result the run did not produce (given in ``results`` or
+        cleared by a reset); the error names both tasks."""
+        names = self.names
+        value = self.results.get(names[p])
+        try:
+            if type(value) is NotKept:
+                raise ValueError(
+                    f"the result of task {names[p]!r} was not kept (gather=); "
+                    f"reset {names[p]!r} too to run {names[i]!r} again"
+                )
+            return codec.encode(value)
+        except Exception as error:
+            raise SerializationError(
+                names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
+            ) from error
+
+    def value(self, i: int, outcome: list, keep: bool) -> Any:
+        if not keep:
+            return NotKept(self.names[i])
+        try:
+            # a kept big value: a private copy-on-write mapping of its
+            # segment, so the caller gets a writable array, no copy
+            return codec.decode(outcome[OUT_PAYLOAD], writable=True)
+        except Exception as error:
+            raise SerializationError(
+                # the worker names the type of every pickled result
+                self.names[i], "result", outcome[OUT_TYPE] if len(outcome) > OUT_TYPE else None,
+                str(error), "deserialised in the coordinator",
+            ) from error
+
+    def error(self, i: int, failure: list) -> BaseException:
+        name = self.names[i]
+        blob, type_name, message, text, stage = failure
+        if stage == Stage.TIMEOUT:
+            return TaskTimeoutError(name, self.limits.timeout[i])
+        error = codec.decode_exception(blob, type_name, message, text)
+        if stage == Stage.RUN or isinstance(error, StaleCodeError):
+            return error
+        if stage == Stage.ARGS:
+            # the worker could not decode the argument it names: the error's
+            # type says nothing of the value's (its message names the class)
+            wrapped = SerializationError(name, type_name, None, message, "deserialised in the worker")
+        else:
+            what = {Stage.FUNCTION: "function", Stage.RESULT: "result"}[stage]
+            action = "deserialised in the worker" if stage == Stage.FUNCTION else "serialised"
+            # (for a function the worker could not load, type_name is the error's)
+            of_type = None if stage == Stage.FUNCTION else type_name
+            wrapped = SerializationError(name, what, of_type, message, action)
+        wrapped.__cause__ = error
+        wrapped.remote_traceback = text  # type: ignore[attr-defined]
+        return wrapped
