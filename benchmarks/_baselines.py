@@ -82,6 +82,27 @@ async def trivial_async(*args):
     return 1
 
 
+def trivial_of(k, *args):
+    """A task per partial: ``functools.partial(trivial_of, k)``."""
+    return 1
+
+
+async def trivial_of_async(k, *args):
+    return 1
+
+
+def closure_of(k, is_async: bool = False):
+    """A task per closure (made by a factory, as users write them)."""
+    if is_async:
+        async def task_async(*args):
+            return k and 1
+        return task_async
+
+    def task(*args):
+        return k and 1
+    return task
+
+
 def cpu_task(n, *args):
     spin(n)
     return 1
@@ -240,6 +261,14 @@ def build(spec: dict, flavour: str, rate: float | None = None):
                 "cpu_bound_b": cpu_bound_b,
             }
         return funcs, deps, ["io_bound_a", "io_bound_b"]
+    if w in ("dag_partial", "dag_closure"):
+        # the graphs users write: one function object per task
+        deps = random_dag(spec["n"], spec.get("seed", 3))
+        is_async = flavour == "original"
+        if w == "dag_partial":
+            f = trivial_of_async if is_async else trivial_of
+            return {t: functools.partial(f, k) for k, t in enumerate(deps)}, deps, []
+        return {t: closure_of(k + 1, is_async) for k, t in enumerate(deps)}, deps, []
     if w in ("dag", "chain", "rss"):
         deps = random_dag(spec["n"], spec.get("seed", 3)) if w != "chain" else chain(spec["n"])
         f = trivial_async if flavour == "original" else trivial

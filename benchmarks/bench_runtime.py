@@ -532,6 +532,35 @@ def bench_trivial(cfg, bl: Baselines, rows, notes) -> None:
     rows.append(row)
 
 
+def bench_per_task_functions(cfg, bl: Baselines, rows, notes) -> None:
+    """The graphs users write: the 2,000-task DAG with one function object
+    per task (a partial, a closure), beside the same graph sharing one
+    function, interleaved in one run."""
+    n = 2000
+    shapes = [("dag", "shared function"), ("dag_partial", "one partial per task"),
+              ("dag_closure", "one closure per task")]
+    times: dict[str, list[float]] = {w: [] for w, _ in shapes}
+    with LoadMeter() as load:
+        warm()
+        for w, _ in shapes:
+            run_ours({"workload": w, "n": n, "seed": cfg.seed})
+        for _ in range(cfg.reps * 3):
+            for w, _ in shapes:
+                times[w].append(run_ours({"workload": w, "n": n, "seed": cfg.seed})[0])
+    goals = {"dag": 80_000, "dag_partial": 50_000, "dag_closure": 50_000}
+    shared = n / median(times["dag"])
+    for key, (w, label) in zip(("3s", "3p", "3c"), shapes):
+        rate = n / median(times[w])
+        row = Row(f"dag-{w}", f"{key} {n:,} trivial tasks, {label}", "tasks/s", "{:,.0f}", rate,
+                  goals[w], lower=False, load=load.cores)
+        if w != "dag":
+            d = bl.dask({"workload": w, "n": n, "seed": cfg.seed, "reps": cfg.reps})
+            if d is not None:
+                row.dask = d["error"][:10] if "error" in d else n / median(d["times"])
+        rows.append(row)
+        notes.append(f"{key}: {rate:,.0f} tasks/s = {rate / shared:.2f} x the shared-function graph in the same run")
+
+
 def bench_chain(cfg, bl: Baselines, rows, notes) -> None:
     n = 300
     spec = {"workload": "chain", "n": n}
@@ -735,7 +764,7 @@ def main() -> int:
     parser.add_argument("--no-baselines", action="store_true", help="skip the original taskmap and Dask")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 7, --quick 3)")
     parser.add_argument(
-        "--only", help="comma-separated subset of: seed,etl,dag,chain,memory,rss,stall (for development)"
+        "--only", help="comma-separated subset of: seed,etl,dag,functions,chain,memory,rss,stall (for development)"
     )
     parser.add_argument("--orig-dir", type=Path, default=None, help="where the original taskmap is installed")
     args = parser.parse_args()
@@ -763,6 +792,7 @@ def main() -> int:
         ("seed", lambda: bench_seed(cfg, bl, rows, notes)),
         ("etl", lambda: bench_etl(cfg, bl, rows, notes, rate)),
         ("dag", lambda: bench_trivial(cfg, bl, rows, notes)),
+        ("functions", lambda: bench_per_task_functions(cfg, bl, rows, notes)),
         ("chain", lambda: bench_chain(cfg, bl, rows, notes)),
         ("memory", lambda: bench_memory(cfg, bl, rows, notes)),
         ("rss", lambda: bench_rss(cfg, bl, rows, notes)),

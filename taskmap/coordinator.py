@@ -73,7 +73,7 @@ from .messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, Kind
 from .observers import Observers
 from .pool import WorkerHandle, WorkerPool, get_pool
 from .state import SchedulingState
-from .values import CodecValues, pickle_functions
+from .values import CodecValues, ship_functions
 
 _run_ids = itertools.count(1)
 _DISPATCH = Dispatch()
@@ -164,12 +164,14 @@ class Coordinator:
         self.run_id = next(_run_ids)
         # cwd, environment, sys.path and user modules, as of the run's start
         self.setup = process_setup.snapshot()
-        self.func_of, self.func_blobs = pickle_functions(graph, state)
+        # each task's function as code (pickled once) and data (taskmap.functions)
+        self.functions = ship_functions(graph, state)
+        self.func_of = self.functions.func_of
         keep = None if gather is None else {state.index[name] for name in gather}
         self.ledger = Ledger(
             state, limits, self.func_of, CodecValues(graph, state, limits), graph.durations,
             keep, shm=shm_threshold is not None, stop_on_failure=raise_errors,
-            validating=bool(os.environ.get("TASKMAP_VALIDATE")),
+            validating=bool(os.environ.get("TASKMAP_VALIDATE")), code_of=self.functions.code_of,
         )
         self.book.attempts = self.ledger.attempts
         # armed timers (cpu time limits, delayed retries): (when, seq, kind,
@@ -320,20 +322,27 @@ class Coordinator:
         if w.run_id != self.run_id:
             w.run_id = self.run_id
             w.funcs_sent = set()
+            w.codes_sent = set()
             body = process_setup.message_body(w.setup_heard, self.setup)
             if body is not None:
                 setup = messages.pack_setup(body)
             w.setup_heard = self.setup
         new = {}
+        codes: dict[int, bytes] = {}
+        functions, funcs_sent = self.functions, w.funcs_sent
         for sub in subs:
             fid = sub[messages.SUB_FUNC]
-            if fid not in w.funcs_sent:
-                w.funcs_sent.add(fid)
-                new[fid] = self.func_blobs[fid]
+            if fid not in funcs_sent:
+                funcs_sent.add(fid)
+                new[fid] = functions.entries[fid]
+                for n in functions.needs.get(fid, ()):
+                    if n not in w.codes_sent:  # (code pickled by value: once per run)
+                        w.codes_sent.add(n)
+                        codes[n] = functions.codes[n]
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)
-            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold))
+            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes))
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back
             self.apply(self.ledger.handle(SendFailed(w, subs)))

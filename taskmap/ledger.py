@@ -341,7 +341,8 @@ class Segments:
 
 class Ledger:
     """The decisions of one parallel run over ``state``.  ``func_of[i]``:
-    task i's function id; ``durations``: where measured run times go (the
+    task i's function id; ``code_of[i]``: the number of the code it runs
+    (default: ``func_of``; cpu times are measured per code); ``durations``: where measured run times go (the
     graph's); ``keep``: tasks whose results come back (None: all);
     ``shm``: whether results may point into shared memory;
     ``stop_on_failure`` (``raise_errors``): stop handling an event at the
@@ -360,8 +361,13 @@ class Ledger:
         shm: bool = False,
         stop_on_failure: bool = False,
         validating: bool = False,
+        code_of: list[int] | None = None,
     ) -> None:
         self.state = state
+        # task -> the number of the code it runs (tasks of one function, or of
+        # partials and closures of one function, share it): what is measured
+        # per function is measured per code
+        self.code_of = code_of if code_of is not None else func_of
         self.validating = validating
         self.stopped = False  # a failure was recorded with stop_on_failure
         self.limits = limits
@@ -444,7 +450,7 @@ class Ledger:
         state, durations, values, segments = self.state, self.durations, self.values, self.segments
         status, names, is_io = state.state, state.names, state.is_io
         io_tasks, cpu_tasks, pid = held.io_tasks, held.cpu_tasks, held.pid
-        func_of, cpu_seconds = self.func_of, self.cpu_seconds
+        code_of, cpu_seconds = self.code_of, self.cpu_seconds
         pinned, pinned_behind, ahead_of = self.pinned, self.pinned_behind, self.ahead_of
         encoded, keep, shm_on = self.encoded, segments.keep, self.shm
         for outcome in ev.outcomes:
@@ -461,9 +467,9 @@ class Ledger:
                         cpu_tasks.remove(i)
                     except ValueError:
                         pass
-                fid = func_of[i]
-                avg = cpu_seconds.get(fid)
-                cpu_seconds[fid] = took if avg is None else 0.8 * avg + 0.2 * took
+                code = code_of[i]
+                avg = cpu_seconds.get(code)
+                cpu_seconds[code] = took if avg is None else 0.8 * avg + 0.2 * took
             if pinned_behind:
                 pinned_behind.pop(i, None)
             if ahead_of:
@@ -690,6 +696,7 @@ class Dispatcher:
         self.state = ledger.state
         self.limits = ledger.limits
         self.func_of = ledger.func_of
+        self.code_of = ledger.code_of
         self.values = ledger.values
         self.attempts = ledger.attempts
         self.encoded = ledger.encoded
@@ -705,7 +712,7 @@ class Dispatcher:
 
     def cpu_depth(self, i: int) -> int:
         """How many cpu tasks a worker may hold when task i is the next."""
-        avg = self.cpu_seconds.get(self.func_of[i])
+        avg = self.cpu_seconds.get(self.code_of[i])
         if avg is None:
             return 1
         return min(MAX_CPU_DEPTH, 1 + int(PIPELINE_SECONDS / max(avg, 1e-7)))

@@ -74,7 +74,7 @@ class Stage(IntEnum):
 # are in the same order.
 MSG_KIND = 0  # every message
 HELLO_PID = 1
-SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM = 1, 2, 3, 4
+SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES = 1, 2, 3, 4, 5
 RESULTS_OUTCOMES = 1
 
 # Submission
@@ -131,17 +131,20 @@ def pack_hello(pid: int) -> bytes:
 
 
 def pack_submit(
-    run_id: int, funcs: dict[int, bytes], submissions: list[list[Any]], shm_threshold: int | None = None
+    run_id: int, funcs: dict[int, list[Any]], submissions: list[list[Any]],
+    shm_threshold: int | None = None, codes: dict[int, bytes] | None = None,
 ) -> bytes:
-    return cast(bytes, msgpack.packb((Kind.SUBMIT, run_id, funcs, submissions, shm_threshold), use_bin_type=True))
+    return cast(bytes, msgpack.packb(
+        (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}), use_bin_type=True
+    ))
 
 
 def pack_results(outcomes: list[list[Any]]) -> bytes:
     return cast(bytes, msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True))
 
 
-def pack_setup(body: dict) -> bytes:
-    return msgpack.packb((Kind.SETUP, body), use_bin_type=True)
+def pack_setup(body: dict[str, Any]) -> bytes:
+    return cast(bytes, msgpack.packb((Kind.SETUP, body), use_bin_type=True))
 
 
 SHUTDOWN = msgpack.packb((Kind.SHUTDOWN,))

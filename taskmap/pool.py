@@ -42,6 +42,7 @@ class WorkerHandle:
         "io_sent",
         "cpu_tasks",
         "funcs_sent",
+        "codes_sent",
         "run_id",
         "slot",
         "setup_heard",
@@ -59,6 +60,7 @@ class WorkerHandle:
         self.io_sent = 0  # over the worker's life, as the worker counts them
         self.cpu_tasks: deque[int] = deque()  # in the order it will run them
         self.funcs_sent: set[int] = set()
+        self.codes_sent: set[int] = set()  # code pickled by value, this run
         self.run_id = None
         # the caller's setup this worker last heard (process_setup.CallerSetup)
         self.setup_heard = None

@@ -273,6 +273,7 @@ class WorkerSetup:
         # module name -> why its tasks cannot run (StaleCodeError's reason)
         self.broken: dict[str, str] = {}
         self.failed: set[str] = set()  # modules whose last reload here raised
+        self.reloads = 0  # how many reloads so far: code resolved by name before one is looked up again
 
     def guard(self) -> None:
         """Watch this process's cwd and standard streams (in a worker process
@@ -358,6 +359,7 @@ class WorkerSetup:
         module = sys.modules.get(name)
         if module is None:
             return
+        self.reloads += 1
         try:
             importlib.reload(module)
         except BaseException as error:  # noqa: BLE001 - reported per task

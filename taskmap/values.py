@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import codec
+from . import codec, functions
 from .errors import SerializationError, StaleCodeError, TaskTimeoutError
 from .graph import Graph
 from .limits import TaskLimits
@@ -16,32 +16,18 @@ from .results import NotKept
 from .state import DONE, SchedulingState
 
 
-def pickle_functions(graph: Graph, state: SchedulingState) -> tuple[list[int], dict[int, bytes]]:
-    """Pickle each distinct function of the tasks to run once; ``func_of[i]``
-    is task i's function id, ``blobs[id]`` the pickle; a function that cannot be sent
-    to a worker stops the run before it starts, naming the task."""
+def ship_functions(graph: Graph, state: SchedulingState) -> functions.Shipment:
+    """The functions of the tasks to run, split into code and data
+    (:mod:`taskmap.functions`); a function that cannot be sent to a worker
+    stops the run before it starts, naming the task."""
     funcs, names, status = graph.funcs, state.names, state.state
-    ids: dict[int, int] = {}
-    blobs: dict[int, bytes] = {}
-    func_of = [0] * len(names)
-    pickler = codec.FunctionPickler()
-    for i, name in enumerate(names):
-        if status[i] == DONE:
-            continue
-        func = funcs[name]
-        key = id(func)
-        fid = ids.get(key)
-        if fid is None:
-            try:
-                blob = pickler.dumps(func)
-            except Exception as error:
-                raise SerializationError(
-                    name, "function", type(func).__qualname__, str(error)
-                ) from error
-            fid = ids[key] = len(ids)
-            blobs[fid] = blob
-        func_of[i] = fid
-    return func_of, blobs
+    try:
+        return functions.ship([None if status[i] == DONE else funcs[name] for i, name in enumerate(names)])
+    except functions.UnsendableFunction as error:
+        func = funcs[names[error.index]]
+        raise SerializationError(
+            names[error.index], "function", type(func).__qualname__, str(error.__cause__)
+        ) from error.__cause__
 
 
 class CodecValues:

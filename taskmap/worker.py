@@ -48,8 +48,9 @@ from . import codec, messages, shm
 from .messages import (
     MSG_KIND, OUT_END, OUT_OK, OUT_PAYLOAD, OUT_START, SUB_AFTER, SUB_ARGS, SUB_DIRECT,
     SUB_FIRST, SUB_FUNC, SUB_IO, SUB_RELEASE, SUB_SLOTS, SUB_TASK, SUB_TIMEOUT,
-    SUBMIT_SHM, Kind, Stage,
+    SUBMIT_CODES, SUBMIT_SHM, Kind, Stage,
 )
+from .functions import FunctionTable
 from .process_setup import WorkerSetup
 from .slot import IO_RING
 
@@ -98,6 +99,8 @@ class Worker:
         # the caller's cwd, environment, sys.path and code; cwd and streams
         # put back after each task
         self.setup = WorkerSetup()
+        # code resolved by name stays across runs (see taskmap.functions)
+        self.function_table = FunctionTable()
 
     # -- threads ----------------------------------------------------------
 
@@ -120,8 +123,11 @@ class Worker:
                     if run_id != self.run_id:
                         self.run_id = run_id
                         self.funcs = {}
+                        self.function_table.new_run()
                         self.set_shm_threshold(msg[SUBMIT_SHM] if len(msg) > SUBMIT_SHM else None)
                         self.setup.new_run()
+                    if len(msg) > SUBMIT_CODES and msg[SUBMIT_CODES]:
+                        self.function_table.add_codes(msg[SUBMIT_CODES])
                     if funcs:
                         self.load_functions(funcs)
                     io = []
@@ -195,17 +201,17 @@ class Worker:
     def load_functions(self, funcs: dict) -> None:
         """Load a run's new functions; a function whose module this worker
         cannot run as the caller does fails its tasks (never old code)."""
-        setup = self.setup
-        loaded = {func_id: self._load(blob) for func_id, blob in funcs.items()}
+        setup, table, epoch = self.setup, self.function_table, self.setup.reloads
+        loaded = {func_id: self._load(table, entry, epoch) for func_id, entry in funcs.items()}
         setup.check_imports()  # (loading may have imported user modules)
         for func_id, func in loaded.items():
             error = setup.stale_error(func)
             self.funcs[func_id] = func if error is None else _BrokenFunction(error)
 
     @staticmethod
-    def _load(blob: bytes):
+    def _load(table: FunctionTable, entry: list, epoch: int):
         try:
-            return codec.loads_function(blob)
+            return table.build(entry, epoch)
         except BaseException as error:  # noqa: BLE001 - reported per task
             return _BrokenFunction(error)
 

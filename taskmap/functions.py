@@ -1,0 +1,263 @@
+"""Task functions on their way to the workers, as users write them.
+
+Users make one function object per task: ``functools.partial(load, path)``
+for each file, a closure from a factory for each request.  Pickling each of
+them whole with cloudpickle, every run, and measuring each object's tasks
+apart, made such a graph several times slower than the same graph sharing one
+function.  So a task's function is split into
+
+- its *code*: the function a partial wraps, or a closure's function without
+  its cell values.  A function importable by name (a module-level function of
+  a module other than ``__main__``) travels as its name, ``module:qualname``:
+  nothing to pickle, and the worker keeps what it resolved across runs (again
+  after its module is reloaded, see :mod:`taskmap.process_setup`).  Any other
+  code is pickled by cloudpickle once per run, however many tasks share it;
+- its *data*: the partial's arguments and keywords, the closure's cell
+  values and defaults, encoded by :mod:`taskmap.codec` (msgpack for plain
+  values), a few microseconds a task.
+
+Data the codec cannot encode, a partial of a partial's subclass, a closure
+with an empty cell or attributes of its own: the function is pickled whole, as
+before.  ``code_of[i]`` numbers each task's code, so whatever is measured per
+function (how deep to queue its tasks at a worker) is measured per code, not
+per object.
+
+An entry on the wire (``SUBMIT``'s function table, ``{fid: entry}``)::
+
+    bytes                                   the function, pickled whole
+    [REF, name]                             a function importable by name
+    [PARTIAL, code, args, keywords]         functools.partial(code, *args, **keywords)
+    [CLOSURE, code, cells, defaults, kwdefaults]   code's function with these cells
+
+where ``code`` is a name (``module:qualname``) or the number of a blob in the
+message's ``codes`` (``{number: cloudpickle bytes}``, once per run and worker).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from . import codec
+
+REF, PARTIAL, CLOSURE = 0, 1, 2
+
+
+class UnsendableFunction(Exception):
+    """Task ``index``'s function cannot be pickled (the cause says why)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+class Shipment(NamedTuple):
+    """A run's functions ready to send: ``func_of[i]`` the entry of task i,
+    ``code_of[i]`` the number of its code, ``entries`` {fid: entry} and
+    ``codes`` {code number: blob} of the code pickled by value."""
+
+    func_of: list[int]
+    code_of: list[int]
+    entries: dict[int, Any]
+    codes: dict[int, bytes]
+    # fid -> the code numbers (pickled by value) its entry needs
+    needs: dict[int, tuple[int, ...]]
+
+
+def by_name(func: Any) -> str | None:
+    """``module:qualname`` when ``func`` is importable by that name from a
+    module other than ``__main__`` (and not registered with cloudpickle to
+    travel by value), else None."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    if module in ("__main__", "__mp_main__") or "<" in qualname:
+        return None
+    if not isinstance(func, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return None
+    try:
+        from cloudpickle import cloudpickle as _cp
+
+        if not _cp._should_pickle_by_reference(func):
+            return None
+    except (ImportError, AttributeError, TypeError):  # (builtins; another cloudpickle)
+        pass
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return f"{module}:{qualname}" if obj is func else None
+
+
+class _Codes:
+    """Numbers the distinct code of a run's functions; pickles by value only
+    what has no name, once."""
+
+    def __init__(self) -> None:
+        self.pickler = codec.FunctionPickler()
+        self.numbers: dict[Any, int] = {}  # name or id(function) -> number
+        self.keep: list[Any] = []  # (the functions behind id() keys stay alive)
+        self.blobs: dict[int, bytes] = {}
+
+    def number(self, key: Any) -> int:
+        n = self.numbers.get(key)
+        if n is None:
+            n = self.numbers[key] = len(self.numbers)
+        return n
+
+    def of(self, func: Any) -> tuple[int, Any]:
+        """(code number, what the entry names: a name or that number)."""
+        name = by_name(func)
+        if name is not None:
+            return self.number(name), name
+        key = ("id", id(func))
+        n = self.numbers.get(key)
+        if n is None:
+            n = self.number(key)
+            self.keep.append(func)
+            self.blobs[n] = self.pickler.dumps(func)
+        return n, n
+
+
+def _closure_template_key(func: types.FunctionType) -> Any:
+    return ("closure", func.__code__, id(func.__globals__), func.__qualname__, func.__module__)
+
+
+def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
+    """Split each task's function (``None``: a task not to run) into code
+    and data.  Raises :class:`UnsendableFunction` for a function that cannot
+    be pickled at all (the caller names the task)."""
+    codes = _Codes()
+    func_of = [0] * len(funcs)
+    code_of = [0] * len(funcs)
+    entries: dict[int, list] = {}
+    needs: dict[int, tuple[int, ...]] = {}
+    code_by_fid: list[int] = []
+    fids: dict[int, int] = {}  # id(function object) -> fid (the graph keeps them alive)
+    templates: dict[Any, tuple[int, Any]] = {}
+    for i, func in enumerate(funcs):
+        if func is None:
+            continue
+        fid = fids.get(id(func))
+        if fid is None:
+            fid = fids[id(func)] = len(code_by_fid)
+            try:
+                entry, number = _split(func, codes, templates)
+            except Exception as error:
+                raise UnsendableFunction(i) from error
+            entries[fid] = entry
+            code_by_fid.append(number)
+            if type(entry[1]) is int:
+                needs[fid] = (entry[1],)
+        func_of[i] = fid
+        code_of[i] = code_by_fid[fid]
+    return Shipment(func_of, code_of, entries, codes.blobs, needs)
+
+
+def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> tuple[list, int]:
+    """(entry, code number) of one function object."""
+    if type(func) is functools.partial and not func.__dict__:
+        try:
+            args = codec.encode(list(func.args))
+            keywords = codec.encode(dict(func.keywords))
+        except Exception:  # noqa: BLE001 - data the codec cannot carry: whole
+            pass
+        else:
+            number, code = codes.of(func.func)
+            return [PARTIAL, code, args, keywords], number
+    if type(func) is types.FunctionType and func.__closure__ and not func.__dict__:
+        split = _split_closure(func, codes, templates)
+        if split is not None:
+            return split
+    number, code = codes.of(func)
+    return [REF, code], number
+
+
+def _split_closure(
+    func: types.FunctionType, codes: _Codes, templates: dict[Any, tuple[int, Any]]
+) -> tuple[list, int] | None:
+    try:
+        cells = [cell.cell_contents for cell in func.__closure__ or ()]
+    except ValueError:  # an empty cell
+        return None
+    try:
+        data = codec.encode(cells)
+        defaults = codec.encode(list(func.__defaults__) if func.__defaults__ else None)
+        kwdefaults = codec.encode(func.__kwdefaults__)
+    except Exception:  # noqa: BLE001 - data the codec cannot carry: whole
+        return None
+    key = ("closure", func.__code__, id(func.__globals__), func.__qualname__, func.__module__)
+    template = templates.get(key)
+    if template is None:
+        # the first closure of this code stands for it (its cells are replaced)
+        template = templates[key] = codes.of(func)
+    number, code = template
+    return [CLOSURE, code, data, defaults, kwdefaults], number
+
+
+# -- the worker's side -------------------------------------------------------
+
+
+class FunctionTable:
+    """A worker's functions: code resolved by name is kept across runs (and
+    resolved again after any module reload here: ``epoch``), code pickled by
+    value for one run."""
+
+    def __init__(self) -> None:
+        self.named: dict[str, tuple[int, Any]] = {}  # name -> (epoch, function)
+        self.blobs: dict[int, Any] = {}  # this run's code pickled by value
+
+    def new_run(self) -> None:
+        self.blobs = {}
+
+    def add_codes(self, codes: dict[int, bytes]) -> None:
+        for number, blob in codes.items():
+            self.blobs[number] = blob  # (loaded when an entry first needs it)
+
+    def build(self, entry: list, epoch: int) -> Callable[..., Any]:
+        """The function of one entry; raises if it cannot be had here."""
+        kind, code = entry[0], entry[1]
+        func = self._code(code, epoch)
+        if kind == REF:
+            return func
+        if kind == PARTIAL:
+            return functools.partial(func, *codec.decode(entry[2]), **codec.decode(entry[3]))
+        cells = codec.decode(entry[2])
+        defaults = codec.decode(entry[3])
+        made = types.FunctionType(
+            func.__code__, func.__globals__, func.__name__,
+            tuple(defaults) if defaults else None,
+            tuple(types.CellType(v) for v in cells),
+        )
+        made.__kwdefaults__ = codec.decode(entry[4])
+        made.__qualname__ = func.__qualname__
+        made.__module__ = func.__module__
+        made.__doc__ = func.__doc__
+        return made
+
+    def _code(self, code: Any, epoch: int) -> Any:
+        if type(code) is int:
+            func = self.blobs[code]
+            if type(func) is bytes:
+                func = self.blobs[code] = codec.loads_function(func)
+            return func
+        known = self.named.get(code)
+        if known is not None and known[0] == epoch:
+            return known[1]
+        func = resolve(code)
+        self.named[code] = (epoch, func)
+        return func
+
+
+def resolve(name: str) -> Any:
+    """The object ``module:qualname`` names, importing the module."""
+    import importlib
+
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
