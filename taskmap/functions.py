@@ -27,6 +27,7 @@ An entry on the wire (``SUBMIT``'s function table, ``{fid: entry}``)::
     bytes                                   the function, pickled whole
     [REF, name]                             a function importable by name
     [PARTIAL, code, args, keywords]         functools.partial(code, *args, **keywords)
+                                            (keywords None: none)
     [CLOSURE, code, cells, defaults, kwdefaults]   code's function with these cells
 
 where ``code`` is a name (``module:qualname``) or the number of a blob in the
@@ -42,6 +43,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import codec
+
+try:  # whether cloudpickle would pickle a function by reference (honours
+    # cloudpickle.register_pickle_by_value)
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+except ImportError:  # pragma: no cover - another cloudpickle: by name when importable
+    def _should_pickle_by_reference(obj: Any, name: str | None = None) -> bool:
+        return True
 
 REF, PARTIAL, CLOSURE = 0, 1, 2
 
@@ -80,11 +88,9 @@ def by_name(func: Any) -> str | None:
     if not isinstance(func, (types.FunctionType, types.BuiltinFunctionType, type)):
         return None
     try:
-        from cloudpickle import cloudpickle as _cp
-
-        if not _cp._should_pickle_by_reference(func):
+        if not _should_pickle_by_reference(func):
             return None
-    except (ImportError, AttributeError, TypeError):  # (builtins; another cloudpickle)
+    except TypeError:  # (builtins: cloudpickle asks their module too)
         pass
     obj: Any = sys.modules.get(module)
     for part in qualname.split("."):
@@ -99,6 +105,7 @@ class _Codes:
     def __init__(self) -> None:
         self.pickler = codec.FunctionPickler()
         self.numbers: dict[Any, int] = {}  # name or id(function) -> number
+        self.known: dict[int, tuple[int, Any]] = {}  # id(function) -> what of() said
         self.keep: list[Any] = []  # (the functions behind id() keys stay alive)
         self.blobs: dict[int, bytes] = {}
 
@@ -110,6 +117,13 @@ class _Codes:
 
     def of(self, func: Any) -> tuple[int, Any]:
         """(code number, what the entry names: a name or that number)."""
+        known = self.known.get(id(func))
+        if known is None:
+            known = self.known[id(func)] = self._of(func)
+            self.keep.append(func)
+        return known
+
+    def _of(self, func: Any) -> tuple[int, Any]:
         name = by_name(func)
         if name is not None:
             return self.number(name), name
@@ -162,7 +176,7 @@ def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> t
     if type(func) is functools.partial and not func.__dict__:
         try:
             args = codec.encode(list(func.args))
-            keywords = codec.encode(dict(func.keywords))
+            keywords = codec.encode(dict(func.keywords)) if func.keywords else None
         except Exception:  # noqa: BLE001 - data the codec cannot carry: whole
             pass
         else:
@@ -224,6 +238,8 @@ class FunctionTable:
         if kind == REF:
             return func
         if kind == PARTIAL:
+            if entry[3] is None:
+                return functools.partial(func, *codec.decode(entry[2]))
             return functools.partial(func, *codec.decode(entry[2]), **codec.decode(entry[3]))
         cells = codec.decode(entry[2])
         defaults = codec.decode(entry[3])

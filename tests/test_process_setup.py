@@ -94,6 +94,21 @@ def test_a_module_edited_and_reloaded_between_runs_runs_the_new_code(runner, use
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
+def test_partials_of_a_reloaded_modules_function_run_the_new_code(runner, user_module):
+    """A partial's function travels by name and the worker keeps what it
+    looked up across runs: a reload must make it look again."""
+    import functools
+
+    def graph():
+        return spread_graph(functools.partial(user_module.where, "an argument"))
+
+    assert {v for v, _ in run(runner, graph()).results.values()} == {"v1"}
+    user_module.write("v22")
+    importlib.reload(user_module)
+    assert {v for v, _ in run(runner, graph()).results.values()} == {"v22"}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 def test_a_reload_keeps_class_identity_and_module_globals(runner, tmp_path, monkeypatch):
     """The worker reloads the module (as the caller did) rather than getting
     a copy by value: a value of the reloaded class built in the caller is an

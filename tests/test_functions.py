@@ -1,0 +1,140 @@
+"""Task functions as code and data (taskmap/functions.py): what each shape
+of function becomes on the wire, that the worker's copy behaves as the
+caller's, and that a graph of per-task partials and closures gives the
+results of the same graph run in-process."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+
+import pytest
+
+import taskmap
+from taskmap import functions as F
+
+
+def add(a, b=0, *rest, scale=1):
+    return (a + b + sum(rest)) * scale
+
+
+def make_adder(k, offset=0):
+    def adder(x=0, *, times=1):
+        return (x + k + offset) * times
+
+    return adder
+
+
+def make_recursive():
+    def fact(n):
+        return 1 if n <= 1 else n * fact(n - 1)
+
+    return fact  # its cell holds itself (the codec carries it with cloudpickle)
+
+
+def make_unbound():
+    def reads_later():
+        return later  # noqa: F821 - an empty cell
+
+    return reads_later
+    later = 1  # noqa: F841 - never reached
+
+
+def roundtrip(funcs):
+    shipment = F.ship(funcs)
+    table = F.FunctionTable()
+    table.add_codes(shipment.codes)
+    return shipment, [table.build(shipment.entries[fid], 0) for fid in shipment.func_of]
+
+
+def test_partials_of_one_function_share_one_named_code():
+    funcs = [functools.partial(add, k, scale=2) for k in range(5)]
+    shipment, built = roundtrip(funcs)
+    assert len(set(shipment.func_of)) == 5  # one entry per object
+    assert set(shipment.code_of) == {shipment.code_of[0]}  # one code
+    assert shipment.codes == {}  # named, nothing pickled
+    assert {e[0] for e in shipment.entries.values()} == {F.PARTIAL}
+    assert shipment.entries[0][1] == f"{__name__}:add"
+    assert [f(10) for f in built] == [f(10) for f in funcs]
+
+
+def test_closures_of_one_code_share_one_template_and_keep_defaults():
+    funcs = [make_adder(k, offset=k * 10) for k in range(4)]
+    funcs[2].__kwdefaults__ = {"times": 3}
+    shipment, built = roundtrip(funcs)
+    assert set(shipment.code_of) == {shipment.code_of[0]}
+    assert len(shipment.codes) == 1  # the template, pickled once
+    assert {e[0] for e in shipment.entries.values()} == {F.CLOSURE}
+    assert [f(1) for f in built] == [f(1) for f in funcs] == [1, 12, 69, 34]
+    assert built[1].__qualname__ == funcs[1].__qualname__
+
+
+def test_what_the_codec_cannot_carry_is_pickled_whole():
+    lock_partial = functools.partial(add, 1, b=2)
+    lock_partial.note = "has a __dict__"  # a partial with attributes of its own
+    unbound = make_unbound()
+    lam = lambda x: x * 2  # noqa: E731
+    recursive = make_recursive()
+    shipment, built = roundtrip([lock_partial, unbound, lam, os.getpid, pathlib.Path, recursive])
+    kinds = [shipment.entries[fid][0] for fid in shipment.func_of]
+    assert kinds == [F.REF] * 5 + [F.CLOSURE]
+    assert built[0]() == 3 and built[2](4) == 8 and built[5](5) == 120
+    with pytest.raises(NameError):
+        built[1]()
+    assert shipment.entries[shipment.func_of[3]][1] in ("posix:getpid", "os:getpid")
+    assert built[4]("a") == pathlib.Path("a")
+
+
+def test_one_function_object_is_one_entry():
+    shipment, _ = roundtrip([add, add, None, add])
+    assert shipment.func_of[0] == shipment.func_of[1] == shipment.func_of[3]
+    assert len(shipment.entries) == 1
+
+
+def test_code_named_is_looked_up_again_after_a_reload():
+    table = F.FunctionTable()
+    entry = [F.REF, f"{__name__}:add"]
+    first = table.build(entry, epoch=0)
+    assert table.build(entry, epoch=0) is first
+    import sys
+
+    module = sys.modules[__name__]
+    original = module.add
+    module.add = lambda *a, **k: "reloaded"  # what a reload does to the attribute
+    try:
+        assert table.build(entry, epoch=1)() == "reloaded"
+    finally:
+        module.add = original
+
+
+def test_a_function_that_cannot_be_pickled_names_the_task_before_the_run(tmp_path):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock():
+        return lock.locked()
+
+    graph = taskmap.create_graph({"a": holds_a_lock}, {"a": []})
+    with pytest.raises(taskmap.SerializationError, match="'a'"):
+        taskmap.run_parallel(graph, ncores=1)
+
+
+RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_graph_of_per_task_partials_and_closures_gives_the_in_process_results(runner):
+    deps, funcs = {}, {}
+    for k in range(60):
+        name = f"t{k}"
+        deps[name] = [f"t{k - 1}"] if k % 3 else []
+        if k % 2:
+            funcs[name] = functools.partial(add, k, scale=2)
+        else:
+            funcs[name] = make_adder(k, offset=1)
+    expected = taskmap.run(taskmap.create_graph(funcs, deps)).results
+    got = runner(taskmap.create_graph(funcs, deps), ncores=2).results
+    assert got == expected
+    assert not any(isinstance(v, BaseException) for v in got.values())
