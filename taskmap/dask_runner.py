@@ -83,7 +83,7 @@ import signal
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from . import codec, process_setup
 from .bookkeeping import Bookkeeper
@@ -94,8 +94,10 @@ from .errors import (
     WorkerCrashedError,
 )
 from .graph import Graph
-from .limits import RetrySpec, TaskLimits, TimeoutSpec
-from .observers import Observer, Observers, build_observers
+from .limits import TaskLimits
+from .observers import Observers
+from .options import RunnerOptions
+from .options import resolve as resolve_options
 from .process_setup import function_module
 from .dask_task import Outcome, TaskCall, TaskFailure, run_task
 from .runners import state_for
@@ -156,14 +158,7 @@ def run_dask(
     raise_errors: bool = False,
     *,
     ncores: int | None = None,
-    gather: bool | Iterable = True,
-    timeout: TimeoutSpec = None,
-    retries: RetrySpec = 0,
-    retry_delay: float = 0.0,
-    progress: bool | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    summary: bool = False,
-    observers: Iterable[Observer] | None = None,
+    **options: Unpack[RunnerOptions],
 ) -> Graph:
     """Run the graph on a Dask distributed cluster; returns the graph.
 
@@ -225,12 +220,11 @@ def run_dask(
     worker has its own (``LocalCluster(memory_limit=...)``, ``dask worker
     --memory-limit``), past which its nanny restarts it (a dead worker, above).
     """
-    _check_options(graph, client, address, ncores, gather)
-    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay)
-    obs = build_observers(graph, progress, trace, observers, summary)
-    wanted = None if gather is True else set(gather or ())
+    _check_options(graph, client, address, ncores, options.get("gather", True))
+    opts = resolve_options("run_dask", graph, raise_errors, dict(options))
+    wanted = None if opts.keep is None else set(opts.keep)
     with _connect(client, address, ncores) as dask_client:
-        _DaskRun(graph, dask_client, raise_errors, limits, obs, wanted).run()
+        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted).run()
     return graph
 
 

@@ -15,15 +15,15 @@ import asyncio
 import inspect
 import os
 import threading
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Unpack
 
 from .bookkeeping import Bookkeeper
 from .errors import TASK_ERRORS
 from .graph import Graph
-from .limits import RetrySpec, TaskLimits, TimeoutSpec
-from .observers import Observer, Observers, build_observers
-from .results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
+from .observers import Observers
+from .options import RunnerOptions
+from .options import resolve as resolve_options
 from .state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -41,15 +41,7 @@ def state_for(graph: Graph) -> SchedulingState:
     )
 
 
-def run(
-    graph: Graph,
-    raise_errors: bool = False,
-    *,
-    progress: bool | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    summary: bool = False,
-    observers: Iterable[Observer] | None = None,
-) -> Graph:
+def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOptions]) -> Graph:
     """Run every task not yet done, one at a time, in this process.
 
     Coroutine functions are awaited on a private event loop.  Returns the same
@@ -57,13 +49,12 @@ def run(
     first failure raises :class:`taskmap.TaskFailedError` (its message holds
     the original one; the original is its ``__cause__``).
 
-    ``progress``, ``trace``, ``summary`` and ``observers`` as in
-    :func:`run_parallel_async`.
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    :mod:`taskmap.options`).
     """
+    opts = resolve_options("run", graph, raise_errors, options)
     state = state_for(graph)
-    book = Bookkeeper(
-        graph, state, raise_errors, build_observers(graph, progress, trace, observers, summary), "run"
-    )
+    book = Bookkeeper(graph, state, raise_errors, opts.observers, "run")
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
     names = state.names
@@ -110,14 +101,7 @@ def _private_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_async(
-    graph: Graph,
-    sleep: float = 0.01,
-    raise_errors: bool = False,
-    *,
-    progress: bool | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    summary: bool = False,
-    observers: Iterable[Observer] | None = None,
+    graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **options: Unpack[RunnerOptions]
 ) -> Graph:
     """Run the graph on one asyncio event loop in this process.
 
@@ -127,11 +111,11 @@ def run_async(
     ``sleep`` is accepted for compatibility and ignored: nothing polls.
     Returns the graph.  With ``raise_errors`` the first failure cancels what
     is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
-    ``progress``, ``trace``, ``summary`` and ``observers`` as in
-    :func:`run_parallel_async`.
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    :mod:`taskmap.options`).
     """
     del sleep
-    obs = build_observers(graph, progress, trace, observers, summary)
+    obs = resolve_options("run_async", graph, raise_errors, options).observers
     _run_coroutine(lambda: _run_async(graph, raise_errors, obs))
     return graph
 
@@ -268,34 +252,19 @@ def run_parallel(
     raise_errors: bool = False,
     *,
     nprocs: int | None = None,
-    timeout: TimeoutSpec = None,
-    retries: RetrySpec = 0,
-    retry_delay: float = 0.0,
-    memory_limit: int | None = None,
-    progress: bool | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    summary: bool = False,
-    observers: Iterable[Observer] | None = None,
-    gather: GatherSpec = True,
-    shm_threshold: ThresholdSpec = "auto",
+    **options: Unpack[RunnerOptions],
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: all cores).
 
-    Tasks are cpu tasks unless listed in ``io_bound``.  ``nprocs`` is an alias
-    of ``ncores``; ``sleep`` is ignored.  ``timeout``, ``retries`` and
-    ``retry_delay``, ``memory_limit``, ``progress``, ``trace``, ``summary``,
-    ``observers``, ``gather`` and ``shm_threshold`` as in
-    :func:`run_parallel_async`.  Returns the graph.
+    As :func:`run_parallel_async` (the same runtime; only the default number
+    of workers differs): tasks are cpu tasks unless listed in ``io_bound``,
+    ``nprocs`` is an alias of ``ncores``, ``sleep`` is ignored.  Returns the
+    graph; with ``raise_errors`` the first failure raises
+    :class:`taskmap.TaskFailedError`.  ``options``: every option of
+    :mod:`taskmap.options`.
     """
     del sleep
-    from .coordinator import run_graph
-
-    n = default_ncores(ncores, nprocs, half=False)
-    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    obs = build_observers(graph, progress, trace, observers, summary)
-    keep = resolve_gather(graph, gather)
-    threshold = resolve_threshold(shm_threshold)
-    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel", threshold, keep)
+    return _run_parallel("run_parallel", graph, default_ncores(ncores, nprocs, half=False), raise_errors, options)
 
 
 def run_parallel_async(
@@ -305,16 +274,7 @@ def run_parallel_async(
     raise_errors: bool = False,
     *,
     nprocs: int | None = None,
-    timeout: TimeoutSpec = None,
-    retries: RetrySpec = 0,
-    retry_delay: float = 0.0,
-    memory_limit: int | None = None,
-    progress: bool | None = None,
-    trace: str | os.PathLike[str] | None = None,
-    summary: bool = False,
-    observers: Iterable[Observer] | None = None,
-    gather: GatherSpec = True,
-    shm_threshold: ThresholdSpec = "auto",
+    **options: Unpack[RunnerOptions],
 ) -> Graph:
     """Run the graph on ``ncores`` worker processes (default: half the cores,
     at least 1), each running an asyncio loop: io-bound tasks start at once and
@@ -323,58 +283,26 @@ def run_parallel_async(
     ``nprocs`` is an alias of ``ncores``; ``sleep`` is ignored.  Returns the
     graph.  With ``raise_errors`` the first failure stops the run and raises
     :class:`taskmap.TaskFailedError`, a ``RuntimeError`` whose message says
-    ``check your logs``.
+    ``check your logs``.  A SIGTERM during the run stops it like Ctrl-C:
+    workers are stopped, finished results stay in the graph,
+    ``KeyboardInterrupt`` is raised.
 
-    ``timeout``: seconds for every task, or a mapping task -> seconds (key
-    ``None``: the default).  An io task past its limit is cancelled; a cpu
-    task past its limit has its worker killed and replaced.  Its result is a
-    :class:`taskmap.TaskTimeoutError`.  ``retries`` (a count, or a mapping
-    like ``timeout``): a task that raises, times out or whose worker dies is
-    run again, after ``retry_delay`` seconds, up to that many times before its
-    last error counts; ``graph.attempts[task]`` says how often it ran.
-    ``memory_limit``: bytes one worker may allocate; past it the allocating
-    task fails with ``MemoryError`` (the pool restarts its workers when the
-    limit changes).  A SIGTERM during the run stops it like Ctrl-C: workers are stopped,
-    finished results stay in the graph, ``KeyboardInterrupt`` is raised.
-
-    ``progress=True``: a progress bar on stderr (tqdm: tasks finished, ETA,
-    done/failed/skipped/running counts), redrawn at most 5 times a second by
-    a helper thread; ``None`` (the default) or ``False``: none.
-    ``trace``: a file path; when the run ends (also when it raises) the run's
-    timeline is written there in the Chrome trace-event JSON format, one
-    process per worker with cpu and io rows, for https://ui.perfetto.dev or
-    chrome://tracing (see :mod:`taskmap.trace`).
-    ``summary=True``: record each task's start, end and worker in
-    ``graph.last_run``, so that :func:`taskmap.summarize` can report busy
-    time per worker (implied by ``trace``).  Without it every run still
-    records its wall time, and this runner each task's duration.
-    ``observers``: objects of :class:`taskmap.Observer` subclasses whose hooks
-    are called at the run's events (task started / finished, run started /
-    finished), in the calling thread.  With none of these options a run pays
-    nothing per task for them.
-
-    ``shm_threshold``: a result's buffers of at least this many bytes (numpy
-    arrays, pandas frames, bytes/bytearray...) travel through shared memory:
-    the worker that made them writes them once into a segment in
-    ``/dev/shm``, only a handle crosses the pipes, and a child's worker maps
-    the segment (a numpy argument is then a read-only array over it; copy it
-    to change it).  ``"auto"`` (the default): ``$TASKMAP_SHM_THRESHOLD`` if
-    set (bytes, or ``off``), else 256 KiB; ``None``: off, everything through
-    the pipes.  No segment outlives the run.
-    ``gather``: which results come back to ``graph.results``: ``True`` (the
-    default) all; a collection of task names: those, every other task that
-    succeeds gets a :class:`taskmap.NotKept` as its result (its value only
-    went to its children, so intermediate big values are freed as soon as
-    their readers finished); ``False``: none.  Refused with a checkpoint.
-    Kept big values are copy-on-write mappings of their segments: no copy,
-    writable, and nothing left in ``/dev/shm``.
+    ``options``: ``timeout``, ``retries``, ``retry_delay``, ``memory_limit``,
+    ``progress``, ``trace``, ``summary``, ``observers``, ``gather``,
+    ``shm_threshold``, documented once in :mod:`taskmap.options`.  Big
+    results travel through shared memory from ``shm_threshold`` bytes on: the
+    worker that made them writes them once into a segment in ``/dev/shm``,
+    only a handle crosses the pipes, and a child's worker maps the segment (a
+    numpy argument is then a read-only array over it; copy it to change it).
+    No segment outlives the run.  Kept big values are copy-on-write mappings
+    of their segments: no copy, writable.
     """
     del sleep
+    return _run_parallel("run_parallel_async", graph, default_ncores(ncores, nprocs, half=True), raise_errors, options)
+
+
+def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, options: dict) -> Graph:
     from .coordinator import run_graph
 
-    n = default_ncores(ncores, nprocs, half=True)
-    limits = TaskLimits(list(graph.dependencies), timeout, retries, retry_delay, memory_limit)
-    obs = build_observers(graph, progress, trace, observers, summary)
-    keep = resolve_gather(graph, gather)
-    threshold = resolve_threshold(shm_threshold)
-    return run_graph(graph, n, raise_errors, limits, obs, "run_parallel_async", threshold, keep)
+    opts = resolve_options(runner, graph, raise_errors, options)
+    return run_graph(graph, ncores, raise_errors, opts.limits, opts.observers, runner, opts.shm_threshold, opts.keep)

@@ -780,3 +780,27 @@ def test_runners_agree_with_topological_evaluation(case):
         runner(graph)
         _check_against_reference(graph, deps, specs)
 
+
+
+# -- one definition of the runners' options (taskmap/options.py) -----------------
+
+
+def test_every_option_is_documented_once_and_refused_where_it_cannot_apply():
+    import inspect as _inspect
+
+    from taskmap import options
+
+    doc = options.__doc__
+    for name in options.OPTIONS:
+        assert f"``{name}``" in doc or f"``{name}``," in doc, name
+    assert set(options.OPTIONS) == set(options.RunnerOptions.__annotations__)
+    graph = taskmap.create_graph({"a": lambda: 1}, {"a": []})
+    with pytest.raises(TypeError, match=r"run\(\) does not take memory_limit="):
+        taskmap.run(graph, memory_limit=1 << 30)
+    with pytest.raises(TypeError, match=r"run_async\(\) does not take shm_threshold="):
+        taskmap.run_async(graph, shm_threshold=None)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'progres'"):
+        taskmap.run(graph, progres=True)
+    # the runners' signatures carry the options as one typed **options
+    for runner in (taskmap.run, taskmap.run_async, taskmap.run_parallel, taskmap.run_parallel_async):
+        assert "options" in _inspect.signature(runner).parameters
