@@ -60,7 +60,6 @@ from .ledger import (
     ResultsArrived,
     Send,
     SendFailed,
-    Started,
     StartWorker,
     Succeeded,
     SweepSegments,
@@ -69,7 +68,7 @@ from .ledger import (
     WorkerJoined,
 )
 from .limits import TaskLimits
-from .messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, Kind
+from .messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
 from .observers import Observers
 from .pool import WorkerHandle, WorkerPool, get_pool
 from .state import SchedulingState
@@ -222,14 +221,16 @@ class Coordinator:
 
     def apply(self, instructions: list[Instruction]) -> None:
         """Carry out the ledger's instructions, in order (the most frequent
-        first: a Succeeded and a Started per task)."""
+        first)."""
         book = self.book
         for ins in instructions:
             kind = type(ins)
             if kind is Succeeded:
-                book.recorded_success(*ins)
-            elif kind is Started:
-                book.starting(*ins)
+                succeeded, starting = book.recorded_success, book.starting
+                for task, value, pid, start, end, payload, became, follower in ins.rows:
+                    succeeded(task, value, pid, start, end, payload, became)
+                    if follower >= 0:
+                        starting(follower, pid)
             elif kind is Send:
                 self.send(*ins)
             elif kind is Failed:
@@ -330,8 +331,9 @@ class Coordinator:
         new = {}
         codes: dict[int, bytes] = {}
         functions, funcs_sent = self.functions, w.funcs_sent
+        starting, pid = self.book.starting, w.pid
         for sub in subs:
-            fid = sub[messages.SUB_FUNC]
+            fid = sub[SUB_FUNC]
             if fid not in funcs_sent:
                 funcs_sent.add(fid)
                 new[fid] = functions.entries[fid]
@@ -339,6 +341,8 @@ class Coordinator:
                     if n not in w.codes_sent:  # (code pickled by value: once per run)
                         w.codes_sent.add(n)
                         codes[n] = functions.codes[n]
+            if sub[SUB_AFTER] < 0:  # (a pinned one starts when its parent succeeded)
+                starting(sub[SUB_TASK], pid)
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)

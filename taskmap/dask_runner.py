@@ -492,25 +492,11 @@ class _DaskRun:
         with another parent still waiting for its own retry is submitted by
         that parent's retry."""
         live, parents, in_run = self.live, self.state.parents, self.in_run
-        for j in sorted(self.waiting_descendants(i) | {i}, key=self.rank.__getitem__):
+        for j in sorted(_waiting_descendants(self.state, self.in_run, i) | {i}, key=self.rank.__getitem__):
             if j in live or any(in_run[p] and p not in live for p in parents[j]):
                 continue
             self.early.pop(j, None)
             live[j] = self.submit(j)
-
-    def waiting_descendants(self, i: int) -> set[int]:
-        """Descendants of i in Dask's graph (through tasks of the run) that
-        the run has not finished."""
-        state, in_run = self.state, self.in_run
-        found: set[int] = set()
-        stack = [c for c in state.children[i] if in_run[c]]
-        while stack:
-            c = stack.pop()
-            if c in found or state.state[c] in FINISHED:
-                continue
-            found.add(c)
-            stack.extend(g for g in state.children[c] if in_run[g])
-        return found
 
     # -- the state's side --------------------------------------------------------------
 
@@ -635,7 +621,7 @@ class _DaskRun:
     ) -> None:
         self.running.discard(i)
         self.live.pop(i, None)
-        dropped = self.drop_futures(self.waiting_descendants(i))
+        dropped = self.drop_futures(_waiting_descendants(self.state, self.in_run, i))
         if 0 < self.attempts[i] <= self.limits.retries[i]:
             # another attempt; only the last failure is recorded
             if self.limits.retry_delay > 0:
@@ -645,7 +631,7 @@ class _DaskRun:
                 self.state.requeue(i)
             self.cancel(dropped)
             return
-        self.cancel(dropped + self.drop_futures(self.skipped_by(i)))
+        self.cancel(dropped + self.drop_futures(_skipped_by(self.state, i)))
         self.release_futures(i)
         self.book.failed(i, error, pid, start, end)  # skips the descendants; may raise
 
@@ -688,22 +674,6 @@ class _DaskRun:
                 if self.unfinished_children[p] == 0 and state.state[p] in FINISHED:
                     live.pop(p, None)
 
-    def skipped_by(self, i: int) -> set[int]:
-        """The tasks the state will skip when i fails (walked as
-        ``SchedulingState.failed`` walks): descendants not yet started, also
-        through tasks done before the run or running, whose futures Dask may
-        be running, since in Dask's graph they do not depend on i."""
-        state = self.state
-        found: set[int] = set()
-        stack = list(state.children[i])
-        while stack:
-            c = stack.pop()
-            if c in found or state.state[c] == TaskState.SKIPPED:
-                continue  # (a skipped task's descendants were skipped with it)
-            found.add(c)
-            stack.extend(state.children[c])
-        return {c for c in found if state.state[c] in (TaskState.WAITING, TaskState.READY)}
-
     def drop_futures(self, tasks: Iterable[int]) -> list:
         """Forget the futures of ``tasks``; returns them (to cancel)."""
         dropped = []
@@ -720,6 +690,36 @@ class _DaskRun:
         pending = [f for f in futures if not f.done()]
         if pending:
             self.client.cancel(pending)
+
+
+def _waiting_descendants(state: SchedulingState, in_run, i: int) -> set[int]:
+    """Descendants of i in Dask's graph (through tasks of the run) that the
+    run has not finished."""
+    found: set[int] = set()
+    stack = [c for c in state.children[i] if in_run[c]]
+    while stack:
+        c = stack.pop()
+        if c in found or state.state[c] in FINISHED:
+            continue
+        found.add(c)
+        stack.extend(g for g in state.children[c] if in_run[g])
+    return found
+
+
+def _skipped_by(state: SchedulingState, i: int) -> set[int]:
+    """The tasks the state will skip when i fails (walked as
+    ``SchedulingState.failed`` walks): descendants not yet started, also
+    through tasks done before the run or running, whose futures Dask may be
+    running, since in Dask's graph they do not depend on i."""
+    found: set[int] = set()
+    stack = list(state.children[i])
+    while stack:
+        c = stack.pop()
+        if c in found or state.state[c] == TaskState.SKIPPED:
+            continue  # (a skipped task's descendants were skipped with it)
+        found.add(c)
+        stack.extend(state.children[c])
+    return {c for c in found if state.state[c] in (TaskState.WAITING, TaskState.READY)}
 
 
 def _submission_order(state: SchedulingState) -> list[int]:

@@ -35,7 +35,7 @@ by :class:`~taskmap.state.SchedulingState` (an illegal one raises), and
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from . import codec
@@ -50,7 +50,6 @@ from .messages import (
     SUB_AFTER,
     SUB_DIRECT,
     SUB_TASK,
-    submission,
 )
 from .slot import io_began
 from .state import DONE, FINISHED, READY, RUNNING, WAITING, SchedulingState
@@ -138,31 +137,31 @@ Event = WorkerJoined | Hello | ResultsArrived | WorkerDied | SendFailed | TimerD
 
 
 class Send(NamedTuple):
-    """Send these :class:`~taskmap.messages.Submission` lists to the worker."""
+    """Send these :class:`~taskmap.messages.Submission` lists to the worker.
+    Each not pinned behind a parent (``after`` < 0) starts now: record it as
+    started on that worker (a pinned one starts when its parent succeeded,
+    see :class:`Succeeded`)."""
 
     worker: Worker
     subs: list[list[Any]]
 
 
-class Started(NamedTuple):
-    """Tell the bookkeeper task ``task`` started on worker ``pid``."""
-
-    task: int
-    pid: int | None
+# (task, value, pid, start, end, payload, became, follower): see Succeeded
+SuccessRow = tuple[int, Any, "int | None", float, float, "bytes | None", int, int]
 
 
 class Succeeded(NamedTuple):
-    """Record a result (the state says DONE already; ``became``: how many
-    children became ready).  ``payload``: the encoded value, when it is a
-    value a checkpoint can store (not a shared memory handle)."""
+    """Record these results, in order (the state says DONE already).  Each
+    row is ``(task, value, pid, start, end, payload, became, follower)``:
+    the task's value, the worker's pid and monotonic clock around the call;
+    ``payload`` the encoded value when it is one a checkpoint can store
+    (not a shared memory handle); ``became`` how many children became
+    ready; ``follower`` the task pinned behind it, which starts now on the
+    same worker (-1: none).  (Rows, not one instruction per task: a plain
+    tuple costs a fraction of a NamedTuple, and this is the path every task
+    takes.)"""
 
-    task: int
-    value: Any
-    pid: int | None
-    start: float | None
-    end: float | None
-    payload: bytes | None
-    became: int
+    rows: list[SuccessRow]
 
 
 class Failed(NamedTuple):
@@ -209,19 +208,26 @@ class ArmTimer(NamedTuple):
     task: int
 
 
-Instruction = Send | Started | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer
+Instruction = Send | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer
 
 
 class Values(Protocol):
     """Turns encoded data into values and errors (the coordinator's codec
-    work; the tests use plain stand-ins).  Each may raise an exception, which
-    then fails the task: it is the error to record."""
+    work; the tests use plain stand-ins)."""
+
+    # a kept result's value from its encoded form (called once per task: a
+    # C-level callable where possible); it may raise, see ``unreadable``
+    decode: Callable[[bytes], Any]
 
     def given(self, i: int, p: int) -> bytes:
-        """Parent p's result, not produced in this run, encoded for task i."""
+        """Parent p's result, not produced in this run, encoded for task i;
+        raises the error that fails task i when it cannot be."""
 
-    def value(self, i: int, outcome: list[Any], keep: bool) -> Any:
-        """Task i's value from its outcome (a stand-in when not ``keep``)."""
+    def not_kept(self, i: int) -> Any:
+        """The stand-in for task i's result when it is not kept (``gather``)."""
+
+    def unreadable(self, i: int, outcome: list[Any], error: Exception) -> BaseException:
+        """The error that fails task i when ``decode`` raised ``error``."""
 
     def error(self, i: int, failure: list[Any]) -> BaseException:
         """Task i's error from a :class:`~taskmap.messages.Failure` list."""
@@ -258,9 +264,10 @@ class Held:
     tasks sent to it over its life) and its cpu tasks in the order it runs
     them."""
 
-    __slots__ = ("cpu_tasks", "io_sent", "io_tasks", "pid", "ready")
+    __slots__ = ("cpu_tasks", "io_sent", "io_tasks", "key", "pid", "ready")
 
-    def __init__(self, pid: int | None, ready: bool, io_sent: int) -> None:
+    def __init__(self, key: Worker, pid: int | None, ready: bool, io_sent: int) -> None:
+        self.key = key
         self.pid = pid
         self.ready = ready
         self.io_tasks: dict[int, int] = {}
@@ -431,7 +438,7 @@ class Ledger:
     def _joined(self, ev: WorkerJoined, out: list[Instruction]) -> None:
         if ev.worker in self.workers:
             raise TaskmapError(f"worker {ev.worker!r} joined twice")
-        self.workers[ev.worker] = Held(ev.pid, ev.ready, ev.io_sent)
+        self.workers[ev.worker] = Held(ev.worker, ev.pid, ev.ready, ev.io_sent)
 
     def _hello(self, ev: Hello, out: list[Instruction]) -> None:
         held = self.workers[ev.worker]
@@ -452,7 +459,8 @@ class Ledger:
         io_tasks, cpu_tasks, pid = held.io_tasks, held.cpu_tasks, held.pid
         code_of, cpu_seconds = self.code_of, self.cpu_seconds
         pinned, pinned_behind, ahead_of = self.pinned, self.pinned_behind, self.ahead_of
-        encoded, keep, shm_on = self.encoded, segments.keep, self.shm
+        encoded, keep, shm_on, decode = self.encoded, segments.keep, self.shm, values.decode
+        rows: list[SuccessRow] = []
         for outcome in ev.outcomes:
             i = outcome[OUT_TASK]
             start, end = outcome[OUT_START], outcome[OUT_END]
@@ -479,6 +487,9 @@ class Ledger:
             durations[names[i]] = took
             payload = outcome[OUT_PAYLOAD]
             if not outcome[OUT_OK]:
+                if rows:
+                    out.append(Succeeded(rows))
+                    rows = []
                 if self._fail(i, values.error(i, payload), pid, start, end, out) and self.stop_on_failure:
                     return
                 continue
@@ -490,21 +501,30 @@ class Ledger:
             for segment in segs:
                 segments.users.setdefault(segment, []).append(i)
             try:
-                value = values.value(i, outcome, keep is None or i in keep)
-            except Exception as failure:  # noqa: BLE001 - the task's error
+                value = decode(payload) if keep is None or i in keep else values.not_kept(i)
+            except Exception as error:  # noqa: BLE001 - the task's error
+                if rows:
+                    out.append(Succeeded(rows))
+                    rows = []
+                failure = values.unreadable(i, outcome, error)
                 if self._fail(i, failure, pid, None, None, out) and self.stop_on_failure:
                     return
                 continue
             encoded[i] = payload
-            # (a handle is no value to store: a checkpoint encodes the value)
-            out.append(Succeeded(i, value, pid, start, end, None if segs else payload, state.finished(i)))
-            if segments.users:
-                segments.read_inputs(i, out)
+            follower = -1
             if pinned:
-                follower = pinned.pop(i, None)  # the task pinned behind it runs on
-                if follower is not None:
-                    del pinned_behind[follower[0]]
-                    out.append(Started(follower[0], pid))
+                entry = pinned.pop(i, None)  # the task pinned behind it runs on
+                if entry is not None:
+                    follower = entry[0]
+                    del pinned_behind[follower]
+            # (a handle is no value to store: a checkpoint encodes the value)
+            rows.append((i, value, pid, start, end, None if segs else payload, state.finished(i), follower))
+            if segments.users:
+                out.append(Succeeded(rows))
+                rows = []
+                segments.read_inputs(i, out)
+        if rows:
+            out.append(Succeeded(rows))
 
     def _fail(
         self, i: int, error: BaseException, pid: int | None, start: float | None,
@@ -721,16 +741,15 @@ class Dispatcher:
         state = self.state
         if not state.has_ready():
             return
-        ready = [(w, held) for w, held in self.workers.items() if held.ready]
+        ready = [held for held in self.workers.values() if held.ready]
         if not ready:
             return
         batches: dict[Worker, list[list[Any]]] = {}
         try:
             while (i := state.pop_io()) is not None:
-                w, held = min(ready, key=_io_load)
-                self._assign(w, held, i, True, batches, out)
+                self._assign(min(ready, key=_io_load), i, True, batches, out)
             while (i := state.peek_cpu()) is not None:
-                w, held, n = _least_cpu_loaded(ready)
+                held, n = _least_cpu_loaded(ready)
                 # One task queued behind the running one hides the round trip
                 # (about 0.4 ms of idle core per task), but commits the task to
                 # this worker: do it only while more tasks are ready than workers
@@ -742,23 +761,23 @@ class Dispatcher:
                     found = self._queue_to_jump(ready, i)
                     if found is None:
                         break
-                    w, held = found
+                    held = found
                     waiting = held.cpu_tasks[1]
                     state.pop_cpu()
-                    self._assign(w, held, i, False, batches, out, first=True)
+                    self._assign(held, i, False, batches, out, first=True)
                     if i in held.cpu_tasks:  # (not if its arguments could not be sent)
                         held.cpu_tasks.remove(waiting)  # it runs after i and i's chain
                         held.cpu_tasks.append(waiting)
                         self.ahead_of[i] = waiting
                     continue
                 state.pop_cpu()
-                self._assign(w, held, i, False, batches, out)
+                self._assign(held, i, False, batches, out)
         except _Stop:
             return  # a recorded failure raises: send nothing more
         for w, subs in batches.items():
             out.append(Send(w, subs))
 
-    def _queue_to_jump(self, ready: list[tuple[Worker, Held]], i: int) -> tuple[Worker, Held] | None:
+    def _queue_to_jump(self, ready: list[Held], i: int) -> Held | None:
         """A worker where cpu task i should run next, ahead of the one task
         waiting there behind the running one, because i's chain below is
         longer; None if there is none.  Only long tasks (depth 1), one jump
@@ -766,7 +785,7 @@ class Dispatcher:
         if self.cpu_depth(i) != 1:
             return None
         priority = self.state.priority
-        for w, held in ready:
+        for held in ready:
             tasks = held.cpu_tasks
             if len(tasks) == 2:
                 waiting = tasks[1]
@@ -775,53 +794,37 @@ class Dispatcher:
                     and waiting not in self.pinned_behind
                     and waiting not in self.ahead_of
                 ):
-                    return w, held
+                    return held
         return None
 
-    def _args(self, i: int, skip: int) -> tuple[list[bytes], list[int], list[int]] | None:
-        """Task i's encoded arguments, the positions of parent ``skip``'s
-        value (it runs behind it), and the positions it is the last reader
-        of; None when a given result is not encoded yet (only with ``skip``)."""
+    def _assign(
+        self, held: Held, i: int, io: bool, batches: dict[Worker, list[list[Any]]],
+        out: list[Instruction], first: bool = False,
+    ) -> None:
+        state, segments, encoded = self.state, self.segments, self.encoded
         args: list[bytes] = []
-        slots: list[int] = []
         release: list[int] = []
-        segments, encoded = self.segments, self.encoded
-        for p in self.state.parents[i]:
-            if p == skip:
-                slots.append(len(args))
-                continue
+        for p in state.parents[i]:
             blob = encoded.get(p)
             if blob is None:
-                if skip >= 0:
-                    return None
-                blob = encoded[p] = self.values.given(i, p)
+                try:
+                    blob = encoded[p] = self.values.given(i, p)
+                except Exception as error:  # noqa: BLE001 - an argument that cannot be sent
+                    state.started(i)
+                    # (encoding it again would fail again: no retry)
+                    if self._fail(i, error, None, None, None, out, retry=False) and self.stop_on_failure:
+                        raise _Stop from None
+                    return
             if not codec.is_none(blob):
                 if segments.users and segments.may_release(i, blob):
                     release.append(len(args))
                 args.append(blob)
-        return args, slots, release
-
-    def _assign(
-        self, w: Worker, held: Held, i: int, io: bool, batches: dict[Worker, list[list[Any]]],
-        out: list[Instruction], first: bool = False,
-    ) -> None:
-        state = self.state
-        try:
-            found = self._args(i, -1)
-        except Exception as error:  # noqa: BLE001 - an argument that cannot be sent
-            state.started(i)
-            # (encoding it again would fail again: no retry)
-            if self._fail(i, error, None, None, None, out, retry=False) and self.stop_on_failure:
-                raise _Stop from None
-            return
-        assert found is not None
-        args, _, release = found
         state.started(i)
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
-        batch = batches.setdefault(w, [])
-        batch.append(submission(i, self.func_of[i], io, args, -1, (), limit if io else None, release, False, first))
-        out.append(Started(i, held.pid))
+        batch = batches.setdefault(held.key, [])
+        # (a Submission: see taskmap.messages)
+        batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False, first])
         if io:
             held.io_tasks[i] = held.io_sent
             held.io_sent += 1
@@ -829,16 +832,16 @@ class Dispatcher:
             held.cpu_tasks.append(i)
             if limit is not None:
                 out.append(ArmTimer(limit, CPU_DEADLINE, i))
-            self._pin_chain(w, held, i, batch, out)
+            self._pin_chain(held, i, batch, out)
 
-    def _pin_chain(self, w: Worker, held: Held, parent: int, batch: list[list[Any]], out: list[Instruction]) -> None:
+    def _pin_chain(self, held: Held, parent: int, batch: list[list[Any]], out: list[Instruction]) -> None:
         """Send ahead, behind a cpu task, the chain of cpu tasks that wait
         for nothing else: each runs on the same worker right after its
         parent, with no round trip through the coordinator.  A task sent out
         before in this run (a retry, or a rerun after a crash) is not pinned:
         should it kill its worker again, it must not take the results of the
         tasks before it in the chain, still batched there, down with it."""
-        state = self.state
+        state, segments, encoded = self.state, self.segments, self.encoded
         children, remaining, status, is_io = state.children, state.remaining, state.state, state.is_io
         priority, attempts, limits = state.priority, self.attempts, self.limits
         for _ in range(MAX_PINNED):
@@ -854,14 +857,24 @@ class Dispatcher:
                     best = c
             if best < 0:
                 return
-            found = self._args(best, parent)
-            if found is None:
-                return  # a given result not encoded yet: take the normal path
-            args, slots, release = found
+            args: list[bytes] = []
+            slots: list[int] = []
+            release: list[int] = []
+            for q in state.parents[best]:
+                if q == parent:
+                    slots.append(len(args))
+                    continue
+                blob = encoded.get(q)
+                if blob is None:
+                    return  # a given result not encoded yet: take the normal path
+                if not codec.is_none(blob):
+                    if segments.users and segments.may_release(best, blob):
+                        release.append(len(args))
+                    args.append(blob)
             if (
                 self.shm
                 and len(children[parent]) == 1
-                and not self.segments.keeps(parent)
+                and not segments.keeps(parent)
                 and limits.retries[best] == 0
             ):
                 # only best reads parent's value: a big one is handed over in
@@ -873,9 +886,9 @@ class Dispatcher:
             limit = limits.timeout[best]
             if limit is not None:
                 out.append(ArmTimer(limit, CPU_DEADLINE, best))
-            self.pinned[parent] = (best, w)
+            self.pinned[parent] = (best, held.key)
             self.pinned_behind[best] = parent
-            batch.append(submission(best, self.func_of[best], False, args, parent, slots, None, release))
+            batch.append([best, self.func_of[best], False, args, parent, slots, None, release, False, False])
             # reported as started when its parent succeeds: until then it
             # may be withdrawn (the parent fails) and never run
             parent = best
@@ -965,17 +978,18 @@ class _Stop(Exception):
     """A failure was recorded during dispatch and the run stops."""
 
 
-def _io_load(entry: tuple[Worker, Held]) -> int:
-    return len(entry[1].io_tasks)
+def _io_load(held: Held) -> int:
+    return len(held.io_tasks)
 
 
-def _least_cpu_loaded(ready: list[tuple[Worker, Held]]) -> tuple[Worker, Held, int]:
+def _least_cpu_loaded(ready: list[Held]) -> tuple[Held, int]:
     """The worker holding the fewest cpu tasks (the first of equals) and
     how many it holds.  (A loop, not min(key=): called once per cpu task.)"""
-    best, held = ready[0]
-    n = len(held.cpu_tasks)
-    for w, h in ready:
-        k = len(h.cpu_tasks)
+    best = ready[0]
+    n = len(best.cpu_tasks)
+    for held in ready:
+        k = len(held.cpu_tasks)
         if k < n:
-            best, held, n = w, h, k
-    return best, held, n
+            best, n = held, k
+    return best, n
+

@@ -99,16 +99,6 @@ class Submission(NamedTuple):
     first: bool  # a cpu task that runs before those already waiting at the worker
 
 
-def submission(
-    task: int, func: int, io: bool, args: list[bytes], after: int = -1,
-    slots: list[int] | tuple[int, ...] = (), timeout: float | None = None,
-    release: list[int] | None = None, direct: bool = False, first: bool = False,
-) -> list[Any]:
-    """A :class:`Submission` as the list that travels (and that the
-    coordinator may still amend: ``direct`` is set once a child is pinned)."""
-    return [task, func, io, args, after, slots, timeout, release if release is not None else [], direct, first]
-
-
 class Failure(NamedTuple):
     error: bytes | None  # the encoded exception, None if it would not round-trip
     type_name: str

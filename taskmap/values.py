@@ -5,13 +5,13 @@ handles values only as opaque encoded bytes.)"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 from . import codec, functions
 from .errors import SerializationError, StaleCodeError, TaskTimeoutError
 from .graph import Graph
 from .limits import TaskLimits
-from .messages import OUT_PAYLOAD, OUT_TYPE, Stage
+from .messages import OUT_TYPE, Stage
 from .results import NotKept
 from .state import DONE, SchedulingState
 
@@ -35,6 +35,9 @@ class CodecValues:
     decoded, given results encoded, with the errors a user reads."""
 
     def __init__(self, graph: Graph, state: SchedulingState, limits: TaskLimits) -> None:
+        # a kept big value: a private copy-on-write mapping of its segment,
+        # so the caller gets a writable array, no copy
+        self.decode = functools.partial(codec.decode, writable=True)
         self.results = graph.results
         self.names = state.names
         self.limits = limits
@@ -56,19 +59,17 @@ class CodecValues:
                 names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
             ) from error
 
-    def value(self, i: int, outcome: list, keep: bool) -> Any:
-        if not keep:
-            return NotKept(self.names[i])
-        try:
-            # a kept big value: a private copy-on-write mapping of its
-            # segment, so the caller gets a writable array, no copy
-            return codec.decode(outcome[OUT_PAYLOAD], writable=True)
-        except Exception as error:
-            raise SerializationError(
-                # the worker names the type of every pickled result
-                self.names[i], "result", outcome[OUT_TYPE] if len(outcome) > OUT_TYPE else None,
-                str(error), "deserialised in the coordinator",
-            ) from error
+    def not_kept(self, i: int) -> NotKept:
+        return NotKept(self.names[i])
+
+    def unreadable(self, i: int, outcome: list, error: Exception) -> BaseException:
+        failure = SerializationError(
+            # the worker names the type of every pickled result
+            self.names[i], "result", outcome[OUT_TYPE] if len(outcome) > OUT_TYPE else None,
+            str(error), "deserialised in the coordinator",
+        )
+        failure.__cause__ = error
+        return failure
 
     def error(self, i: int, failure: list) -> BaseException:
         name = self.names[i]

@@ -11,7 +11,7 @@ deaths at any point with what the slot would say, time limits, retries).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -50,9 +50,24 @@ from taskmap.slot import IO_RING
 from taskmap.state import DONE, FAILED, FINISHED, READY, RUNNING, SKIPPED, WAITING, IllegalTransition, SchedulingState
 
 
+class Done(NamedTuple):
+    """One row of a Succeeded instruction, by name."""
+
+    task: int
+    value: Any
+    pid: int | None
+    start: float
+    end: float
+    payload: bytes | None
+    became: int
+    follower: int
+
+
 class FakeValues:
     """Values as the tests see them: results are msgpack-native, an error is
     a RuntimeError with the failure's message."""
+
+    decode = staticmethod(codec.decode)
 
     def __init__(self, state: SchedulingState, given: dict) -> None:
         self.names = state.names
@@ -61,8 +76,11 @@ class FakeValues:
     def given(self, i: int, p: int) -> bytes:
         return codec.encode(self.given_results[self.names[p]])
 
-    def value(self, i: int, outcome: list, keep: bool) -> Any:
-        return codec.decode(outcome[2])
+    def not_kept(self, i: int) -> Any:
+        return f"not kept: {self.names[i]}"
+
+    def unreadable(self, i: int, outcome: list, error: Exception) -> BaseException:
+        return ValueError(f"result of {self.names[i]} unreadable: {error}")
 
     def error(self, i: int, failure: list) -> BaseException:
         if failure[4] == Stage.TIMEOUT:
@@ -87,7 +105,7 @@ class Harness:
             self.state, limits, [0] * len(self.names), FakeValues(self.state, given or {}), {},
             stop_on_failure=stop_on_failure,
         )
-        self.records: dict[int, list] = {}  # task -> its records (Succeeded, Failed, "skipped")
+        self.records: dict[int, list] = {}  # task -> its records (Done, Failed, "skipped")
         self.timers: list[ArmTimer] = []
         self.started_workers = 0
         for k in range(workers):
@@ -97,7 +115,11 @@ class Harness:
         out = self.ledger.handle(event)
         self.ledger.validate()
         for ins in out:
-            if isinstance(ins, Succeeded | Failed):
+            if isinstance(ins, Succeeded):
+                for row in ins.rows:
+                    done = Done(*row)
+                    self.records.setdefault(done.task, []).append(done)
+            if isinstance(ins, Failed):
                 self.records.setdefault(ins.task, []).append(ins)
             if isinstance(ins, Failed):
                 for s in ins.skipped:
@@ -182,6 +204,16 @@ def test_dispatch_queues_io_first_and_cpu_by_critical_path():
     assert [s[SUB_AFTER] for s in subs] == [-1, -1, h.t("long"), h.t("l2")]
     assert subs[2][SUB_SLOTS] == [0]
     assert h.status("short") == READY  # depth 1: it waits in the coordinator
+
+
+def test_a_pinned_task_starts_with_its_parents_success_and_waits_no_round_trip():
+    h = Harness({"a": [], "b": ["a"]}, workers=1)
+    assert [s[SUB_AFTER] for s in h.dispatch()["w0"]] == [-1, h.t("a")]
+    (ins,) = h.ok("w0", "a")
+    assert [Done(*row).follower for row in ins.rows] == [h.t("b")]
+    assert h.dispatch() == {} and h.status("b") == RUNNING
+    h.ok("w0", "b")
+    assert h.state.all_finished and h.ledger.attempts == [1, 1]
 
 
 # -- the fault bugs fixed so far, replayed ---------------------------------
@@ -610,12 +642,12 @@ def test_random_event_sequences_keep_the_invariants_and_finish_every_task_once(g
         recs = h.records.get(i, [])
         assert len(recs) == 1, (name, recs)  # exactly one final state, recorded once
         rec = recs[0]
-        assert status[i] == {Succeeded: DONE, Failed: FAILED, str: SKIPPED}[type(rec)]
+        assert status[i] == {Done: DONE, Failed: FAILED, str: SKIPPED}[type(rec)]
         if isinstance(rec, Failed):
             event(f"failed: {type(rec.error).__name__}")
         if h.ledger.attempts[i] > 1:
             event("retried")
-        if isinstance(rec, Succeeded):
+        if isinstance(rec, Done):
             # it ran with its parents' values, in order
             assert rec.value == [i, [h.records[p][0].value for p in h.state.parents[i]]], name
     assert all(s in FINISHED for s in status)
