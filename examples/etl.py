@@ -457,7 +457,14 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path,
         dependencies[f"store_stats_{c}"] = [f"enrich_sales_{c}"]
     io_bound = ["read_products", "fetch_rates", "fetch_stores", "load_sqlite", "report",
                 *(f"read_sales_{c}" for c in COUNTRIES)]
-    return taskmap.create_graph(funcs, dependencies, io_bound=io_bound, name=name)
+    # the HTTP API's calls share a resource, which a run bounds (API_LIMITS);
+    # the SQLite load is the one writer of its database
+    uses = {"fetch_rates": "api", "fetch_stores": "api", "load_sqlite": "db"}
+    return taskmap.create_graph(funcs, dependencies, io_bound=io_bound, name=name, uses=uses)
+
+
+# at most 2 API calls at once and 20 a second; one writer of the database
+API_LIMITS = {"limits": {"api": 2, "db": 1}, "rates": {"api": 20}}
 
 
 def task_status(graph: taskmap.Graph) -> dict[str, list[str]]:
@@ -485,7 +492,7 @@ def task_status(graph: taskmap.Graph) -> dict[str, list[str]]:
 def _run(graph: taskmap.Graph, runner: str, ncores: int, progress: bool,
          trace: Path | None) -> None:
     # summary=True: record each task's times and worker for the summary table
-    options = {"progress": progress, "trace": trace, "summary": True}
+    options = {"progress": progress, "trace": trace, "summary": True, **API_LIMITS}
     if runner == "parallel_async":
         taskmap.run_parallel_async(graph, ncores=ncores, **options)
     elif runner == "async":

@@ -111,6 +111,9 @@ class Bookkeeper:
     def finish(self, error: BaseException | None = None) -> None:
         """The run ended (``error``: what it raises); tell the observers."""
         if self.record is not None:
+            gate = self.state.gate
+            if gate is not None:
+                self.record.resources = gate.report()
             self.record.finish(error)
         if self.observers:
             self.observers.run_finished(self.graph, error)

@@ -4,6 +4,7 @@
 
     taskmap run pipeline.py[:name] [--ncores N] [--runner R] [--progress | --no-progress]
                 [--trace FILE] [--raise-errors] [--checkpoint FILE] [--summary | --no-summary]
+                [--limit NAME=N ...] [--rate NAME=R ...]
     taskmap graph pipeline.py[:name] [--format dot|mermaid|svg|png|pdf] [-o FILE] [--checkpoint FILE]
     taskmap rerun-failed pipeline.py[:name] --checkpoint FILE [the options of run]
 
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from . import __version__
 from .errors import TaskFailedError, TaskmapError
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parallel-async: run_parallel_async (default); parallel: "
                             "run_parallel; async: run_async (one event loop, this process); "
                             "sequential: run (one task at a time, this process)")
+    group.add_argument("--limit", action="append", type=_named_number(int), default=[], metavar="NAME=N",
+                       help="at most N tasks using resource NAME (create_graph(uses=...)) at once; repeatable")
+    group.add_argument("--rate", action="append", type=_named_number(float), default=[], metavar="NAME=R",
+                       help="at most R starts a second of tasks using resource NAME; repeatable")
     group.add_argument("--shm-threshold", type=_shm_threshold, default="auto", metavar="SIZE",
                        help="parallel runners: results with buffers of at least SIZE bytes "
                             "(suffix K or M allowed) travel through shared memory; 'off' "
@@ -241,16 +246,21 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     runner = _runner(args.runner, args.ncores, args.shm_threshold)
     status = OK
     stopped: BaseException | None = None
+    bounds = {}
+    if args.limit:
+        bounds["limits"] = dict(args.limit)
+    if args.rate:
+        bounds["rates"] = dict(args.rate)
     try:
         runner(graph, raise_errors=args.raise_errors, progress=progress,
-               trace=args.trace, summary=args.summary)
+               trace=args.trace, summary=args.summary, **bounds)
     except TaskFailedError as exc:
         stopped = exc
         status = TASK_FAILED
     except KeyboardInterrupt:
         print("taskmap: interrupted", file=sys.stderr)
         status = INTERRUPTED
-    except TaskmapError as exc:  # e.g. a function that cannot be sent to a worker
+    except (TaskmapError, ValueError) as exc:  # a function that cannot be sent, a bad --limit
         raise UsageError(str(exc)) from exc
 
     pipeline = split_spec(args.pipeline)[0]
@@ -298,6 +308,21 @@ def _runner(
     if kind == "async":
         return runners.run_async
     return runners.run
+
+
+def _named_number(kind: type) -> Callable[[str], tuple[str, Any]]:
+    """``NAME=NUMBER`` for ``--limit``/``--rate``."""
+
+    def parse(text: str) -> tuple[str, Any]:
+        name, sep, number = text.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, not {text!r}")
+        try:
+            return name.strip(), kind(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{number!r} is not a {kind.__name__}") from None
+
+    return parse
 
 
 def _shm_threshold(text: str) -> int | Literal["auto"] | None:

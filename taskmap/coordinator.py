@@ -87,15 +87,17 @@ def run_graph(
     runner: str = "run_parallel_async",
     shm_threshold: int | None = None,
     gather: frozenset | None = None,
+    resources: tuple[dict, dict] | None = None,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
     ``observers`` hear the run's events (:mod:`taskmap.observers`).
     ``shm_threshold``: bytes from which a result's buffers go through shared
     memory (None: never); ``gather``: names of the results to keep (None:
-    all; the others become :class:`taskmap.NotKept`)."""
+    all; the others become :class:`taskmap.NotKept`); ``resources``: the
+    run's (limits, rates), enforced where tasks are dispatched."""
     from .runners import state_for  # (runners imports this module lazily)
 
-    state = state_for(graph)
+    state = state_for(graph, resources)
     if limits is None:
         limits = TaskLimits(state.names)
     if state.all_finished:
@@ -190,7 +192,7 @@ class Coordinator:
         self.pool.resize(self.ncores)
         self.book.start()
         for w in self.pool.workers:
-            ledger.handle(WorkerJoined(w, w.pid, w.ready, w.io_sent))
+            self.apply(ledger.handle(WorkerJoined(w, w.pid, w.ready, w.io_sent)))
         try:
             while not state.all_finished:
                 self.apply(ledger.handle(_DISPATCH))
@@ -244,7 +246,7 @@ class Coordinator:
                 ins.worker.send_kill()  # its sentinel fires; worker_died does the rest
             elif kind is StartWorker:
                 w = self.pool.spawn()
-                self.ledger.handle(WorkerJoined(w, w.pid, False, w.io_sent))
+                self.apply(self.ledger.handle(WorkerJoined(w, w.pid, False, w.io_sent)))
             elif kind is SweepSegments:
                 if self.pool.shm_prefix is not None:
                     shm.remove_unreported(f"{self.pool.shm_prefix}{ins.pid}-", ins.reported)
@@ -304,7 +306,7 @@ class Coordinator:
             elif kind == Kind.HELLO:
                 w.ready = True
                 w.pid = msg[HELLO_PID]
-                self.ledger.handle(Hello(w, w.pid))
+                self.apply(self.ledger.handle(Hello(w, w.pid)))
             if w not in self.pool.workers or not self.pipe_pollers[w].poll(0):
                 return  # (a hang-up reads as readable: recv_bytes sees the EOF)
 

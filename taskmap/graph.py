@@ -116,6 +116,8 @@ class Graph:
         "durations",
         "checkpoint",
         "last_run",
+        "uses",
+        "priority",
     )
 
     def __init__(
@@ -141,6 +143,10 @@ class Graph:
         self.checkpoint: Any = None
         # the record of the last run, for taskmap's summary, or None
         self.last_run: Any = None
+        # task -> resource names it takes a unit of (taskmap.resources)
+        self.uses: dict = {}
+        # task -> int, higher first among ready tasks (default 0)
+        self.priority: dict = {}
 
     @property
     def done(self) -> DoneList:
@@ -160,6 +166,7 @@ class Graph:
         return {slot: getattr(self, slot) for slot in self.__slots__}
 
     def __setstate__(self, state) -> None:
+        self.uses, self.priority = {}, {}  # (a graph pickled before they existed)
         for slot, value in state.items():
             setattr(self, slot, value)
 
@@ -173,6 +180,8 @@ def create_graph(
     name: str = "taskmap",
     logging_config: Mapping[str, Any] | None = None,
     checkpoint: Any = None,
+    uses: Mapping[Task, str | Iterable[str]] | None = None,
+    priority: Mapping[Task, int] | None = None,
 ) -> Graph:
     """Build and validate a graph.
 
@@ -196,6 +205,13 @@ def create_graph(
     store holds for unchanged tasks first and records each outcome as it
     happens (see :mod:`taskmap.checkpoint`); :class:`taskmap.CheckpointError`
     if the file is not a usable store.
+
+    ``uses``: task -> a resource name or a list of names, each use one unit;
+    a run's ``limits={name: n}`` and ``rates={name: per_second}`` then bound
+    how many tasks hold a resource at once and how often they start (see
+    :mod:`taskmap.resources`).  ``priority``: task -> int (default 0): among
+    ready tasks of a lane, and among tasks waiting for a resource, higher
+    first, ties by critical path.  Names that are not tasks: ``ValueError``.
     """
     setup_loggers(name, logging_config or {})
 
@@ -210,6 +226,14 @@ def create_graph(
     _check_names("done", done, deps)
     _check_names("results", results, deps)
     _check_acyclic(deps)
+    from .resources import normalise_uses
+
+    task_uses = normalise_uses(uses, deps)
+    priorities = dict(priority or {})
+    _check_names("priority", priorities, deps)
+    for task, p in priorities.items():
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"priority[{task!r}] must be an int, not {p!r}")
 
     graph = Graph(
         funcs=funcs if isinstance(funcs, dict) else dict(funcs),
@@ -219,6 +243,8 @@ def create_graph(
         io_bound=io_bound,
         name=name,
     )
+    graph.uses = task_uses
+    graph.priority = {t: p for t, p in priorities.items() if p}
     if checkpoint is not None:
         from .checkpoint import as_store  # (imports the codec: only when asked for)
 

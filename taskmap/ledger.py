@@ -60,7 +60,7 @@ PIPELINE_SECONDS = 0.0003  # work to keep queued at a worker when tasks are tiny
 MAX_START_FAILURES = 3
 
 # timer kinds
-CPU_DEADLINE, RETRY = 0, 1
+CPU_DEADLINE, RETRY, RATE = 0, 1, 2  # (RATE: task -1, the gate's next rate slot)
 
 Worker = Hashable
 
@@ -396,6 +396,7 @@ class Ledger:
         # cpu task sent to run first at its worker -> the task it went ahead of
         self.ahead_of: dict[int, int] = {}
         self.timed_out: set[int] = set()  # tasks whose worker was killed for their time limit
+        self.rate_timer_at: float | None = None  # when the armed RATE timer fires
         self.start_failures = 0
         self.dispatcher = Dispatcher(self)
         self._handlers = {
@@ -412,6 +413,8 @@ class Ledger:
         """Apply one event; the instructions to carry out, in order."""
         out: list[Instruction] = []
         self._handlers[type(event)](event, out)  # type: ignore[operator]
+        if self.state.gate is not None:
+            self._arm_rate_timer(out)
         if self.validating:
             check_invariants(self)
         return out
@@ -561,8 +564,20 @@ class Ledger:
 
     # -- timers ---------------------------------------------------------------
 
+    def _arm_rate_timer(self, out: list[Instruction]) -> None:
+        """A timer for the next rate slot a waiting task needs (one armed at a
+        time: the earliest)."""
+        slot = self.state.next_rate_slot()
+        if slot is not None and (self.rate_timer_at is None or slot < self.rate_timer_at):
+            self.rate_timer_at = slot
+            out.append(ArmTimer(max(0.0, slot - self.state.clock()), RATE, -1))
+
     def _timer_due(self, ev: TimerDue, out: list[Instruction]) -> None:
         i, state = ev.task, self.state
+        if ev.kind == RATE:
+            self.rate_timer_at = None
+            state.rate_due()  # (the next Dispatch sends what it queued)
+            return
         if ev.kind == RETRY:
             if state.state[i] == WAITING:
                 state.requeue(i)
@@ -844,6 +859,9 @@ class Dispatcher:
         state, segments, encoded = self.state, self.segments, self.encoded
         children, remaining, status, is_io = state.children, state.remaining, state.state, state.is_io
         priority, attempts, limits = state.priority, self.attempts, self.limits
+        # a task that uses a limited or rated resource is sent only once the
+        # gate admits it: never ahead, behind its parent
+        gated = state.gate.gated if state.gate is not None else None
         for _ in range(MAX_PINNED):
             best = -1
             for c in children[parent]:
@@ -853,6 +871,7 @@ class Dispatcher:
                     and not is_io[c]
                     and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
+                    and (gated is None or not gated[c])
                 ):
                     best = c
             if best < 0:
@@ -947,13 +966,20 @@ def check_invariants(ledger: Ledger) -> None:
     # every ready task is in exactly one queue, once (the queues drop
     # the entries of tasks that left READY lazily)
     in_io: dict[int, int] = {}
-    for i in state.ready_io:
+    for i in state.queued_io():
         in_io[i] = in_io.get(i, 0) + 1
     in_cpu: dict[int, int] = {}
     for _, i in state.ready_cpu:
         in_cpu[i] = in_cpu.get(i, 0) + 1
+    gate = state.gate
+    if gate is not None:
+        gate.validate()
     for i in range(n):
         if status[i] == READY:
+            if gate is not None and i in gate.waits_on:
+                # waiting in the gate for a unit or a rate slot, in no queue
+                assert i not in in_io and i not in in_cpu, f"gated task {names[i]!r} also queued"
+                continue
             lane, other = (in_io, in_cpu) if state.is_io[i] else (in_cpu, in_io)
             assert lane.get(i, 0) == 1 and i not in other, f"ready task {names[i]!r} queued {lane.get(i, 0)} times"
     # a pin link exists in both directions or neither, between two

@@ -37,6 +37,12 @@ their own).
     collection of task names; the others get :class:`taskmap.NotKept` (on
     Dask: their futures).  Refused with a checkpoint store.  Parallel
     runners and ``run_dask``.
+``limits``, ``rates``
+    ``{resource: n}``: at most n tasks using the resource (``create_graph(uses=...)``)
+    run at once; ``{resource: r}``: at most r of them start a second, spaced
+    1/r apart.  A waiting task is not sent anywhere (see
+    :mod:`taskmap.resources`).  A name no task uses is a ``ValueError``.
+    In-process and parallel runners (``run_dask``: not yet, refused).
 ``shm_threshold``
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
@@ -49,11 +55,12 @@ nothing per task for them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from .limits import RetrySpec, TaskLimits, TimeoutSpec
 from .observers import Observer, Observers, build_observers
+from .resources import check_limits_and_rates
 from .results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 
 if TYPE_CHECKING:
@@ -78,6 +85,8 @@ class RunnerOptions(TypedDict, total=False):
     observers: Iterable[Observer] | None
     gather: GatherSpec
     shm_threshold: ThresholdSpec
+    limits: Mapping[str, int] | None
+    rates: Mapping[str, float] | None
 
 
 class _Option(NamedTuple):
@@ -97,6 +106,8 @@ OPTIONS: dict[str, _Option] = {
     "observers": _Option(None, EVERY),
     "gather": _Option(True, PARALLEL | DASK),
     "shm_threshold": _Option("auto", PARALLEL),
+    "limits": _Option(None, IN_PROCESS | PARALLEL),
+    "rates": _Option(None, IN_PROCESS | PARALLEL),
 }
 
 
@@ -109,6 +120,8 @@ class RunOptions(NamedTuple):
     observers: Observers
     keep: frozenset | None  # names of the results to keep; None: all
     shm_threshold: int | None
+    # (limits, rates) checked against the graph's uses; None: no resource is bounded
+    resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
 
 
@@ -128,6 +141,9 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: dict[str, An
     for name, option in OPTIONS.items():
         if runner in option.runners:
             given.setdefault(name, option.default)
+    resources = None
+    if given.get("limits") or given.get("rates"):
+        resources = check_limits_and_rates(graph.uses, given.get("limits"), given.get("rates"))
     names = list(graph.dependencies)
     limits = TaskLimits(
         names, given.get("timeout"), given.get("retries", 0), given.get("retry_delay", 0.0),
@@ -136,4 +152,4 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: dict[str, An
     observers = build_observers(graph, given["progress"], given["trace"], given["observers"], given["summary"])
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
-    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, given)
+    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given)

@@ -80,6 +80,9 @@ class RunRecord:
     # the runner wrote graph.durations[task] for each task it ran (the
     # parallel runners; run_dask for the results it brought back)
     measures_durations: bool = False
+    # per resource with a limit or a rate: {"peak", "waited" (seconds, all
+    # tasks), "limit", "rate"} (taskmap.resources); None: nothing was bounded
+    resources: dict | None = None
 
     @property
     def wall(self) -> float | None:

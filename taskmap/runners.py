@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
@@ -31,14 +32,23 @@ from .state import SchedulingState
 IO_THREADS = 256
 
 
-def state_for(graph: Graph) -> SchedulingState:
+def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> SchedulingState:
     """The scheduling state of a run of ``graph``; a checkpoint store first
-    restores the results it holds into the graph (so they count as done)."""
+    restores the results it holds into the graph (so they count as done).
+    ``resources``: the run's (limits, rates), enforced by a gate in the
+    state (:mod:`taskmap.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
-    return SchedulingState(
-        graph.dependencies, graph.io_bound, graph.done, graph.durations or None
+    state = SchedulingState(
+        graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority
     )
+    if resources is not None:
+        from .resources import build_gate
+
+        gate = build_gate(state.names, graph.uses, resources[0], resources[1], [])
+        if gate is not None:
+            state.attach_gate(gate)
+    return state
 
 
 def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOptions]) -> Graph:
@@ -53,7 +63,7 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     :mod:`taskmap.options`).
     """
     opts = resolve_options("run", graph, raise_errors, options)
-    state = state_for(graph)
+    state = state_for(graph, opts.resources)
     book = Bookkeeper(graph, state, raise_errors, opts.observers, "run")
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
@@ -61,7 +71,16 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     run_error: BaseException | None = None
     book.start()
     try:
-        while (i := state.pop_ready()) is not None:
+        while True:
+            i = state.pop_ready()
+            if i is None:
+                # nothing to run but tasks waiting for a rate slot: wait for it
+                slot = state.next_rate_slot()
+                if slot is None:
+                    break
+                time.sleep(max(0.0, slot - state.clock()))
+                state.rate_due()
+                continue
             name = names[i]
             state.started(i)
             book.starting(i)
@@ -115,8 +134,8 @@ def run_async(
     :mod:`taskmap.options`).
     """
     del sleep
-    obs = resolve_options("run_async", graph, raise_errors, options).observers
-    _run_coroutine(lambda: _run_async(graph, raise_errors, obs))
+    opts = resolve_options("run_async", graph, raise_errors, options)
+    _run_coroutine(lambda: _run_async(graph, raise_errors, opts.observers, opts.resources))
     return graph
 
 
@@ -149,8 +168,10 @@ def _run_coroutine(make_coro):
     return box.get("value")
 
 
-async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> None:
-    state = state_for(graph)
+async def _run_async(
+    graph: Graph, raise_errors: bool, observers: Observers, resources: tuple[dict, dict] | None = None
+) -> None:
+    state = state_for(graph, resources)
     book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
     loop = asyncio.get_running_loop()
     funcs, names, is_io = graph.funcs, state.names, state.is_io
@@ -207,11 +228,20 @@ async def _run_async(graph: Graph, raise_errors: bool, observers: Observers) -> 
                 for fut in [f for f in running if f.done()]:
                     collect(fut)
                 continue
+            # tasks waiting for a rate slot: a timer in the one wait
+            slot = state.next_rate_slot()
             if not running:
-                break
-            finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if slot is None:
+                    break
+                await asyncio.sleep(max(0.0, slot - state.clock()))
+                state.rate_due()
+                continue
+            timeout = None if slot is None else max(0.0, slot - state.clock())
+            finished, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
                 collect(fut)
+            if slot is not None and state.clock() >= slot:
+                state.rate_due()
     except BaseException as exc:
         run_error = exc
         raise
@@ -305,4 +335,7 @@ def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, op
     from .coordinator import run_graph
 
     opts = resolve_options(runner, graph, raise_errors, options)
-    return run_graph(graph, ncores, raise_errors, opts.limits, opts.observers, runner, opts.shm_threshold, opts.keep)
+    return run_graph(
+        graph, ncores, raise_errors, opts.limits, opts.observers, runner, opts.shm_threshold, opts.keep,
+        opts.resources,
+    )

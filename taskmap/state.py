@@ -17,9 +17,11 @@ dependencies, decremented as they finish.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
+from typing import Any
 
 
 class TaskState(IntEnum):
@@ -80,6 +82,10 @@ class SchedulingState:
         "ready_io",
         "ready_cpu",
         "unfinished",
+        "io_by_priority",
+        "io_seq",
+        "gate",
+        "clock",
     )
 
     def __init__(
@@ -88,6 +94,7 @@ class SchedulingState:
         io_bound: Iterable = (),
         done: Iterable = (),
         durations: Mapping | None = None,
+        user_priority: Mapping | None = None,
     ) -> None:
         names = list(dependencies)
         index = {name: i for i, name in enumerate(names)}
@@ -119,8 +126,22 @@ class SchedulingState:
         else:
             self.remaining = [sum(1 for p in ps if state[p] != DONE) for ps in parents]
         self.priority = critical_path_priority(parents, children, names, durations)
+        # create_graph(priority=...): higher first among ready tasks of a
+        # lane, ties by critical path (folded into one number per task)
+        self.io_by_priority = bool(user_priority)
+        if user_priority:
+            scale = max(self.priority, default=0.0) + 1.0
+            for name, p in user_priority.items():
+                k = index.get(name)
+                if k is not None:
+                    self.priority[k] += p * scale
+        # io tasks in arrival order, or by priority when the graph gives some
         self.ready_io: deque[int] = deque()
+        self.io_seq = 0
         self.ready_cpu: list[tuple[float, int]] = []
+        # limits and rates (taskmap.resources), attached by the runner
+        self.gate: Any = None
+        self.clock = time.monotonic
 
     # -- events in -------------------------------------------------------
 
@@ -148,6 +169,8 @@ class SchedulingState:
             raise self._illegal(i, "finished")
         self.state[i] = DONE
         self.unfinished -= 1
+        if self.gate is not None:
+            self._release(i)
         became = 0
         remaining, state = self.remaining, self.state
         for c in self.children[i]:
@@ -167,6 +190,9 @@ class SchedulingState:
             raise self._illegal(i, "failed")
         self.state[i] = FAILED
         self.unfinished -= 1
+        gate = self.gate
+        if gate is not None:
+            self._release(i)
         skipped = []
         state, children = self.state, self.children
         stack = list(children[i])
@@ -178,6 +204,8 @@ class SchedulingState:
             seen.add(c)
             s = state[c]
             if s == WAITING or s == READY:
+                if s == READY and gate is not None:
+                    self._release(c)  # (out of the gate's line, or its units back)
                 state[c] = SKIPPED
                 self.unfinished -= 1
                 skipped.append(c)
@@ -193,6 +221,8 @@ class SchedulingState:
         if self.state[i] != RUNNING:
             raise self._illegal(i, "unstart")
         self.state[i] = WAITING
+        if self.gate is not None:
+            self._release(i)
 
     def requeue(self, i: int) -> None:
         """Put a started task back (for a retry, or its worker died): in its
@@ -202,33 +232,69 @@ class SchedulingState:
         if self.state[i] != RUNNING and self.state[i] != WAITING:
             raise self._illegal(i, "requeue")
         self.state[i] = WAITING
+        if self.gate is not None:
+            self._release(i)  # (a retry takes its units again when it is ready)
         if self.remaining[i] == 0:
             self._make_ready(i)
 
     # -- instructions out ------------------------------------------------
 
     def pop_io(self) -> int | None:
-        """The next ready io-bound task, or None."""
+        """The next ready io-bound task, or None.  A task that may not start
+        now for want of a unit or a rate slot goes to wait in the gate."""
         q = self.ready_io
+        gate = self.gate
         while q:
-            i = q.popleft()
+            i = heapq.heappop(q)[2] if self.io_by_priority else q.popleft()  # type: ignore[arg-type]
             if self.state[i] == READY:
+                if gate is not None and gate.gated[i] and not self._admit(i):
+                    continue
                 return i
         return None
 
+    def _admit(self, i: int) -> bool:
+        """Take task i's units now, or park it in the gate."""
+        gate, now = self.gate, self.clock()
+        r = gate.blocked(i, now)
+        if r is None:
+            gate.take(i, now)
+            return True
+        gate.park(i, r, now)
+        return False
+
+    def queued_io(self) -> list[int]:
+        """The io tasks in the io queue (for checks)."""
+        return [e[2] for e in self.ready_io] if self.io_by_priority else list(self.ready_io)  # type: ignore[index]
+
     def peek_cpu(self) -> int | None:
-        """The task ``pop_cpu`` would return, left in the queue."""
+        """The task ``pop_cpu`` would return, left in the queue (tasks that
+        may not start now go to wait in the gate)."""
         h = self.ready_cpu
-        while h and self.state[h[0][1]] != READY:
-            heapq.heappop(h)
-        return h[0][1] if h else None
+        gate = self.gate
+        while h:
+            i = h[0][1]
+            if self.state[i] != READY:
+                heapq.heappop(h)
+                continue
+            if gate is not None and gate.gated[i]:
+                now = self.clock()
+                r = gate.blocked(i, now)
+                if r is not None:
+                    heapq.heappop(h)
+                    gate.park(i, r, now)
+                    continue
+            return i
+        return None
 
     def pop_cpu(self) -> int | None:
         """The ready cpu-bound task with the longest chain below it, or None."""
         h = self.ready_cpu
+        gate = self.gate
         while h:
             _, i = heapq.heappop(h)
             if self.state[i] == READY:
+                if gate is not None and gate.gated[i] and not self._admit(i):
+                    continue
                 return i
         return None
 
@@ -246,10 +312,45 @@ class SchedulingState:
 
     def _make_ready(self, i: int) -> None:
         self.state[i] = READY
+        self._queue(i)
+
+    def _queue(self, i: int) -> None:
         if self.is_io[i]:
-            self.ready_io.append(i)
+            if self.io_by_priority:
+                self.io_seq += 1
+                heapq.heappush(self.ready_io, (-self.priority[i], self.io_seq, i))  # type: ignore[arg-type]
+            else:
+                self.ready_io.append(i)
         else:
             heapq.heappush(self.ready_cpu, (-self.priority[i], i))
+
+    # -- resources (taskmap.resources) ------------------------------------
+
+    def attach_gate(self, gate: Any) -> None:
+        """Enforce ``gate``'s limits and rates from now on (before start)."""
+        gate.rank = [-p for p in self.priority]
+        self.gate = gate
+
+    def _release(self, i: int) -> None:
+        for j in self.gate.release(i, self.clock()):
+            if self.state[j] == READY:
+                self._queue(j)
+
+    def rate_due(self) -> int:
+        """Queue again the tasks whose rate slot has come; how many."""
+        retry = self.gate.due(self.clock())
+        for j in retry:
+            if self.state[j] == READY:
+                self._queue(j)
+        return len(retry)
+
+    def next_rate_slot(self) -> float | None:
+        """When the next task waiting for a rate may start (``clock`` time),
+        or None."""
+        return None if self.gate is None else self.gate.next_wakeup()
+
+    def waiting_in_gate(self) -> int:
+        return 0 if self.gate is None else self.gate.waiting_count
 
 
 def topological_order(parents: Sequence[Sequence[int]], children: Sequence[Sequence[int]]) -> list[int]:

@@ -100,6 +100,8 @@ class Summary:
     unfinished: list = field(default_factory=list)  # still running when the run ended
     detail: str = COUNTS_ONLY
     error: str | None = None
+    # resource -> {"peak", "waited", "limit", "rate"} when the run bounded any
+    resources: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         return format_summary(self)
@@ -154,6 +156,7 @@ def summarize(graph: "Graph", top: int = 5) -> Summary:
         unfinished=[t.name for t in record.unfinished or ()],
         detail=detail,
         error=record.error,
+        resources=dict(record.resources or {}),
     )
 
 
@@ -272,6 +275,13 @@ def format_summary(s: Summary) -> str:
         rows.append(f"  run stopped by {s.error}")
     if s.unfinished:
         rows.append(f"  still running  {_chain_text(s.unfinished, sep=', ')}")
+    if s.resources:
+        rows += ["", f"  {'resource':<12} {'limit':>6} {'rate/s':>7} {'peak':>5} {'waited s':>9}"]
+        for name, r in s.resources.items():
+            limit = "-" if r["limit"] is None else str(r["limit"])
+            rate = "-" if r["rate"] is None else f"{r['rate']:g}"
+            rows.append(f"  {name:<12} {limit:>6} {rate:>7} {r['peak']:>5} {r['waited']:>9.3f}")
+        rows.append("")
     if s.detail == COUNTS_ONLY:
         if s.runner:
             rows.append("  task times     not recorded (run with summary=True to record them)")

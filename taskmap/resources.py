@@ -1,0 +1,280 @@
+"""Resources: concurrency limits and rate limits, enforced where tasks start.
+
+A task *uses* resources (``create_graph(uses={task: name or [names]})``,
+each use one unit; a name listed twice takes two).  A run may *limit* a
+resource (``limits={name: n}``: at most n units in use at once) and *rate*
+it (``rates={name: r}``: at most r starts a second, spaced 1/r apart, so in
+any window of t seconds at most r*t + 1 starts).
+
+:class:`ResourceGate` is pure bookkeeping, shared by every runner: no I/O,
+no clock of its own (the runner passes ``now``).  A ready task that uses a
+limited or rated resource asks :meth:`ResourceGate.admit`; if a unit or a
+rate slot is missing it waits *in the gate* (not at a worker, holding no
+slot, thread or connection) and comes out of :meth:`release` (a unit freed)
+or :meth:`due` (a rate slot came, at :meth:`next_wakeup`: a timer in the
+runner's one wait).  Waiting tasks get what frees up in order of priority
+(``create_graph(priority=...)``, higher first), then critical path, then the
+order they became ready.  A task releases its units exactly once, however it
+ends; a retry takes them again.
+
+The gate also keeps what the summary shows: each resource's peak in use and
+the total time tasks waited for it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+UsesSpec = Mapping[Any, "str | Sequence[str]"]
+
+
+def normalise_uses(uses: UsesSpec | None, tasks: Mapping[Any, Any]) -> dict[Any, tuple[str, ...]]:
+    """``uses`` as task -> tuple of resource names (a name once per unit);
+    a task that is not in ``tasks`` or a name that is not a non-empty str is
+    a ValueError/TypeError naming it."""
+    if not uses:
+        return {}
+    unknown = [t for t in uses if t not in tasks]
+    if unknown:
+        raise ValueError(f"uses names tasks that are not in the graph: {unknown[:10]!r}")
+    out: dict[Any, tuple[str, ...]] = {}
+    for task, names in uses.items():
+        names = (names,) if isinstance(names, str) else tuple(names)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"uses[{task!r}]: a resource is a non-empty str, not {name!r}")
+        if names:
+            out[task] = names
+    return out
+
+
+def check_limits_and_rates(
+    uses: Mapping[Any, tuple[str, ...]], limits: Mapping[str, int] | None, rates: Mapping[str, float] | None
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Validate a run's ``limits`` and ``rates`` against the graph's uses:
+    ints >= 1 and numbers > 0; a name no task uses is a ValueError (a typo
+    must not silently lift a limit); a task needing more units of a resource
+    than its limit could never start: ValueError before the run."""
+    limits = dict(limits or {})
+    rates = dict(rates or {})
+    used = {name for names in uses.values() for name in names}
+    for what, spec in (("limits", limits), ("rates", rates)):
+        unknown = sorted(str(n) for n in spec if n not in used)
+        if unknown:
+            raise ValueError(
+                f"{what} names resources no task uses: {unknown[:10]!r} "
+                f"(resources used: {sorted(used)[:10]!r})"
+            )
+    for name, n in limits.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"limits[{name!r}] must be an int >= 1, not {n!r}")
+    for name, r in rates.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0 or math.isinf(r) or math.isnan(r):
+            raise ValueError(f"rates[{name!r}] must be a number > 0 (starts per second), not {r!r}")
+        rates[name] = float(r)
+    for task, names in uses.items():
+        for name in set(names):
+            need = names.count(name)
+            if name in limits and need > limits[name]:
+                raise ValueError(
+                    f"task {task!r} uses {need} units of {name!r} but its limit is {limits[name]}: "
+                    "it could never start"
+                )
+    return limits, rates
+
+
+class ResourceGate:
+    """Admits tasks under limits and rates (see the module docstring).
+
+    ``uses[i]``: resource numbers task i takes a unit of (repeats allowed);
+    ``limit[r]``: units of resource r (None: unlimited); ``interval[r]``:
+    seconds between starts (None: no rate); ``rank[i]``: the order among
+    waiting tasks (smaller first).  Only tasks with a limited or rated
+    resource ever reach the gate's heaps; for the others :meth:`admit` is a
+    list lookup.
+    """
+
+    __slots__ = (
+        "names", "uses", "limit", "interval", "rank", "in_use", "next_start",
+        "waiting", "waits_on", "since", "held", "peak", "waited", "seq", "gated",
+    )
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        uses: Sequence[tuple[int, ...]],
+        limit: Sequence[int | None],
+        interval: Sequence[float | None],
+        rank: Sequence[Any],
+    ) -> None:
+        self.names = list(names)
+        self.limit = list(limit)
+        self.interval = list(interval)
+        # keep only the uses that can make a task wait
+        gated_r = {r for r in range(len(names)) if limit[r] is not None or interval[r] is not None}
+        self.uses = [tuple(r for r in u if r in gated_r) for u in uses]
+        self.gated = [bool(u) for u in self.uses]
+        self.rank = rank
+        self.in_use = [0] * len(names)
+        self.next_start = [-math.inf] * len(names)
+        # per resource: a heap of (rank, seq, task) of tasks waiting for it
+        self.waiting: list[list[tuple[Any, int, int]]] = [[] for _ in names]
+        self.waits_on: dict[int, int] = {}  # waiting task -> the resource it waits in
+        self.since: dict[int, float] = {}  # waiting task -> when it began to wait
+        self.held: set[int] = set()  # tasks holding their units now
+        self.peak = [0] * len(names)
+        self.waited = [0.0] * len(names)  # total seconds tasks waited, by the resource they waited in
+        self.seq = 0
+
+    # -- events in --------------------------------------------------------
+    #
+    # A runner asks at the moment it would start a task (pop), so a unit or a
+    # rate slot is taken when the task really starts, not while it sits in a
+    # queue waiting for a worker: starts are what limits and rates bound.
+
+    def blocked(self, i: int, now: float) -> int | None:
+        """The first resource that keeps task i from starting now (None:
+        it may start)."""
+        uses = self.uses[i]
+        for r in uses:
+            limit = self.limit[r]
+            if limit is not None and self.in_use[r] + uses.count(r) > limit:
+                return r
+            if self.interval[r] is not None and self.next_start[r] > now:
+                return r
+        return None
+
+    def take(self, i: int, now: float) -> None:
+        """Task i starts now: its units (and rate slots) are taken."""
+        self.held.add(i)
+        for r in self.uses[i]:
+            self.in_use[r] += 1
+            if self.in_use[r] > self.peak[r]:
+                self.peak[r] = self.in_use[r]
+        for r in set(self.uses[i]):
+            interval = self.interval[r]
+            if interval is not None:
+                slot = self.next_start[r]
+                # a start late for its slot by less than one interval (the
+                # timer's granularity) keeps the grid, so the rate is reached
+                # and does not drift; after an idle spell the grid restarts
+                self.next_start[r] = slot + interval if now - slot < interval else now + interval
+
+    def park(self, i: int, r: int, now: float) -> None:
+        """Task i waits in resource r's line (in rank order)."""
+        self.seq += 1
+        heapq.heappush(self.waiting[r], (self.rank[i], self.seq, i))
+        self.waits_on[i] = r
+        self.since.setdefault(i, now)
+
+    def release(self, i: int, now: float) -> list[int]:
+        """Task i ended (however): its units go back, once.  Returns the
+        waiting tasks to try again (the first in line of each freed unit's
+        resource), taken out of their lines.  A task still waiting in a line
+        (a run stopping, or skipped) is withdrawn."""
+        if i in self.waits_on:
+            r = self.waits_on.pop(i)
+            self.waiting[r] = [e for e in self.waiting[r] if e[2] != i]
+            heapq.heapify(self.waiting[r])
+            self.waited[r] += now - self.since.pop(i)
+            return []
+        if i not in self.held:
+            return []
+        self.held.discard(i)
+        retry = []
+        for r in self.uses[i]:
+            self.in_use[r] -= 1
+            retry.extend(self._unpark(r, 1, now))
+        return retry
+
+    def due(self, now: float) -> list[int]:
+        """The waiting tasks whose rate slot has come (call at
+        :meth:`next_wakeup`), taken out of their lines to try again."""
+        retry = []
+        for r, heap in enumerate(self.waiting):
+            if heap and self.interval[r] is not None and self.next_start[r] <= now:
+                retry.extend(self._unpark(r, 1, now))
+        return retry
+
+    def next_wakeup(self) -> float | None:
+        """When the next waiting task's rate slot comes (None: no task waits
+        for a rate)."""
+        times = [
+            self.next_start[r]
+            for r, heap in enumerate(self.waiting)
+            if heap and self.interval[r] is not None
+        ]
+        return min(times) if times else None
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self.waits_on)
+
+    def _unpark(self, r: int, n: int, now: float) -> list[int]:
+        heap = self.waiting[r]
+        out = []
+        while heap and len(out) < n:
+            _, _, i = heapq.heappop(heap)
+            del self.waits_on[i]
+            self.waited[r] += now - self.since.pop(i)
+            out.append(i)
+        return out
+
+    # -- checks and reports ---------------------------------------------------------
+
+    def validate(self) -> None:
+        """The invariants: units in use are the units of the tasks holding
+        them and never exceed a limit; a task waits in exactly one line."""
+        counted = [0] * len(self.names)
+        for i in self.held:
+            for r in self.uses[i]:
+                counted[r] += 1
+        assert counted == self.in_use, (counted, self.in_use)
+        for r, limit in enumerate(self.limit):
+            assert limit is None or self.in_use[r] <= limit, (self.names[r], self.in_use[r], limit)
+        lines = {}
+        for r, heap in enumerate(self.waiting):
+            for _, _, i in heap:
+                assert i not in lines, i
+                lines[i] = r
+        assert lines == self.waits_on, (lines, self.waits_on)
+        assert not (self.held & set(self.waits_on))
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """Per resource: peak units in use and seconds tasks waited for it."""
+        return {
+            name: {"peak": self.peak[r], "waited": self.waited[r], "limit": self.limit[r],
+                   "rate": (1.0 / self.interval[r]) if self.interval[r] else None}
+            for r, name in enumerate(self.names)
+        }
+
+
+def build_gate(
+    names: Sequence[Any],
+    uses: Mapping[Any, tuple[str, ...]],
+    limits: Mapping[str, int],
+    rates: Mapping[str, float],
+    rank: Sequence[Any],
+) -> ResourceGate | None:
+    """The gate of a run, or None when nothing is limited or rated (then no
+    runner pays anything for resources)."""
+    if not limits and not rates:
+        return None
+    resources = sorted({name for names_ in uses.values() for name in names_})
+    number = {name: r for r, name in enumerate(resources)}
+    index = {task: i for i, task in enumerate(names)}
+    task_uses: list[tuple[int, ...]] = [()] * len(names)
+    for task, used in uses.items():
+        i = index.get(task)
+        if i is not None:
+            task_uses[i] = tuple(number[n] for n in used)
+    return ResourceGate(
+        resources,
+        task_uses,
+        [limits.get(name) for name in resources],
+        [1.0 / rates[name] if name in rates else None for name in resources],
+        rank,
+    )
