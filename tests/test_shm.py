@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import taskmap
-from _processes import exit_when_a_thread_is_in, start_pipeline
+from _processes import start_pipeline
 from taskmap import codec, shm
 
 pytestmark = [
@@ -381,12 +381,19 @@ def test_big_values_under_a_memory_limit():
 
 
 def crash_while_writing(listing: str):
-    """Return a big result; die while the worker writes it into its segment
-    (after noting which segments exist at that moment)."""
-    exit_when_a_thread_is_in(
-        "_write", lambda local: "fd" in local, 6,
-        before_exit=lambda: Path(listing).write_text("\n".join(os.listdir("/dev/shm"))),
-    )
+    """Return a big result; die while the worker writes it into its segment:
+    after the first ``os.pwrite`` into it (noting which segments exist at
+    that moment).  (A watcher thread that looked for the writing thread's
+    frame every 0.1 ms could miss the whole write on a busy machine.)"""
+    pwrite = os.pwrite
+
+    def write_then_die(fd, data, offset):
+        n = pwrite(fd, data, offset)
+        Path(listing).write_text("\n".join(os.listdir("/dev/shm")))
+        os._exit(6)
+        return n
+
+    os.pwrite = write_then_die  # this worker dies with it
     return b"r" * (64 * MiB)
 
 
