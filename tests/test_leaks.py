@@ -11,8 +11,10 @@ The full count (200 runs) is ``stress/soak.py``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
+import tempfile
 import threading
 import time
 
@@ -158,20 +160,30 @@ def compare(before: dict, after: dict, same_workers: bool) -> None:
         assert not set(after["workers"]) & set(before["workers"]), "crashed workers still in the pool"
 
 
-def busy_pid():
-    time.sleep(0.2)
+def pid_once_all_run(path, n, seconds=20):
+    """Note this task's start in ``path``, wait (at most ``seconds``) until
+    ``n`` tasks started, return this worker's pid."""
+    with open(path, "a") as f:
+        f.write("x")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if len(f.read()) >= n:
+                break
+        time.sleep(0.002)
     return os.getpid()
 
 
 def use_every_worker(ncores: int = 2) -> None:
     """Until each worker has run a task: a worker the pool is still starting
-    (after a resize or a crash) has fewer fds and threads than it will."""
-    for _ in range(50):
-        funcs = {f"p{i}": busy_pid for i in range(ncores)}
+    (after a resize or a crash) has fewer fds and threads than it will.  Each
+    of the ``ncores`` tasks waits until all run, so they run in different
+    workers (a sleep instead let one worker run two in turn)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "started")
+        funcs = {f"p{i}": functools.partial(pid_once_all_run, path, ncores) for i in range(ncores)}
         graph = taskmap.run_parallel(taskmap.create_graph(funcs, {k: [] for k in funcs}), ncores=ncores)
-        if len(set(graph.results.values())) == ncores:
-            return
-    raise AssertionError("the pool's workers never all took a task")
+    assert len(set(graph.results.values())) == ncores, "the pool's workers never all took a task"
 
 
 def runs(n: int, with_crash: bool) -> None:
