@@ -18,8 +18,8 @@ busy machine is where timing assumptions break).  Each pytest process
 records every test report through a plugin object passed to ``pytest.main``
 (no output is parsed) and writes them to a JSON file for this script.
 
-Prints one line per test that ran (runs, failures, rate, the first failure's
-last line), then a verdict: ``OK: ...`` and exit status 0 when nothing
+Prints one line per test that ran (runs, failures, rate), each distinct
+failure message (its first ``E`` line), then a verdict: ``OK: ...`` and exit status 0 when nothing
 failed, ``FAIL: ...`` and exit status 1 when a test failed in any run, 2 when
 a pytest process did not finish within --max-seconds (it is killed).
 """
@@ -69,7 +69,9 @@ class Recorder:
             self.runs[report.nodeid] += 1
         if report.failed:
             lines = (report.longreprtext or "").strip().splitlines() or ["?"]
-            self.failures[report.nodeid].append(f"{report.when}: {lines[-1][:160]}")
+            # the first "E   ..." line says what failed; else the last line
+            why = next((line[1:].strip() for line in lines if line.startswith("E ")), lines[-1])
+            self.failures[report.nodeid].append(f"{report.when}: {why[:200]}")
 
 
 def child(args) -> int:
