@@ -21,7 +21,8 @@ records every test report through a plugin object passed to ``pytest.main``
 Prints one line per test that ran (runs, failures, rate), each distinct
 failure message (its first ``E`` line), then a verdict: ``OK: ...`` and exit status 0 when nothing
 failed, ``FAIL: ...`` and exit status 1 when a test failed in any run, 2 when
-a pytest process did not finish within --max-seconds (it is killed).
+a pytest process did not finish within --max-seconds (it is killed), 130
+when interrupted (Ctrl-C or SIGTERM: the table shows the runs until then).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def child(args) -> int:
     """In a pytest process: run the tests, write what the recorder saw."""
     import pytest
 
+    # (started in the background, a shell may have left SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     recorder = Recorder(args.loops)
     pytest_args = ["-q", "-p", "no:cacheprovider", *args.pytest_args]
     code = pytest.main(pytest_args, plugins=[recorder])
@@ -96,6 +99,14 @@ def run_pytest(args, loops: int, out: Path, log) -> dict | None:
         os.killpg(proc.pid, signal.SIGKILL)  # its own group: its workers too
         proc.wait()
         return None
+    except KeyboardInterrupt:
+        args.interrupted = True
+        os.killpg(proc.pid, signal.SIGINT)  # pytest stops and reports what ran
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     if not out.exists():
         return {"runs": {}, "failures": {"<pytest process>": [f"exit status {proc.returncode}, no report"]}, "exit": proc.returncode}
     return json.loads(out.read_text())
@@ -120,6 +131,8 @@ def main(argv=None) -> int:
     args.pytest_args = [*args.tests, *(["-k", args.keyword] if args.keyword else []), *extra]
     if args.child:
         return child(args)
+    args.interrupted = False
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: report what ran
     if not args.tests and not args.keyword:
         p.error("name the tests to run (node ids, paths, or -k)")
 
@@ -148,6 +161,8 @@ def main(argv=None) -> int:
                 if mode == "fresh":
                     bad = sum(len(v) > 0 for v in report["failures"].values())
                     print(f"  fresh #{n}: {bad} failing tests", flush=True)
+                if args.interrupted:
+                    break
     finally:
         for proc in load:
             proc.kill()
@@ -169,6 +184,9 @@ def main(argv=None) -> int:
     failed = sum(len(v) for v in failures.values())
     facts = (f"{len({t for _, t in runs})} tests, {sum(runs.values())} runs ({'+'.join(modes)}, "
              f"{args.loops} loops, load {args.load}), {elapsed:.0f} s")
+    if args.interrupted:
+        print(f"FAIL: interrupted; {failed} failures so far; {facts}")
+        return 130
     if hung:
         print(f"FAIL: {len(hung)} pytest processes did not finish ({', '.join(hung)}); {failed} failures; {facts}")
         return 2
