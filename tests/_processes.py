@@ -1,41 +1,15 @@
-"""Helpers shared by the tests that kill processes: die at a chosen moment
-inside a worker, and start a pipeline script in its own process."""
+"""Helpers shared by the tests that kill processes: start a pipeline script
+in its own process, once its slow tasks say they run."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
-
-def exit_when_a_thread_is_in(
-    function: str, condition: Callable, exitcode: int, before_exit: Callable | None = None, seconds: float = 10
-) -> None:
-    """From a watcher thread, ``os._exit(exitcode)`` as soon as another thread
-    of this process runs ``function`` with ``condition(frame.f_locals)`` true,
-    after calling ``before_exit()`` (checked every 0.1 ms for ``seconds``; not
-    seen: the process lives on and the test fails on its own)."""
-
-    def watch():
-        me = threading.get_ident()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for ident, frame in sys._current_frames().items():
-                while ident != me and frame is not None:
-                    if frame.f_code.co_name == function and condition(frame.f_locals):
-                        if before_exit is not None:
-                            before_exit()
-                        os._exit(exitcode)
-                    frame = frame.f_back
-            time.sleep(0.0001)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def start_pipeline(tmp_path: Path, script: str, env: dict | None = None, **popen) -> subprocess.Popen:

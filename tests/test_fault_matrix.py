@@ -31,7 +31,6 @@ import time
 import pytest
 
 import taskmap
-from _processes import exit_when_a_thread_is_in
 from taskmap.pool import get_pool
 
 psutil = pytest.importorskip("psutil")
@@ -438,7 +437,7 @@ def test_os_exit(runner, tmp_path):
 async def block_the_loop(path, seconds):
     write_line(path, f"block {os.getpid()}")
     time.sleep(seconds)  # a blocking call in a coroutine: the loop stalls
-    return "blocked"
+    return "blocked"  # (not reached: the worker dies first)
 
 
 async def note_start(path, value):
@@ -455,13 +454,15 @@ def exit_once_seen(path, word):
 
 
 def test_io_task_not_started_on_a_crashed_worker_is_not_failed(tmp_path):
-    # one worker: 'block' stalls its loop, so 'waiting' (sent in the same
-    # message) cannot start before the cpu task 'crash' kills the worker.
+    # one worker: 'block' stalls its loop until the worker dies, so 'waiting'
+    # (sent in the same message) cannot start before the cpu task 'crash',
+    # which waits for block's line, kills the worker.  (It stalled for 1 s: a
+    # crash later than that, on a busy machine, let 'waiting' begin there.)
     # (partial keeps them coroutine functions: a lambda returning a coroutine
     # is a plain function, which starts by running in a thread at once)
     path = str(tmp_path / "log")
     funcs = {
-        "block": functools.partial(block_the_loop, path, 1.0),
+        "block": functools.partial(block_the_loop, path, 30),
         "waiting": functools.partial(note_start, path, "ran"),
         "crash": lambda: exit_once_seen(path, "block"),
     }
@@ -475,13 +476,22 @@ def test_io_task_not_started_on_a_crashed_worker_is_not_failed(tmp_path):
     assert graph.results["waiting"] == "ran", repr(graph.results["waiting"])
 
 
-def note_start_and_sleep(path, seconds, value):
+def note_start_and_wait_in_doomed_worker(path, doomed, value, seconds=30):
+    """Note the start in ``path``; in the worker whose pid is in the file
+    ``doomed`` (or before that file exists), wait until the worker dies (at
+    most ``seconds``); elsewhere return at once."""
     write_line(path, f"{value} {os.getpid()}")
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError), open(doomed) as f:
+            if f.read().split() not in ([], [str(os.getpid())]):
+                break
+        time.sleep(0.005)
     return value
 
 
-def exit_once_lines(path, lines):
+def exit_once_lines(path, lines, doomed):
+    write_line(doomed, os.getpid())
     wait_for_file(path, lines=lines)
     time.sleep(0.2)  # (the next one, had a thread been free, would begin now)
     os._exit(3)
@@ -489,7 +499,9 @@ def exit_once_lines(path, lines):
 
 def test_plain_io_task_waiting_for_a_thread_on_a_crashed_worker_is_not_failed(tmp_path):
     # one worker, whose io threads (IO_THREADS) all run plain functions that
-    # sleep: one more is handed to the thread pool but waits for a thread.
+    # wait until the worker dies (they slept 1.5 s: a crash later than that,
+    # on a busy machine, freed a thread for the one waiting): one more is
+    # handed to the thread pool but waits for a thread.
     # When the cpu task 'crash' kills the worker, the sleeping ones fail (they
     # were running) and the waiting one, which never began, runs again on
     # the replacement worker (it was counted as started, and failed, when it
@@ -498,8 +510,9 @@ def test_plain_io_task_waiting_for_a_thread_on_a_crashed_worker_is_not_failed(tm
 
     path = str(tmp_path / "log")
     n = IO_THREADS + 1
-    funcs = {f"s{k}": functools.partial(note_start_and_sleep, path, 1.5, f"s{k}") for k in range(n)}
-    funcs["crash"] = lambda: exit_once_lines(path, IO_THREADS)
+    doomed = str(tmp_path / "doomed")  # the pid of the worker that 'crash' kills
+    funcs = {f"s{k}": functools.partial(note_start_and_wait_in_doomed_worker, path, doomed, f"s{k}") for k in range(n)}
+    funcs["crash"] = lambda: exit_once_lines(path, IO_THREADS, doomed)
     deps = {name: [] for name in funcs}
     graph = taskmap.create_graph(funcs, deps, io_bound=[f"s{k}" for k in range(n)])
     run(taskmap.run_parallel_async, graph, ncores=1, seconds=60)
@@ -602,22 +615,47 @@ def test_worker_memory_limit_option_hit(runner, tmp_path):
 # -- crashes around messages ------------------------------------------------------
 
 
-def _exit_soon(delay, code):
+class MarkWhenDone(taskmap.observers.Observer):
+    """In the coordinator: create the file ``path`` once each of ``names``
+    has its result (a worker's task can wait for it)."""
+
+    def __init__(self, path, *names):
+        self.path, self.left = path, set(names)
+
+    def task_finished(self, event):
+        self.left.discard(event.name)
+        if not self.left and not os.path.exists(self.path):
+            open(self.path, "w").close()
+
+
+def _exit_once(paths, delay, code):
+    """From a thread: once every file in ``paths`` exists (bounded), wait
+    ``delay`` seconds and exit."""
+
     def go():
+        for path in paths:
+            wait_for_file(path, lines=0)
         time.sleep(delay)
         os._exit(code)
 
     threading.Thread(target=go, daemon=True).start()
 
 
-def return_then_crash(delay):
-    _exit_soon(delay, 5)
+def return_then_crash(*paths):
+    _exit_once(paths, 0, 5)
     return "sent before the crash"
 
 
-def return_pid_then_crash(delay):
-    _exit_soon(delay, 5)
+def return_pid_then_crash(path, delay):
+    _exit_once([path], delay, 5)
     return os.getpid()
+
+
+def note_and_wait(path, seconds=30):
+    """Create ``path``, then wait (for the worker to die) at most ``seconds``."""
+    open(path, "w").close()
+    time.sleep(seconds)
+    return "not killed"
 
 
 def wait_until_dead(pid, seconds=10):
@@ -630,12 +668,16 @@ def wait_until_dead(pid, seconds=10):
 
 
 def test_worker_crashes_right_after_sending_its_result(tmp_path):
-    # one worker: 'first' returns at once and its worker dies 0.2 s later,
-    # while running 'victim'; 'queued' waits in the coordinator's queue
+    # one worker: 'first' returns at once and its worker dies once 'victim'
+    # runs and the coordinator has the result of 'uses_first' (so first's
+    # too); 'queued' waits in the coordinator's queue.  (The worker died 0.2 s
+    # after 'first' returned: on a busy machine, before 'victim' started or
+    # before the results were out.)
+    victim_runs, results_in = str(tmp_path / "victim_runs"), str(tmp_path / "results_in")
     funcs = {
-        "first": lambda: return_then_crash(0.2),
+        "first": lambda: return_then_crash(victim_runs, results_in),
         "uses_first": lambda x: x + "!",
-        "victim": lambda x: spin(3),
+        "victim": lambda x: note_and_wait(victim_runs),
         "victim_child": lambda x: x,
         "queued": lambda x: 5,
         "queued2": plus,
@@ -648,7 +690,8 @@ def test_worker_crashes_right_after_sending_its_result(tmp_path):
         "queued": ["uses_first"],
         "queued2": ["queued"],
     }
-    graph = run(taskmap.run_parallel, taskmap.create_graph(funcs, deps, io_bound=["uses_first"]), ncores=1)
+    graph = taskmap.create_graph(funcs, deps, io_bound=["uses_first"])
+    run(taskmap.run_parallel, graph, ncores=1, observers=[MarkWhenDone(results_in, "uses_first")])
     # the result sent before the crash counts: it is not run again
     assert graph.results["first"] == "sent before the crash"
     assert graph.attempts["first"] == 1
@@ -662,13 +705,17 @@ def test_worker_crashes_right_after_sending_its_result(tmp_path):
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.002, 0.02])
-def test_worker_crashes_just_after_a_result_next_task_not_lost(delay):
+def test_worker_crashes_just_after_a_result_next_task_not_lost(delay, tmp_path):
     # the next task is sent to the worker while (or just before) it dies:
-    # it is rerun on the replacement (retries cover a start on the dying one)
-    funcs = {"first": lambda: return_pid_then_crash(0.05 + delay), "next": lambda x: x + 1, "other": a}
+    # it is rerun on the replacement (retries cover a start on the dying one).
+    # The worker dies ``delay`` after the coordinator got first's result (it
+    # died 0.05 s + ``delay`` after first returned: on a busy machine, before
+    # that result was out, and first ran twice).
+    first_in = str(tmp_path / "first_in")
+    funcs = {"first": lambda: return_pid_then_crash(first_in, delay), "next": lambda x: x + 1, "other": a}
     deps = {"first": [], "next": ["first"], "other": []}
     graph = taskmap.create_graph(funcs, deps, io_bound=["next"])
-    run(taskmap.run_parallel_async, graph, ncores=1, retries={"next": 2})
+    run(taskmap.run_parallel_async, graph, ncores=1, retries={"next": 2}, observers=[MarkWhenDone(first_in, "first")])
     pid = graph.results["first"]
     assert isinstance(pid, int) and graph.attempts["first"] == 1
     assert graph.results["next"] == pid + 1
@@ -686,12 +733,28 @@ def _find_worker():
 
 
 def crash_while_result_is_sent(size):
-    """Return a big result and kill the worker while it sends it: when some
-    thread of the worker is seen inside ``Connection._send_bytes`` with a
-    buffer of at least ``size`` bytes."""
-    me_pid = os.getpid()
-    exit_when_a_thread_is_in("_send_bytes", lambda local: len(local.get("buf") or b"") >= size, 6)
-    assert os.getpid() == me_pid
+    """Return a big result and kill the worker in the middle of sending it:
+    the first send of at least ``size`` bytes writes half of them to the
+    pipe, then the worker exits (code 6), so the message is surely cut.
+
+    (A watcher thread that looked for a frame inside
+    ``Connection._send_bytes`` could also see it after the last byte was
+    written, the sending thread waiting for the GIL to return: the whole
+    result could then reach the coordinator and the task succeed.  The test
+    failed 1 of 32 looped runs.)"""
+    conn = _find_worker().conn
+    cls = type(conn)
+    send = cls._send
+
+    def cut(self, buf, *args):
+        if len(buf) < size:
+            return send(self, buf, *args)
+        half = memoryview(buf)[: len(buf) // 2]
+        while half:
+            half = half[os.write(self._handle, half) :]
+        os._exit(6)
+
+    cls._send = cut  # this worker dies with it
     return b"r" * size
 
 
@@ -707,10 +770,13 @@ def test_crash_while_a_result_is_being_sent_is_blamed_on_its_task():
     check_pool_replaced(err.pid)
 
 
-def kill_all_workers(path, n):
-    """Register this worker's pid, wait for all ``n``, SIGKILL them all."""
+def kill_all_workers(path, n, began=None, n_began=0):
+    """Register this worker's pid, wait for all ``n`` (and for ``n_began``
+    lines in the file ``began``), SIGKILL them all."""
     write_line(path, os.getpid())
     pids = [int(p) for p in wait_for_file(path, lines=n).split()]
+    if began is not None:
+        wait_for_file(began, lines=n_began)
     me = os.getpid()
     for pid in pids:
         if pid != me:
@@ -724,13 +790,17 @@ def kill_all_workers(path, n):
 
 def test_every_worker_killed_at_once(tmp_path):
     path = str(tmp_path / "pids")
-    funcs = {f"k{j}": (lambda: kill_all_workers(path, 2)) for j in range(2)}
+    # the killers wait until both io tasks began (each notes its first step in
+    # 'began'): one that had not yet begun when its worker died is requeued,
+    # not failed, and would sleep its 30 s on a replacement
+    began = str(tmp_path / "began")
+    funcs = {f"k{j}": (lambda: kill_all_workers(path, 2, began, 2)) for j in range(2)}
     deps = {f"k{j}": [] for j in range(2)}
     # children of the killers (one is sent ahead to the killer's worker)
     funcs.update({f"k{j}_child": (lambda x=None: x) for j in range(2)})
     deps.update({f"k{j}_child": [f"k{j}"] for j in range(2)})
     # io tasks in flight on the workers when they die
-    funcs.update({f"io{j}": (lambda: io_sleep(30)) for j in range(2)})
+    funcs.update({f"io{j}": (lambda: io_with_pid(began, 30, "slept")) for j in range(2)})
     deps.update({f"io{j}": [] for j in range(2)})
     funcs.update({f"io{j}_child": (lambda x: x) for j in range(2)})
     deps.update({f"io{j}_child": [f"io{j}"] for j in range(2)})
@@ -774,7 +844,9 @@ def test_crash_while_a_big_result_is_in_flight(tmp_path):
         "other": a,
     }
     deps = {"big": [], "use": ["big"], "crash": [], "child": ["crash"], "other": []}
-    graph = run(taskmap.run_parallel, taskmap.create_graph(funcs, deps), ncores=2)
+    # 'other' runs in an io thread: with a third cpu task ready, 'big' could
+    # be sent to wait behind 'crash', which then waited for big's flag in vain
+    graph = run(taskmap.run_parallel, taskmap.create_graph(funcs, deps, io_bound=["other"]), ncores=2)
     assert graph.results["big"] == b"b" * size
     assert graph.results["use"] == size
     err = check_crash(graph, "crash", exitcode=4)
@@ -796,11 +868,20 @@ def test_crash_of_a_task_sent_ahead_of_a_waiting_one_requeues_the_waiting_one():
     check_pool_replaced(graph.results["c0"].pid, ncores=1)
 
 
-def exit_while_a_big_message_arrives(min_size):
-    """Spin (so this worker's reader thread gets the GIL only every switch
-    interval and a big message takes a while to read) until the reader is in
-    the middle of receiving a message of at least ``min_size`` bytes (seen on
-    its stack: ``Connection._recv(size)``), then die."""
+async def until_file(path, timeout=20.0):
+    """An io task that ends once ``path`` exists (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+def exit_while_a_big_message_arrives(min_size, started):
+    """Create the file ``started``, then spin (so this worker's reader thread
+    gets the GIL only every switch interval and a big message takes a while
+    to read) until the reader is in the middle of receiving a message of at
+    least ``min_size`` bytes (seen on its stack: ``Connection._recv(size)``),
+    then die."""
+    open(started, "w").close()
     me = threading.get_ident()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -814,12 +895,15 @@ def exit_while_a_big_message_arrives(min_size):
     os._exit(5)
 
 
-def big_argument_graph(size, use=len):
+def big_argument_graph(size, tmp_path, use=len):
     # One worker runs 'crash', which dies while the coordinator sends it the
-    # 20 MB argument of the io task 'use' (ready once 'gate' is done).
+    # 20 MB argument of the io task 'use' (ready once 'gate' is done, which
+    # waits until 'crash' runs: it slept 10 ms, and on a busy machine 'use'
+    # could arrive before 'crash' began to watch for it).
+    started = str(tmp_path / "crash_runs")
     funcs = {
-        "crash": lambda: exit_while_a_big_message_arrives(size),
-        "gate": lambda: io_sleep(0.01, None),
+        "crash": lambda: exit_while_a_big_message_arrives(size, started),
+        "gate": lambda: until_file(started),
         "big": a,
         "use": use,
         "child": lambda x=None: x,
@@ -830,9 +914,9 @@ def big_argument_graph(size, use=len):
     )
 
 
-def test_crash_while_a_big_argument_is_being_sent_to_the_worker():
+def test_crash_while_a_big_argument_is_being_sent_to_the_worker(tmp_path):
     size = 20 << 20
-    graph = run(taskmap.run_parallel_async, big_argument_graph(size), ncores=1)
+    graph = run(taskmap.run_parallel_async, big_argument_graph(size, tmp_path), ncores=1)
     err = check_crash(graph, "crash", exitcode=4)  # 4: it died mid-message
     assert graph.results["child"] == skipped("crash")
     # 'use' never reached the dead worker: it ran on the replacement
@@ -841,9 +925,9 @@ def test_crash_while_a_big_argument_is_being_sent_to_the_worker():
     check_pool_replaced(err.pid, ncores=1)
 
 
-def test_task_whose_submission_never_arrived_keeps_its_retries():
+def test_task_whose_submission_never_arrived_keeps_its_retries(tmp_path):
     size = 20 << 20
-    graph = run(taskmap.run_parallel_async, big_argument_graph(size), ncores=1)
+    graph = run(taskmap.run_parallel_async, big_argument_graph(size, tmp_path), ncores=1)
     check_crash(graph, "crash", exitcode=4)
     assert graph.results["use"] == size
     assert graph.attempts["use"] == 1
@@ -853,19 +937,21 @@ def _tiny_or_len(*xs):
     return len(xs[0]) if xs and isinstance(xs[0], bytes) else 1
 
 
-def test_pinned_chain_whose_submission_fails_keeps_its_arguments():
+def test_pinned_chain_whose_submission_fails_keeps_its_arguments(tmp_path):
     # One worker.  Tiny cpu tasks first, so that the coordinator sends several
     # cpu tasks ahead; then 'crash' runs and dies while the coordinator sends
-    # it 'p' (with a 20 MB argument) and 'c' pinned behind 'p'.
+    # it 'p' (with a 20 MB argument) and 'c' pinned behind 'p' ('p' waits for
+    # 'gate', which waits until 'crash' runs: it slept 0.3 s).
     size = 20 << 20
+    started = str(tmp_path / "crash_runs")
     # 'p' shares its function with the tiny tasks: measured tiny, its tasks
     # are queued at a worker that is busy (the depth is per function)
     funcs = {f"tiny{i}": _tiny_or_len for i in range(5)}
     deps = {f"tiny{i}": ([f"tiny{i - 1}"] if i else []) for i in range(5)}
     funcs.update(
         {
-            "crash": lambda _: exit_while_a_big_message_arrives(size),
-            "gate": lambda: io_sleep(0.3, None),
+            "crash": lambda _: exit_while_a_big_message_arrives(size, started),
+            "gate": lambda: until_file(started),
             "big": a,
             "p": _tiny_or_len,
             "c": lambda *xs: xs,
@@ -962,12 +1048,12 @@ def test_megabytes_on_stdout_and_stderr_do_not_disturb_the_protocol(capfd):
 # -- raise_errors with a crash ---------------------------------------------------
 
 
-def exit_after_pid(path, delay, wait_for=None):
+def exit_after_pid(path, delay, wait_for=()):
     write_line(path, f"crash {os.getpid()}")
-    if wait_for is not None:  # until that task runs too
-        deadline = time.monotonic() + 20
-        while wait_for not in open(path).read() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    deadline = time.monotonic() + 20
+    # until those tasks run too
+    while not all(w in open(path).read() for w in wait_for) and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(delay)
     os._exit(3)
 
@@ -1001,7 +1087,9 @@ def check_no_busy_process_left(busy_pid):
 def test_raise_errors_with_a_crash_raises_promptly_and_leaves_no_process(tmp_path, runner):
     path = str(tmp_path / "pids")
     funcs = {
-        "crash": lambda: exit_after_pid(path, 0.1, wait_for="slow"),
+        # both others run when it dies ('io_slow' has noted its worker, which
+        # the checks below read; it waited only for 'slow' and 0.1 s)
+        "crash": lambda: exit_after_pid(path, 0.1, wait_for=("slow", "io")),
         "slow": lambda: slow_with_pid(path),
         "io_slow": lambda: io_with_pid(path, 30, "io"),
         "child": lambda x=None: x,
@@ -1029,7 +1117,7 @@ def test_raise_errors_with_a_crash_raises_promptly_and_leaves_no_process(tmp_pat
 
 def test_raise_errors_names_the_task_that_was_running_when_its_worker_died(tmp_path):
     path = str(tmp_path / "pids")
-    funcs = {"crash": lambda: exit_after_pid(path, 0.1, wait_for="io"), "io_slow": lambda: io_with_pid(path, 30, "io")}
+    funcs = {"crash": lambda: exit_after_pid(path, 0.1, wait_for=("io",)), "io_slow": lambda: io_with_pid(path, 30, "io")}
     graph = taskmap.create_graph(funcs, {"crash": [], "io_slow": []}, io_bound=["io_slow"])
     with bounded(20), pytest.raises(taskmap.TaskFailedError) as info:
         taskmap.run_parallel(graph, ncores=1, raise_errors=True)

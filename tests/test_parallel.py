@@ -139,8 +139,26 @@ def test_io_tasks_overlap_their_waits():
     assert time.monotonic() - start < 1.5  # 40 x 0.3 s if they did not overlap
 
 
-def test_cpu_tasks_spread_over_workers():
-    funcs = {"x": lambda: busy(0.3), "y": lambda: busy(0.3)}
+def pid_once_all_run(path, n, seconds=20):
+    """Note this task's start in ``path``, wait (at most ``seconds``) until
+    ``n`` tasks started, return this worker's pid."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if f.read().count("\n") >= n:
+                break
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def test_cpu_tasks_spread_over_workers(tmp_path):
+    # each waits until both run: at the same time, so in two workers (with a
+    # sleep instead, a second worker still starting -- the pool had one
+    # worker in the test before -- let the first worker run both in turn)
+    path = str(tmp_path / "started")
+    funcs = {"x": lambda: pid_once_all_run(path, 2), "y": lambda: pid_once_all_run(path, 2)}
     graph = taskmap.create_graph(funcs, {"x": [], "y": []})
     taskmap.run_parallel(graph, ncores=2)
     assert graph.results["x"] != graph.results["y"]  # two different pids

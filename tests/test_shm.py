@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import taskmap
-from _processes import exit_when_a_thread_is_in, start_pipeline
+from _processes import start_pipeline
 from taskmap import codec, shm
 
 pytestmark = [
@@ -381,12 +381,19 @@ def test_big_values_under_a_memory_limit():
 
 
 def crash_while_writing(listing: str):
-    """Return a big result; die while the worker writes it into its segment
-    (after noting which segments exist at that moment)."""
-    exit_when_a_thread_is_in(
-        "_write", lambda local: "fd" in local, 6,
-        before_exit=lambda: Path(listing).write_text("\n".join(os.listdir("/dev/shm"))),
-    )
+    """Return a big result; die while the worker writes it into its segment:
+    after the first ``os.pwrite`` into it (noting which segments exist at
+    that moment).  (A watcher thread that looked for the writing thread's
+    frame every 0.1 ms could miss the whole write on a busy machine.)"""
+    pwrite = os.pwrite
+
+    def write_then_die(fd, data, offset):
+        n = pwrite(fd, data, offset)
+        Path(listing).write_text("\n".join(os.listdir("/dev/shm")))
+        os._exit(6)
+        return n
+
+    os.pwrite = write_then_die  # this worker dies with it
     return b"r" * (64 * MiB)
 
 
@@ -492,11 +499,31 @@ def test_killed_coordinator_segments_are_removed_by_its_workers(tmp_path):
 
 
 def test_next_coordinator_sweeps_what_a_dead_one_left(tmp_path):
-    # a coordinator killed together with its workers: nobody removed its segments
+    # a coordinator killed together with its workers: nobody removed its
+    # segments.  The coordinator is stopped, its workers killed, the segments
+    # checked, and only then the coordinator killed: while it lives no other
+    # taskmap process on the machine sweeps them (killed at once, another
+    # process's new pool swept them once before the check, looped under load)
+    psutil = pytest.importorskip("psutil")
     proc = _start(tmp_path)
-    os.killpg(proc.pid, signal.SIGKILL)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGSTOP)
+    for w in workers:
+        w.kill()
+
+    def running(w):  # (a dead worker stays a zombie: its parent is stopped)
+        try:
+            return w.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(running(w) for w in workers):
+        time.sleep(0.01)
+    left = our_segments(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert our_segments(proc.pid), "the segments should be left behind"
+    assert left, "the segments should be left behind"
     from taskmap.pool import WorkerPool
 
     WorkerPool()  # a new pool (no worker started yet) sweeps what dead coordinators left
