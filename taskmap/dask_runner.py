@@ -223,8 +223,9 @@ def run_dask(
     _check_options(graph, client, address, ncores, options.get("gather", True))
     opts = resolve_options("run_dask", graph, raise_errors, dict(options))
     wanted = None if opts.keep is None else set(opts.keep)
+    unit_limits = opts.resources[0] if opts.resources else {}
     with _connect(client, address, ncores) as dask_client:
-        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted).run()
+        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted, unit_limits).run()
     return graph
 
 
@@ -305,9 +306,24 @@ class _DaskRun:
 
     def __init__(
         self, graph: Graph, client: Client, raise_errors: bool, limits: TaskLimits,
-        observers: Observers, wanted: set | None,
+        observers: Observers, wanted: set | None, unit_limits: dict[str, int] | None = None,
     ) -> None:
         state = state_for(graph)
+        # limits= across the cluster: one distributed.Semaphore per limited
+        # resource; a task holds its leases while it runs (taskmap.dask_task)
+        self.semaphores: dict[str, Any] = {}
+        self.leases: dict[Any, tuple] = {}
+        if unit_limits:
+            from distributed import Semaphore
+
+            token = uuid.uuid4().hex[:8]
+            self.semaphores = {
+                name: Semaphore(max_leases=n, name=f"taskmap-{token}-{name}") for name, n in unit_limits.items()
+            }
+            for task, used in graph.uses.items():
+                held = sorted(name for name in set(used) if name in self.semaphores)
+                if held:
+                    self.leases[task] = tuple((self.semaphores[n], used.count(n)) for n in held)
         self.graph = graph
         self.client = client
         self.state = state
@@ -370,6 +386,9 @@ class _DaskRun:
             self.finish(run_error)
 
     def finish(self, error: BaseException | None) -> None:
+        for semaphore in self.semaphores.values():
+            with contextlib.suppress(Exception):
+                semaphore.close()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -467,6 +486,7 @@ class _DaskRun:
             repr(name), func, bool(self.state.is_io[i]),
             self.limits.timeout[i], self.wanted is None or name in self.wanted,
             (module, version) if version is not None else None,
+            self.leases.get(name, ()),
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"

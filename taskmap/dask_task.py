@@ -74,6 +74,9 @@ class TaskCall(NamedTuple):
     # the caller's version of the user module whose code func runs (None: not
     # a user module): a worker holding another version fails the task
     code: tuple[str, tuple] | None = None
+    # units to hold while it runs: ((distributed.Semaphore, count), ...) in a
+    # fixed order (resource names sorted), for the run's limits
+    leases: tuple = ()
 
 
 class Outcome:
@@ -114,6 +117,38 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
         # leave the worker's thread pool: the wait holds a thread, not one of
         # the worker's nthreads slots, so io tasks overlap and cpu tasks run
         secede()
+    if call.leases:
+        _take_leases(call)
+    try:
+        return _run(call, args)
+    finally:
+        for semaphore, count in call.leases:
+            for _ in range(count):
+                semaphore.release()
+
+
+def _take_leases(call: TaskCall) -> None:
+    """Hold the task's units of its limited resources, waiting outside the
+    worker's thread slots (a cpu task leaves its slot for the wait and takes
+    one again after).  A task needing several units of one resource takes
+    them under that resource's lock, so two such tasks cannot each hold a
+    part and wait for each other."""
+    from distributed import Lock, rejoin, secede
+
+    if not call.io:
+        secede()
+    for semaphore, count in call.leases:
+        if count == 1:
+            semaphore.acquire()
+        else:
+            with Lock(f"{semaphore.name}-several"):
+                for _ in range(count):
+                    semaphore.acquire()
+    if not call.io:
+        rejoin()
+
+
+def _run(call: TaskCall, args: list) -> Any:
     pid, start = os.getpid(), time.time()
     try:
         if call.code is not None:

@@ -42,7 +42,8 @@ their own).
     run at once; ``{resource: r}``: at most r of them start a second, spaced
     1/r apart.  A waiting task is not sent anywhere (see
     :mod:`taskmap.resources`).  A name no task uses is a ``ValueError``.
-    In-process and parallel runners (``run_dask``: not yet, refused).
+    Every runner; ``rates`` not yet on ``run_dask`` (refused).  On Dask a
+    limit holds across the cluster (a ``distributed.Semaphore`` per resource).
 ``shm_threshold``
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
@@ -106,7 +107,7 @@ OPTIONS: dict[str, _Option] = {
     "observers": _Option(None, EVERY),
     "gather": _Option(True, PARALLEL | DASK),
     "shm_threshold": _Option("auto", PARALLEL),
-    "limits": _Option(None, IN_PROCESS | PARALLEL),
+    "limits": _Option(None, EVERY),
     "rates": _Option(None, IN_PROCESS | PARALLEL),
 }
 

@@ -815,3 +815,40 @@ def test_a_worker_holding_old_code_of_a_reloaded_module_fails_the_task_naming_it
     finally:
         client.run(_on_worker_path, str(tmp_path), False)
         sys.modules.pop(name, None)
+
+
+# -- resources (issue 18) -----------------------------------------------------------
+
+
+def _held(*_):
+    start = time.time()
+    time.sleep(0.15)
+    return start, time.time(), os.getpid()
+
+
+async def _held_async(*_):
+    start = time.time()
+    await asyncio.sleep(0.15)
+    return start, time.time(), os.getpid()
+
+
+@pytest.mark.parametrize("io", [False, True])
+def test_a_limit_holds_across_the_cluster_and_is_reached(client, io):
+    """Two worker processes: io tasks under a limit of 2 (unbounded, all 8
+    would overlap), cpu tasks under a limit of 1 (unbounded, one per worker
+    would): never more run at once anywhere, and the limit is reached."""
+    names = [f"t{k}" for k in range(8)]
+    graph = taskmap.create_graph(
+        {t: _held_async if io else _held for t in names}, {t: [] for t in names},
+        io_bound=names if io else [], uses={t: "api" for t in names},
+    )
+    graph = taskmap.run_dask(graph, client=client, limits={"api": 2 if io else 1})
+    spans = sorted((s, e) for s, e, _ in graph.results.values())
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = now = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    assert peak == (2 if io else 1)
+    with pytest.raises(TypeError, match="rates="):
+        taskmap.run_dask(graph, client=client, rates={"api": 5})
