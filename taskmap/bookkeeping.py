@@ -91,6 +91,7 @@ class Bookkeeper:
                 tasks=[names[i] for i in range(len(names)) if st[i] != TaskState.DONE],
                 started=now,
                 coordinator_pid=os.getpid(),
+                waiting_for_resources=state.waiting_in_gate if state.gate is not None else None,
             )
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:

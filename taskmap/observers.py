@@ -21,7 +21,7 @@ task failure).  With no observer the runners pay nothing per task.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,10 @@ class RunInfo:
     tasks: list  # names of the tasks this run will try to finish, in graph order
     started: float  # time.monotonic() when the run started
     coordinator_pid: int
+    # how many ready tasks wait for a unit or a rate slot now (limits=,
+    # rates=); None when the run bounds no resource.  Safe to call from an
+    # observer's own thread (it reads one int).
+    waiting_for_resources: Callable[[], int] | None = None
 
 
 @dataclass(slots=True)

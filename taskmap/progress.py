@@ -2,7 +2,8 @@
 
 A tqdm bar on stderr: tasks finished out of the tasks the run set out to
 finish, elapsed time, rate and ETA, and the counts ``done``, ``failed``,
-``skipped`` and ``running`` after it::
+``skipped`` and ``running`` after it (and ``waiting``, the tasks waiting for
+a unit or a rate slot, when the run has ``limits``/``rates``)::
 
     etl:  62%|██████▏   | 16/26 [00:01<00:00, 12.1task/s, done=15 failed=1 skipped=0 running=3]
 
@@ -46,6 +47,7 @@ class ProgressBar(Observer):
         self.bar: tqdm | None = None
         self.done = self.failed = self.skipped = 0
         self.running: set = set()
+        self.waiting = None  # RunInfo.waiting_for_resources
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -54,6 +56,7 @@ class ProgressBar(Observer):
     def run_started(self, graph: "Graph", info: RunInfo) -> None:
         self.done = self.failed = self.skipped = 0
         self.running = set()
+        self.waiting = info.waiting_for_resources
         self.bar = tqdm(
             total=len(info.tasks),
             desc=str(graph.name),
@@ -107,6 +110,8 @@ class ProgressBar(Observer):
             f"done={self.done} failed={self.failed} skipped={self.skipped} "
             f"running={len(self.running)}"
         )
+        if self.waiting is not None:
+            text += f" waiting={self.waiting()}"  # (for a unit or a rate slot)
         if stopped is not None:
             text += f" stopped by {type(stopped).__name__}"
         return text

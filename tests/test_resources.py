@@ -379,3 +379,26 @@ graph = taskmap.create_graph(funcs, dependencies, io_bound=io_bound, uses=uses)
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert bad.returncode == 2 and "'apj'" in bad.stderr
+
+
+def test_the_progress_bar_counts_tasks_waiting_for_a_resource():
+    import io as _io
+
+    from taskmap.progress import ProgressBar
+
+    seen = []
+
+    class Peek(taskmap.Observer):
+        def run_started(self, graph, info):
+            self.info = info
+
+        def task_finished(self, event):
+            seen.append(self.info.waiting_for_resources())
+
+    names = [f"t{k}" for k in range(4)]
+    bar = ProgressBar(file=_io.StringIO())
+    graph = taskmap.create_graph({t: hold(0.01) for t in names}, {t: [] for t in names},
+                                 io_bound=names, uses={t: "db" for t in names})
+    taskmap.run_async(graph, limits={"db": 1}, observers=[Peek(), bar])
+    assert seen[0] >= 1 and seen[-1] == 0  # the others waited behind the first
+    assert "waiting=0" in bar.postfix()
