@@ -223,9 +223,9 @@ def run_dask(
     _check_options(graph, client, address, ncores, options.get("gather", True))
     opts = resolve_options("run_dask", graph, raise_errors, dict(options))
     wanted = None if opts.keep is None else set(opts.keep)
-    unit_limits = opts.resources[0] if opts.resources else {}
+    unit_limits, rates = opts.resources if opts.resources else ({}, {})
     with _connect(client, address, ncores) as dask_client:
-        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted, unit_limits).run()
+        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted, unit_limits, rates).run()
     return graph
 
 
@@ -307,16 +307,34 @@ class _DaskRun:
     def __init__(
         self, graph: Graph, client: Client, raise_errors: bool, limits: TaskLimits,
         observers: Observers, wanted: set | None, unit_limits: dict[str, int] | None = None,
+        rates: dict[str, float] | None = None,
     ) -> None:
         state = state_for(graph)
         # limits= across the cluster: one distributed.Semaphore per limited
         # resource; a task holds its leases while it runs (taskmap.dask_task)
         self.semaphores: dict[str, Any] = {}
         self.leases: dict[Any, tuple] = {}
+        self.rate_slots: dict[Any, tuple] = {}
+        self.variables: list[Any] = []
+        token = uuid.uuid4().hex[:8]
+        if rates:
+            # rates= across the cluster: the next free start slot of each
+            # rated resource in a distributed.Variable (taskmap.dask_task)
+            from distributed import Variable
+
+            slots = {}
+            for name, rate in rates.items():
+                variable = Variable(f"taskmap-{token}-{name}-next", client=client)
+                variable.set(0.0)
+                self.variables.append(variable)
+                slots[name] = (variable.name, f"taskmap-{token}-{name}-lock", 1.0 / rate)
+            for task, used in graph.uses.items():
+                rated = sorted(name for name in set(used) if name in slots)
+                if rated:
+                    self.rate_slots[task] = tuple(slots[n] for n in rated)
         if unit_limits:
             from distributed import Semaphore
 
-            token = uuid.uuid4().hex[:8]
             self.semaphores = {
                 name: Semaphore(max_leases=n, name=f"taskmap-{token}-{name}") for name, n in unit_limits.items()
             }
@@ -389,6 +407,9 @@ class _DaskRun:
         for semaphore in self.semaphores.values():
             with contextlib.suppress(Exception):
                 semaphore.close()
+        for variable in self.variables:
+            with contextlib.suppress(Exception):
+                variable.delete()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -487,6 +508,7 @@ class _DaskRun:
             self.limits.timeout[i], self.wanted is None or name in self.wanted,
             (module, version) if version is not None else None,
             self.leases.get(name, ()),
+            self.rate_slots.get(name, ()),
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"

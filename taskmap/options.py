@@ -42,8 +42,9 @@ their own).
     run at once; ``{resource: r}``: at most r of them start a second, spaced
     1/r apart.  A waiting task is not sent anywhere (see
     :mod:`taskmap.resources`).  A name no task uses is a ``ValueError``.
-    Every runner; ``rates`` not yet on ``run_dask`` (refused).  On Dask a
-    limit holds across the cluster (a ``distributed.Semaphore`` per resource).
+    Every runner.  On Dask both hold across the cluster (a
+    ``distributed.Semaphore`` per limited resource, a grid of start slots in a
+    ``distributed.Variable`` per rated one).
 ``shm_threshold``
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
@@ -108,7 +109,7 @@ OPTIONS: dict[str, _Option] = {
     "gather": _Option(True, PARALLEL | DASK),
     "shm_threshold": _Option("auto", PARALLEL),
     "limits": _Option(None, EVERY),
-    "rates": _Option(None, IN_PROCESS | PARALLEL),
+    "rates": _Option(None, EVERY),
 }
 
 

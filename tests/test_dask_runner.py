@@ -850,5 +850,26 @@ def test_a_limit_holds_across_the_cluster_and_is_reached(client, io):
         now += d
         peak = max(peak, now)
     assert peak == (2 if io else 1)
-    with pytest.raises(TypeError, match="rates="):
-        taskmap.run_dask(graph, client=client, rates={"api": 5})
+
+
+async def _stamp(*_):
+    return time.time()
+
+
+def _stamp_cpu(*_):
+    return time.time()
+
+
+@pytest.mark.parametrize("io", [False, True])
+def test_a_rate_holds_across_the_cluster(client, io):
+    rate, n = 20.0, 16
+    names = [f"t{k}" for k in range(n)]
+    graph = taskmap.create_graph({t: _stamp if io else _stamp_cpu for t in names}, {t: [] for t in names},
+                                 io_bound=names if io else [], uses={t: "api" for t in names})
+    graph = taskmap.run_dask(graph, client=client, rates={"api": rate})
+    starts = sorted(graph.results.values())
+    for k in range(n):
+        for m in range(k + 1, n):
+            assert m - k + 1 <= rate * (starts[m] - starts[k]) + 2, (k, m)
+    achieved = (n - 1) / (starts[-1] - starts[0])
+    assert achieved == pytest.approx(rate, rel=0.15)
