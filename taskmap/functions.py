@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import sys
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -132,8 +133,99 @@ class _Codes:
         if n is None:
             n = self.number(key)
             self.keep.append(func)
-            self.blobs[n] = self.pickler.dumps(func)
+            self.blobs[n] = _pickled_by_value(func, self.pickler)
         return n, n
+
+
+# Functions pickled by value (defined in __main__, closures' templates,
+# lambdas) are pickled again every run, because cloudpickle captures the
+# globals they read, and a global may have changed since.  A pickle is
+# reused only while everything it captured is provably the same: the
+# function's code, defaults and cells, and every global its code names,
+# each a module, a class, a function (by name, or itself checked the same
+# way) or an immutable value equal to before.  A list, dict or other object
+# that could have changed inside makes the function uncachable.
+_BY_VALUE: dict[int, tuple[Any, Any, bytes]] = {}  # id(func) -> (weakref, fingerprint, blob)
+_BY_VALUE_MAX = 4096
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
+
+
+def _pickled_by_value(func: Any, pickler: codec.FunctionPickler) -> bytes:
+    fingerprint = _fingerprint(func, 3)
+    if fingerprint is not None:
+        cached = _BY_VALUE.get(id(func))
+        if cached is not None and cached[0]() is func and cached[1] == fingerprint:
+            return cached[2]
+    blob = pickler.dumps(func)
+    if fingerprint is not None:
+        try:
+            ref = weakref.ref(func)
+        except TypeError:
+            return blob
+        if len(_BY_VALUE) >= _BY_VALUE_MAX:
+            _BY_VALUE.clear()
+        _BY_VALUE[id(func)] = (ref, fingerprint, blob)
+    return blob
+
+
+def _fingerprint(func: Any, depth: int) -> tuple | None:
+    """What a by-value pickle of ``func`` captured, as a comparable value;
+    None when something in it could change unseen (see above)."""
+    if type(func) is not types.FunctionType or depth == 0 or func.__dict__:
+        return None
+    parts: list[Any] = [func.__code__, func.__name__, func.__qualname__, func.__module__]
+    for group in (func.__defaults__ or (), tuple((func.__kwdefaults__ or {}).values())):
+        for value in group:
+            part = _stable(value, depth)
+            if part is None:
+                return None
+            parts.append(part)
+    for cell in func.__closure__ or ():
+        try:
+            part = _stable(cell.cell_contents, depth)
+        except ValueError:  # an empty cell
+            part = ("empty",)
+        if part is None:
+            return None
+        parts.append(part)
+    found = func.__globals__
+    for name in _global_names(func.__code__):
+        if name in found:
+            part = _stable(found[name], depth)
+            if part is None:
+                return None
+            parts.append((name, part))
+        else:
+            parts.append((name, "missing"))
+    return tuple(parts)
+
+
+def _stable(value: Any, depth: int) -> Any:
+    """A comparable stand-in for a captured value, or None if it may change
+    without its identity changing."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return (kind, value)
+    if kind is tuple or kind is frozenset:
+        items = [_stable(v, depth) for v in value]
+        return None if any(i is None for i in items) else (kind, tuple(items))
+    if isinstance(value, (types.ModuleType, type, types.BuiltinFunctionType)):
+        return ("id", id(value))
+    if kind is types.FunctionType:
+        if by_name(value) is not None:
+            return ("id", id(value))
+        inner = _fingerprint(value, depth - 1)
+        return None if inner is None else ("id", id(value), inner)
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
 
 
 def _closure_template_key(func: types.FunctionType) -> Any:

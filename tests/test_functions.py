@@ -138,3 +138,31 @@ def test_a_graph_of_per_task_partials_and_closures_gives_the_in_process_results(
     got = runner(taskmap.create_graph(funcs, deps), ncores=2).results
     assert got == expected
     assert not any(isinstance(v, BaseException) for v in got.values())
+
+
+SETTING = 1
+SETTINGS_LIST = [1]
+
+
+def test_a_by_value_pickle_is_reused_only_while_what_it_captured_is_the_same():
+    global SETTING
+    ns: dict = {"SETTING": 1, "helper": None}
+    exec("def helper():\n    return SETTING\n\ndef task():\n    return helper() * 10\n", ns)
+    task = ns["task"]
+    task.__module__ = "__main__"  # (pickled by value, as a script's functions are)
+    ns["helper"].__module__ = "__main__"
+    first = F.ship([task]).codes
+    again = F.ship([task]).codes
+    assert first == again and F._BY_VALUE.get(id(task)) is not None
+    ns["SETTING"] = 2  # a global the helper reads: a new pickle
+    changed = F.ship([task])
+    table = F.FunctionTable()
+    table.add_codes(changed.codes)
+    assert table.build(changed.entries[0], 0)() == 20
+
+    ns2: dict = {"DATA": [1, 2]}
+    exec("def reads_a_list():\n    return sum(DATA)\n", ns2)
+    reads = ns2["reads_a_list"]
+    reads.__module__ = "__main__"
+    F.ship([reads])
+    assert id(reads) not in F._BY_VALUE  # a list could change inside: never reused
