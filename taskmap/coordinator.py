@@ -75,6 +75,7 @@ from .state import SchedulingState
 from .values import CodecValues, ship_functions
 
 _run_ids = itertools.count(1)
+CODES_HELD = 1024  # pickled code a worker keeps across runs, at most
 _DISPATCH = Dispatch()
 
 
@@ -331,7 +332,8 @@ class Coordinator:
                 setup = messages.pack_setup(body)
             w.setup_heard = self.setup
         new = {}
-        codes: dict[int, bytes] = {}
+        codes: dict[int, list] = {}
+        drop: list[bytes] = []
         functions, funcs_sent = self.functions, w.funcs_sent
         starting, pid = self.book.starting, w.pid
         for sub in subs:
@@ -342,17 +344,31 @@ class Coordinator:
                 for n in functions.needs.get(fid, ()):
                     if n not in w.codes_sent:  # (code pickled by value: once per run)
                         w.codes_sent.add(n)
-                        codes[n] = functions.codes[n]
+                        codes[n] = self.code_for(w, n, drop)
             if sub[SUB_AFTER] < 0:  # (a pinned one starts when its parent succeeded)
                 starting(sub[SUB_TASK], pid)
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)
-            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes))
+            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes, drop))
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back
             self.apply(self.ledger.handle(SendFailed(w, subs)))
             self.worker_died(w)
+
+    def code_for(self, w: WorkerHandle, n: int, drop: list[bytes]) -> list:
+        """``[digest, blob]``, or ``[digest, None]`` when w kept that code
+        from an earlier run; the oldest kept code is dropped past
+        CODES_HELD (``drop`` says which, so both sides keep the same)."""
+        digest = self.functions.digests[n]
+        held = w.codes_held
+        if digest in held:
+            held.move_to_end(digest)
+            return [digest, None]
+        held[digest] = None
+        if len(held) > CODES_HELD:
+            drop.append(held.popitem(last=False)[0])
+        return [digest, self.functions.codes[n]]
 
     # -- faults -------------------------------------------------------------
 

@@ -37,6 +37,7 @@ message's ``codes`` (``{number: cloudpickle bytes}``, once per run and worker).
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
 import types
 import weakref
@@ -74,6 +75,9 @@ class Shipment(NamedTuple):
     codes: dict[int, bytes]
     # fid -> the code numbers (pickled by value) its entry needs
     needs: dict[int, tuple[int, ...]]
+    # code number -> a digest of its blob: a worker keeps code it was sent
+    # under its digest across runs, so the same pickle travels once
+    digests: dict[int, bytes]
 
 
 def by_name(func: Any) -> str | None:
@@ -260,7 +264,12 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
                 needs[fid] = (entry[1],)
         func_of[i] = fid
         code_of[i] = code_by_fid[fid]
-    return Shipment(func_of, code_of, entries, codes.blobs, needs)
+    digests = {n: _digest(blob) for n, blob in codes.blobs.items()}
+    return Shipment(func_of, code_of, entries, codes.blobs, needs, digests)
+
+
+def _digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> tuple[list, int]:
@@ -314,14 +323,23 @@ class FunctionTable:
 
     def __init__(self) -> None:
         self.named: dict[str, tuple[int, Any]] = {}  # name -> (epoch, function)
-        self.blobs: dict[int, Any] = {}  # this run's code pickled by value
+        self.blobs: dict[int, bytes] = {}  # this run's code numbers -> digests
+        # digest -> [blob, function or None, epoch it was loaded in]; kept
+        # across runs until the coordinator says to drop it (it keeps count)
+        self.by_digest: dict[bytes, list[Any]] = {}
 
     def new_run(self) -> None:
         self.blobs = {}
 
-    def add_codes(self, codes: dict[int, bytes]) -> None:
-        for number, blob in codes.items():
-            self.blobs[number] = blob  # (loaded when an entry first needs it)
+    def add_codes(self, codes: dict[int, list[Any]], drop: Sequence[bytes] = ()) -> None:
+        """This run's code: ``{number: [digest, blob or None]}`` (None: sent
+        in an earlier run, kept here); ``drop``: digests to forget."""
+        for digest in drop:
+            self.by_digest.pop(digest, None)
+        for number, (digest, blob) in codes.items():
+            self.blobs[number] = digest
+            if blob is not None:
+                self.by_digest[digest] = [blob, None, -1]  # (loaded when first needed)
 
     def build(self, entry: list, epoch: int) -> Callable[..., Any]:
         """The function of one entry; raises if it cannot be had here."""
@@ -348,10 +366,13 @@ class FunctionTable:
 
     def _code(self, code: Any, epoch: int) -> Any:
         if type(code) is int:
-            func = self.blobs[code]
-            if type(func) is bytes:
-                func = self.blobs[code] = codec.loads_function(func)
-            return func
+            held = self.by_digest[self.blobs[code]]
+            if held[2] != epoch:
+                # (loaded again after a module reload here: what it captured
+                # by name must be looked up again)
+                held[1] = codec.loads_function(held[0])
+                held[2] = epoch
+            return held[1]
         known = self.named.get(code)
         if known is not None and known[0] == epoch:
             return known[1]

@@ -74,7 +74,7 @@ class Stage(IntEnum):
 # are in the same order.
 MSG_KIND = 0  # every message
 HELLO_PID = 1
-SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES = 1, 2, 3, 4, 5
+SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES, SUBMIT_DROP = 1, 2, 3, 4, 5, 6
 RESULTS_OUTCOMES = 1
 
 # Submission
@@ -122,10 +122,11 @@ def pack_hello(pid: int) -> bytes:
 
 def pack_submit(
     run_id: int, funcs: dict[int, list[Any]], submissions: list[list[Any]],
-    shm_threshold: int | None = None, codes: dict[int, bytes] | None = None,
+    shm_threshold: int | None = None, codes: dict[int, list[Any]] | None = None,
+    drop: list[bytes] | None = None,
 ) -> bytes:
     return cast(bytes, msgpack.packb(
-        (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}), use_bin_type=True
+        (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}, drop or []), use_bin_type=True
     ))
 
 

@@ -19,7 +19,7 @@ import atexit
 import os
 import signal
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 
 from loky.backend.context import get_context
 
@@ -43,6 +43,7 @@ class WorkerHandle:
         "cpu_tasks",
         "funcs_sent",
         "codes_sent",
+        "codes_held",
         "run_id",
         "slot",
         "setup_heard",
@@ -61,6 +62,9 @@ class WorkerHandle:
         self.cpu_tasks: deque[int] = deque()  # in the order it will run them
         self.funcs_sent: set[int] = set()
         self.codes_sent: set[int] = set()  # code pickled by value, this run
+        # digests of the code this worker keeps across runs, oldest first
+        # (the coordinator decides what it drops: see taskmap.functions)
+        self.codes_held: OrderedDict[bytes, None] = OrderedDict()
         self.run_id = None
         # the caller's setup this worker last heard (process_setup.CallerSetup)
         self.setup_heard = None

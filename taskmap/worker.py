@@ -48,7 +48,7 @@ from . import codec, messages, shm
 from .messages import (
     MSG_KIND, OUT_END, OUT_OK, OUT_PAYLOAD, OUT_START, SUB_AFTER, SUB_ARGS, SUB_DIRECT,
     SUB_FIRST, SUB_FUNC, SUB_IO, SUB_RELEASE, SUB_SLOTS, SUB_TASK, SUB_TIMEOUT,
-    SUBMIT_CODES, SUBMIT_SHM, Kind, Stage,
+    SUBMIT_CODES, SUBMIT_DROP, SUBMIT_SHM, Kind, Stage,
 )
 from .functions import FunctionTable
 from .process_setup import WorkerSetup
@@ -126,8 +126,8 @@ class Worker:
                         self.function_table.new_run()
                         self.set_shm_threshold(msg[SUBMIT_SHM] if len(msg) > SUBMIT_SHM else None)
                         self.setup.new_run()
-                    if len(msg) > SUBMIT_CODES and msg[SUBMIT_CODES]:
-                        self.function_table.add_codes(msg[SUBMIT_CODES])
+                    if msg[SUBMIT_CODES] or msg[SUBMIT_DROP]:
+                        self.function_table.add_codes(msg[SUBMIT_CODES], msg[SUBMIT_DROP])
                     if funcs:
                         self.load_functions(funcs)
                     io = []

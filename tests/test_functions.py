@@ -44,7 +44,7 @@ def make_unbound():
 def roundtrip(funcs):
     shipment = F.ship(funcs)
     table = F.FunctionTable()
-    table.add_codes(shipment.codes)
+    table.add_codes({n: [shipment.digests[n], b] for n, b in shipment.codes.items()})
     return shipment, [table.build(shipment.entries[fid], 0) for fid in shipment.func_of]
 
 
@@ -157,7 +157,7 @@ def test_a_by_value_pickle_is_reused_only_while_what_it_captured_is_the_same():
     ns["SETTING"] = 2  # a global the helper reads: a new pickle
     changed = F.ship([task])
     table = F.FunctionTable()
-    table.add_codes(changed.codes)
+    table.add_codes({n: [changed.digests[n], b] for n, b in changed.codes.items()})
     assert table.build(changed.entries[0], 0)() == 20
 
     ns2: dict = {"DATA": [1, 2]}
@@ -166,3 +166,22 @@ def test_a_by_value_pickle_is_reused_only_while_what_it_captured_is_the_same():
     reads.__module__ = "__main__"
     F.ship([reads])
     assert id(reads) not in F._BY_VALUE  # a list could change inside: never reused
+
+
+def test_workers_keep_pickled_code_across_runs_and_drop_what_the_coordinator_drops(monkeypatch):
+    from taskmap import coordinator
+    from taskmap.pool import get_pool
+
+    monkeypatch.setattr(coordinator, "CODES_HELD", 2)
+    makers = {}
+    for k in range(4):
+        ns: dict = {"K": k}
+        exec("def task():\n    return K * 100\n", ns)
+        ns["task"].__module__ = "__main__"  # (by value, as a script's function)
+        makers[k] = ns["task"]
+    for _ in range(2):  # each code sent once, then kept; past 2 the oldest goes
+        for k, task in makers.items():
+            graph = taskmap.run_parallel_async(taskmap.create_graph({"t": task}, {"t": []}), ncores=1)
+            assert graph.results == {"t": k * 100}
+    (worker,) = get_pool().workers
+    assert len(worker.codes_held) == 2
