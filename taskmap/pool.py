@@ -19,7 +19,7 @@ import atexit
 import os
 import signal
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 from loky.backend.context import get_context
 
@@ -38,9 +38,7 @@ class WorkerHandle:
         "conn",
         "pid",
         "ready",
-        "io_tasks",
         "io_sent",
-        "cpu_tasks",
         "funcs_sent",
         "codes_sent",
         "codes_held",
@@ -55,11 +53,9 @@ class WorkerHandle:
         self.slot = slot  # which cpu task it is running, read after a crash
         self.pid: int | None = process.pid
         self.ready = False  # set when its HELLO arrives
-        # io task -> its number among the io tasks sent to this worker (it
-        # numbers them the same way, in arrival order; see RunningSlot.io_began)
-        self.io_tasks: dict[int, int] = {}
-        self.io_sent = 0  # over the worker's life, as the worker counts them
-        self.cpu_tasks: deque[int] = deque()  # in the order it will run them
+        # io tasks sent over the worker's life, as the worker numbers them
+        # (the ledger holds which tasks it has; see RunningSlot.io_began)
+        self.io_sent = 0
         self.funcs_sent: set[int] = set()
         self.codes_sent: set[int] = set()  # code pickled by value, this run
         # digests of the code this worker keeps across runs, oldest first
@@ -72,14 +68,6 @@ class WorkerHandle:
     @property
     def sentinel(self):
         return self.process.sentinel
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.io_tasks or self.cpu_tasks)
-
-    def forget_tasks(self) -> None:
-        self.io_tasks.clear()
-        self.cpu_tasks.clear()
 
     def exitcode(self, timeout: float = JOIN_SECONDS) -> int | None:
         self.process.join(timeout)
