@@ -36,6 +36,7 @@ sys.path.insert(1, str(HERE.parent))
 
 import _baselines as B  # noqa: E402
 import bench_runtime as R  # noqa: E402  (its workloads, warm-up and load meter)
+
 import taskmap  # noqa: E402
 
 ETL_GOAL = 1.05

@@ -115,7 +115,7 @@ def bench_etl(reps: int, rate: float, clients: dict) -> list[str]:
     ratio = {name: R.median([t / b for t, b in zip(ts, bounds)]) for name, ts in times.items()}
     lines = ["ETL 200 tasks, makespan / lower bound: " + ", ".join(f"{name} {r:.3f}" for name, r in ratio.items())]
     for name in clients:
-        per_rep = R.median([d / l for d, l in zip(times[name], times["local"])])
+        per_rep = R.median([d / loc for d, loc in zip(times[name], times["local"])])
         lines.append(
             f"  RATIO {name} / local: {ratio[name] / ratio['local']:.2f} "
             f"(median of the per-repetition ratios {per_rep:.2f})"

@@ -37,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import itertools  # noqa: E402
+
 import taskmap  # noqa: E402
 
 
@@ -186,7 +188,7 @@ def main() -> int:
     print("  (wall-clock seconds and microseconds per task; 'cpu create'/'cpu run': the process's cpu")
     print("   time per task in microseconds, which other load on a shared machine inflates less)")
     print("\ngrowth ratios time(10n) / time(n)  (about 10 = linear)")
-    for small, big in zip(rows, rows[1:]):
+    for small, big in itertools.pairwise(rows):
         wall = (big["create"] + big["run"]) / (small["create"] + small["run"])
         cpu = (big["create_cpu"] + big["run_cpu"]) / (small["create_cpu"] + small["run_cpu"])
         print(

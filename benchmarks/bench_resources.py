@@ -13,16 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _baselines as B  # noqa: E402
+import _baselines as B
 
-import taskmap  # noqa: E402
+import taskmap
 
 
 def dag(gated: bool):

@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(REPO))
 
 import _baselines as B  # noqa: E402
+
 import taskmap  # noqa: E402
 from taskmap.pool import get_pool  # noqa: E402
 
@@ -245,7 +246,7 @@ class Baselines:
             return {"error": f"timeout after {limit:.0f} s"}
         wall = time.perf_counter() - t
         if proc.returncode != 0:
-            lines = (stderr or stdout).strip().splitlines() or ["exit code %d" % proc.returncode]
+            lines = (stderr or stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
             return {"error": lines[-1][:160]}
         out = json.loads(stdout.strip().splitlines()[-1])
         out["_wall"] = wall
@@ -310,7 +311,7 @@ def fmt_value(fmt, v):
     return fmt.format(v)
 
 
-def print_table(rows, bl: "Baselines") -> None:
+def print_table(rows, bl: Baselines) -> None:
     baselines_on = bl.enabled
     width = max(len(f"{r.label} [{r.unit}]") for r in rows)
     head = [

@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _baselines as B  # noqa: E402
+import _baselines as B
 
-import taskmap  # noqa: E402
+import taskmap
 
 NCORES = 2
 

@@ -36,9 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import _baselines as B  # noqa: E402
+import _baselines as B
 
-from taskmap.state import critical_path_priority  # noqa: E402
+from taskmap.state import critical_path_priority
 
 ROUND_TRIP = 0.0004  # result in the coordinator -> next task starts at an idle worker
 QUEUED_GAP = 0.0002  # a task queued at a worker starts this long after the previous

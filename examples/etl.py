@@ -83,7 +83,7 @@ HTTP_TIMEOUT = 10.0
 class _ReferenceHandler(BaseHTTPRequestHandler):
     """GET /<name>.json returns that file of the data directory."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         time.sleep(self.server.latency)  # a remote API is never instant
         name = self.path.lstrip("/")
         path = self.server.data_dir / name
@@ -97,7 +97,7 @@ class _ReferenceHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - keep the console quiet
+    def log_message(self, format, *args) -> None:
         pass
 
 

@@ -53,17 +53,36 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .errors import CheckpointError, RemoteTaskError, RemoteTraceback, SerializationError, StaleCodeError, TaskFailedError, TaskmapError, TaskTimeoutError, WorkerCrashedError
-    from .graph import Graph, create_graph, get_all_children, get_ready_tasks, mark_as_done, mark_as_done_except, reset_failed_tasks, reset_tasks
+    from .checkpoint import open_checkpoint
+    from .dask_runner import run_dask
+    from .errors import (
+        CheckpointError,
+        RemoteTaskError,
+        RemoteTraceback,
+        SerializationError,
+        StaleCodeError,
+        TaskFailedError,
+        TaskmapError,
+        TaskTimeoutError,
+        WorkerCrashedError,
+    )
+    from .export import to_dot, to_mermaid
+    from .graph import (
+        Graph,
+        create_graph,
+        get_all_children,
+        get_ready_tasks,
+        mark_as_done,
+        mark_as_done_except,
+        reset_failed_tasks,
+        reset_tasks,
+    )
     from .logs import in_progress
     from .observers import Observer, RunInfo, TaskEvent
     from .record import RunRecord, TaskRecord
     from .results import NotKept
     from .runners import run, run_async, run_parallel, run_parallel_async
     from .state import TaskState
-    from .checkpoint import open_checkpoint
-    from .dask_runner import run_dask
-    from .export import to_dot, to_mermaid
     from .summary import Summary, summarize
 
 
@@ -92,10 +111,10 @@ __all__ = [
     "SerializationError",
     "StaleCodeError",
     "Summary",
+    "TaskEvent",
     "TaskFailedError",
     "TaskRecord",
     "TaskState",
-    "TaskEvent",
     "TaskTimeoutError",
     "TaskmapError",
     "WorkerCrashedError",

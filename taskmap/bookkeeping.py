@@ -28,8 +28,20 @@ class Bookkeeper:
     """
 
     __slots__ = (
-        "graph", "state", "log", "raise_errors", "names", "results", "done",
-        "observers", "runner", "ncores", "measures_durations", "started_at", "attempts", "record",
+        "attempts",
+        "done",
+        "graph",
+        "log",
+        "measures_durations",
+        "names",
+        "ncores",
+        "observers",
+        "raise_errors",
+        "record",
+        "results",
+        "runner",
+        "started_at",
+        "state",
     )
 
     def __init__(

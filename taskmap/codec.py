@@ -75,7 +75,8 @@ from __future__ import annotations
 import io
 import pickle
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 import msgpack
@@ -86,9 +87,9 @@ __all__ = [
     "NONE_BYTES",
     "CodecError",
     "DecodeError",
+    "FunctionPickler",
     "decode",
     "dumps_function",
-    "FunctionPickler",
     "encode",
     "encode_handed_over",
     "encode_none",
@@ -161,7 +162,7 @@ def _pickle(obj: Any, buffer_callback: Callable | None = None) -> bytes:
     except Exception:  # noqa: BLE001 - PicklingError, TypeError, AttributeError, a __reduce__'s own error...
         try:
             return _cloudpickle_dumps(obj, buffer_callback)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _encode_error(obj, exc) from exc
 
 
@@ -300,7 +301,7 @@ def _encode_out_of_band(value: Any, shm: Any) -> bytes:
             return True
         if raw.nbytes < threshold:
             return True
-        buffers.append(raw)
+        buffers.append(raw)  # noqa: F821 - bound before the call; deleted only after pickling
         return False
 
     data = _pickle(target, big_out_of_band)
@@ -454,7 +455,7 @@ def _ext_hook(code: int, data: bytes, writable: bool = False) -> Any:
     if code == EXT_PICKLE:
         try:
             return _loads(data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DecodeError(
                 f"cannot unpickle a value ({len(data)} bytes): {_exc_text(exc)}"
             ) from exc
@@ -491,7 +492,7 @@ def _load_out_of_band(data: bytes, writable: bool) -> Any:
             buffers.append(view[offset : offset + length])
         del mapped
         return _loads(pickled, buffers=buffers)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DecodeError(
             f"cannot load a value from shared memory: {_exc_text(exc)}"
         ) from exc
@@ -549,7 +550,7 @@ def decode(data: bytes | bytearray | memoryview, writable: bool = False) -> Any:
         return _unpackb(data, raw=False, strict_map_key=False, ext_hook=hook, use_list=True)
     except DecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - msgpack's many error types
+    except Exception as exc:
         raise DecodeError(f"cannot decode {_describe(data)}: {_exc_text(exc)}") from exc
 
 
@@ -582,7 +583,7 @@ class FunctionPickler:
         try:
             pickler.dump(func)
             return buffer.getvalue()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
             raise CodecError(
                 f"cannot serialise function {name!r} of type {_type_name(func)!r}: "
@@ -603,7 +604,7 @@ def loads_function(data: bytes | bytearray | memoryview) -> Callable[..., Any]:
     """
     try:
         func = _loads(data)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DecodeError(
             f"cannot load function from {_describe(data)}: {_exc_text(exc)}"
         ) from exc

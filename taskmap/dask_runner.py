@@ -87,6 +87,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from . import codec, process_setup
 from .bookkeeping import Bookkeeper
+from .dask_task import Outcome, TaskCall, TaskFailure, run_task
 from .errors import (
     SerializationError,
     TaskmapError,
@@ -99,7 +100,6 @@ from .observers import Observers
 from .options import RunnerOptions
 from .options import resolve as resolve_options
 from .process_setup import function_module
-from .dask_task import Outcome, TaskCall, TaskFailure, run_task
 from .runners import state_for
 from .state import FINISHED, SchedulingState, TaskState
 
@@ -467,7 +467,8 @@ class _DaskRun:
         from distributed import Future
 
         state, results, names = self.state, self.graph.results, self.names
-        needed = sorted({p for i in range(len(names)) if self.in_run[i] for p in state.parents[i] if not self.in_run[p]})
+        in_run = self.in_run
+        needed = sorted({p for i in range(len(names)) if in_run[i] for p in state.parents[i] if not in_run[p]})
         given: dict[int, Any] = {}
         to_send: list[int] = []
         for p in needed:

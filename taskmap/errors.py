@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 
-
-
 # What a task may raise and still just fail (the rest, KeyboardInterrupt and
 # SystemExit, end the run).  CancelledError is a BaseException, but a task
 # that raises it (say, it awaited something that was cancelled) has failed.

@@ -32,7 +32,7 @@ COLOURS = {
 }
 
 
-def _node_ids(graph: "Graph") -> dict:
+def _node_ids(graph: Graph) -> dict:
     return {task: f"n{k}" for k, task in enumerate(graph.dependencies)}
 
 
@@ -48,7 +48,7 @@ def dot_quote(text: object) -> str:
 
 
 def to_dot(
-    graph: "Graph", *, rankdir: str = "LR", legend: bool = True, status: Mapping | None = None
+    graph: Graph, *, rankdir: str = "LR", legend: bool = True, status: Mapping | None = None
 ) -> str:
     """The graph in Graphviz DOT, coloured by status, shaped by lane.
 
@@ -129,7 +129,7 @@ def _mermaid_class(status: str) -> str:
     return status.replace(" ", "")  # "not run" -> "notrun"
 
 
-def to_mermaid(graph: "Graph", *, direction: str = "LR", status: Mapping | None = None) -> str:
+def to_mermaid(graph: Graph, *, direction: str = "LR", status: Mapping | None = None) -> str:
     """The graph as a mermaid flowchart, coloured by status (class
     ``done``, ``failed``, ``skipped``, ``notrun``), io-bound tasks as
     parallelograms, cpu-bound ones as rectangles.  Paste it into a
@@ -153,7 +153,7 @@ def to_mermaid(graph: "Graph", *, direction: str = "LR", status: Mapping | None 
     return "\n".join(lines) + "\n"
 
 
-def _status_of(graph: "Graph", given: Mapping | None) -> dict:
+def _status_of(graph: Graph, given: Mapping | None) -> dict:
     status = statuses(graph)
     if given is not None:
         status.update((t, s) for t, s in given.items() if t in status)
@@ -164,7 +164,7 @@ def _status_of(graph: "Graph", given: Mapping | None) -> dict:
 
 
 def render(
-    graph: "Graph",
+    graph: Graph,
     path: str | os.PathLike[str],
     format: str | None = None,
     status: Mapping | None = None,

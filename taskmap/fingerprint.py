@@ -120,7 +120,7 @@ class Fingerprinter:
     thread-safe (one thread at a time).
     """
 
-    __slots__ = ("_digests", "_own", "_active")
+    __slots__ = ("_active", "_digests", "_own")
 
     def __init__(self) -> None:
         self._digests: dict[int, tuple[object, bytes]] = {}

@@ -44,7 +44,7 @@ class DoneList(list):
         for task in tasks:
             self.append(task)
 
-    def __iadd__(self, tasks: Iterable[Task]) -> "DoneList":
+    def __iadd__(self, tasks: Iterable[Task]) -> DoneList:
         self.extend(tasks)
         return self
 
@@ -104,20 +104,20 @@ class Graph:
     """
 
     __slots__ = (
-        "funcs",
-        "dependencies",
         "_done",
-        "results",
+        "attempts",
+        "checkpoint",
+        "dependencies",
+        "durations",
+        "funcs",
         "in_progress",
         "io_bound",
-        "name",
-        "lock",
-        "attempts",
-        "durations",
-        "checkpoint",
         "last_run",
-        "uses",
+        "lock",
+        "name",
         "priority",
+        "results",
+        "uses",
     )
 
     def __init__(
@@ -314,7 +314,7 @@ def _check_acyclic(deps: dict) -> None:
                     stack.append(iter(deps[parent]))
                     break
                 if c == GREY:
-                    cycle = path[path.index(parent):] + [parent]
+                    cycle = [*path[path.index(parent):], parent]
                     # path runs child -> parent; show it in the direction work flows
                     cycle.reverse()
                     raise ValueError("Cyclic dependency: " + _cycle_text(cycle))
@@ -333,7 +333,7 @@ def _cycle_text(cycle: list) -> str:
     if len(names) > CYCLE_SHOWN + 1:
         half = CYCLE_SHOWN // 2
         left_out = len(names) - 2 * half
-        names = names[:half] + [f"... ({left_out} more tasks) ..."] + names[-half:]
+        names = [*names[:half], f"... ({left_out} more tasks) ...", *names[-half:]]
     return " -> ".join(names)
 
 

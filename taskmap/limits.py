@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Union
 
-TimeoutSpec = Union[None, float, Mapping]
-RetrySpec = Union[int, Mapping]
+TimeoutSpec = None | float | Mapping
+RetrySpec = int | Mapping
 
 
 class TaskLimits:
     """``timeout[i]`` (seconds or None) and ``retries[i]`` for task number i."""
 
-    __slots__ = ("timeout", "retries", "retry_delay", "memory_limit")
+    __slots__ = ("memory_limit", "retries", "retry_delay", "timeout")
 
     def __init__(
         self,

@@ -34,7 +34,6 @@ import cloudpickle
 
 from .graph import Graph, create_graph
 
-
 _loaded = itertools.count(1)
 
 

@@ -62,7 +62,7 @@ class RunLog:
     the per-task methods then return at once when nobody listens.
     """
 
-    __slots__ = ("manager", "worker", "manager_on", "worker_on", "errors_on", "pid")
+    __slots__ = ("errors_on", "manager", "manager_on", "pid", "worker", "worker_on")
 
     def __init__(self, name: str) -> None:
         self.manager = logging.getLogger(f"{name}-manager")

@@ -82,7 +82,7 @@ class TaskEvent:
 class Observer:
     """Base class of observers; every hook is a no-op, override what you need."""
 
-    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+    def run_started(self, graph: Graph, info: RunInfo) -> None:
         """The run is about to start its first task."""
 
     def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
@@ -95,7 +95,7 @@ class Observer:
     def task_finished(self, event: TaskEvent) -> None:
         """A task ended for good (after its last attempt) or was skipped."""
 
-    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+    def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         """The run ended; ``error`` is what it raises, if anything."""
 
 
@@ -109,7 +109,7 @@ class Observers:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+    def run_started(self, graph: Graph, info: RunInfo) -> None:
         for o in self.items:
             o.run_started(graph, info)
 
@@ -121,7 +121,7 @@ class Observers:
         for o in self.items:
             o.task_finished(event)
 
-    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+    def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         # every observer hears the end, even when an earlier one raises
         first: BaseException | None = None
         for o in self.items:
@@ -135,7 +135,7 @@ class Observers:
 
 
 def build_observers(
-    graph: "Graph",
+    graph: Graph,
     progress: bool | None = None,
     trace: str | os.PathLike[str] | None = None,
     observers: Iterable[Observer] | None = None,

@@ -34,17 +34,17 @@ class WorkerHandle:
     """The coordinator's view of one worker process."""
 
     __slots__ = (
-        "process",
-        "conn",
-        "pid",
-        "ready",
-        "io_sent",
-        "funcs_sent",
-        "codes_sent",
         "codes_held",
+        "codes_sent",
+        "conn",
+        "funcs_sent",
+        "io_sent",
+        "pid",
+        "process",
+        "ready",
         "run_id",
-        "slot",
         "setup_heard",
+        "slot",
     )
 
     def __init__(self, process, conn, slot: RunningSlot) -> None:

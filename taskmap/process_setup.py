@@ -237,7 +237,7 @@ class _GuardedStream(io.TextIOWrapper):
 
 def _stream_over(fd: int, like: Any, disturbed: list[bool]) -> _GuardedStream:
     stream = _GuardedStream(
-        io.open(fd, "wb", closefd=False),
+        open(fd, "wb", closefd=False),
         encoding=getattr(like, "encoding", None) or "utf-8",
         errors=getattr(like, "errors", None) or "backslashreplace",
         line_buffering=bool(getattr(like, "line_buffering", False)),

@@ -53,7 +53,7 @@ class ProgressBar(Observer):
 
     # -- the hooks: counters only, called once per task ---------------------
 
-    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+    def run_started(self, graph: Graph, info: RunInfo) -> None:
         self.done = self.failed = self.skipped = 0
         self.running = set()
         self.waiting = info.waiting_for_resources
@@ -85,7 +85,7 @@ class ProgressBar(Observer):
         else:
             self.skipped += 1
 
-    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+    def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join()

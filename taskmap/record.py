@@ -112,7 +112,7 @@ class RunRecorder(Observer):
     Keeps no results and no encoded payloads, only names, times and pids.
     """
 
-    __slots__ = ("record", "tasks", "handed")
+    __slots__ = ("handed", "record", "tasks")
 
     def __init__(self) -> None:
         self.record: RunRecord | None = None
@@ -120,7 +120,7 @@ class RunRecorder(Observer):
         # task -> (handed out at, worker pid, lane) of its last attempt
         self.handed: dict[Any, tuple[float, int | None, str]] = {}
 
-    def run_started(self, graph: "Graph", info: RunInfo) -> None:
+    def run_started(self, graph: Graph, info: RunInfo) -> None:
         self.tasks = []
         self.handed = {}
         record = graph.last_run
@@ -151,7 +151,7 @@ class RunRecorder(Observer):
             event.failed_ancestor,
         ))
 
-    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+    def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         record = self.record
         if record is None:
             return

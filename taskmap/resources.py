@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 UsesSpec = Mapping[Any, "str | Sequence[str]"]
@@ -98,8 +98,21 @@ class ResourceGate:
     """
 
     __slots__ = (
-        "names", "uses", "limit", "interval", "rank", "in_use", "next_start",
-        "waiting", "waits_on", "since", "held", "peak", "waited", "seq", "gated",
+        "gated",
+        "held",
+        "in_use",
+        "interval",
+        "limit",
+        "names",
+        "next_start",
+        "peak",
+        "rank",
+        "seq",
+        "since",
+        "uses",
+        "waited",
+        "waiting",
+        "waits_on",
     )
 
     def __init__(

@@ -6,13 +6,13 @@ caller (``gather=``) and from what size they travel through shared memory
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Literal, Union
+from typing import Literal
 
 from . import shm
 from .graph import Graph
 
-GatherSpec = Union[bool, Collection]
-ThresholdSpec = Union[int, None, Literal["auto"]]
+GatherSpec = bool | Collection
+ThresholdSpec = int | None | Literal["auto"]
 
 
 class NotKept:

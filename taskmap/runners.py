@@ -157,7 +157,7 @@ def _run_coroutine(make_coro):
     def target():
         try:
             box["value"] = asyncio.run(make_coro())
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="taskmap-run-async")

@@ -47,7 +47,8 @@ import os
 import select
 import threading
 import weakref
-from typing import Container, Iterable, NamedTuple
+from collections.abc import Container, Iterable
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -62,8 +63,8 @@ __all__ = [
     "close_and_sweep",
     "coordinator_prefix",
     "default_threshold",
-    "parse_threshold",
     "list_segments",
+    "parse_threshold",
     "remove_all",
     "sweep_orphans",
     "unlink",
@@ -282,7 +283,7 @@ class TaskSegments:
     points into that segment.
     """
 
-    __slots__ = ("writer", "threshold", "release", "kept", "hand_over")
+    __slots__ = ("hand_over", "kept", "release", "threshold", "writer")
 
     def __init__(self, writer: SegmentWriter, release: list[str], hand_over: bool = False) -> None:
         self.writer = writer

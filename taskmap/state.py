@@ -71,21 +71,21 @@ class SchedulingState:
     """
 
     __slots__ = (
-        "names",
-        "index",
-        "parents",
         "children",
-        "is_io",
-        "state",
-        "remaining",
-        "priority",
-        "ready_io",
-        "ready_cpu",
-        "unfinished",
+        "clock",
+        "gate",
+        "index",
         "io_by_priority",
         "io_seq",
-        "gate",
-        "clock",
+        "is_io",
+        "names",
+        "parents",
+        "priority",
+        "ready_cpu",
+        "ready_io",
+        "remaining",
+        "state",
+        "unfinished",
     )
 
     def __init__(

@@ -34,7 +34,7 @@ def is_ancestor_message(value: object) -> bool:
     return isinstance(value, str) and value.startswith(_PREFIX) and value.endswith(_SUFFIX)
 
 
-def task_status(graph: "Graph", task: Hashable) -> str:
+def task_status(graph: Graph, task: Hashable) -> str:
     """The status of one task (one of :data:`STATUSES`)."""
     if task not in graph.done:
         return NOT_RUN
@@ -46,7 +46,7 @@ def task_status(graph: "Graph", task: Hashable) -> str:
     return DONE
 
 
-def statuses(graph: "Graph") -> dict:
+def statuses(graph: Graph) -> dict:
     """Every task of the graph -> its status, in graph order."""
     return {task: task_status(graph, task) for task in graph.dependencies}
 

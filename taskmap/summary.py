@@ -107,7 +107,7 @@ class Summary:
         return format_summary(self)
 
 
-def summarize(graph: "Graph", top: int = 5) -> Summary:
+def summarize(graph: Graph, top: int = 5) -> Summary:
     """The :class:`Summary` of ``graph``'s last run (``top``: how many of the
     slowest tasks to list).  Call it right after the run: it reads
     ``graph.done`` and ``graph.results`` as the run left them.  A graph never
@@ -161,7 +161,7 @@ def summarize(graph: "Graph", top: int = 5) -> Summary:
 
 
 def _task_times(
-    graph: "Graph", record: RunRecord, status: dict
+    graph: Graph, record: RunRecord, status: dict
 ) -> tuple[list[TaskTime], list[WorkerTime], str, int | None]:
     """Per-task times of the run, busy time per worker, the detail level and
     how many tasks needed more than one attempt."""
@@ -202,7 +202,7 @@ def _from_records(records: list[TaskRecord]) -> tuple[list[TaskTime], list[Worke
     return times, workers
 
 
-def critical_path(graph: "Graph", seconds: dict) -> tuple[list, float | None]:
+def critical_path(graph: Graph, seconds: dict) -> tuple[list, float | None]:
     """The chain of dependent tasks with the largest sum of ``seconds``
     (task -> measured run time; tasks missing from it weigh 0 and are left
     out of the returned chain), first to last, and that sum.  Linear in
@@ -247,7 +247,7 @@ def _seconds(x: float | None) -> str:
 def _chain_text(chain: list, limit: int = 12, sep: str = " -> ") -> str:
     names = [str(n) for n in chain]
     if len(names) > limit:
-        names = names[: limit // 2] + [f"... {len(names) - limit} more ..."] + names[-limit // 2:]
+        names = [*names[:limit // 2], f"... {len(names) - limit} more ...", *names[-limit // 2:]]
     return sep.join(names)
 
 
@@ -307,5 +307,5 @@ def format_summary(s: Summary) -> str:
         rows += ["", f"  {'slowest tasks':<{width}} {'seconds':>8}  lane  status  worker"]
         for t in s.slowest:
             worker = "" if t.worker is None else str(t.worker)
-            rows.append(f"  {str(t.name):<{width}} {t.seconds:>8.3f}  {t.lane:<4}  {t.status:<6}  {worker}")
+            rows.append(f"  {t.name!s:<{width}} {t.seconds:>8.3f}  {t.lane:<4}  {t.status:<6}  {worker}")
     return "\n".join(rows) + "\n"

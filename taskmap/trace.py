@@ -67,11 +67,11 @@ class TraceWriter(Observer):
         if not self.path.parent.resolve().is_dir():
             raise FileNotFoundError(f"trace file directory does not exist: {self.path.parent}")
 
-    def run_finished(self, graph: "Graph", error: BaseException | None) -> None:
+    def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         write_trace(graph, self.path)
 
 
-def write_trace(graph: "Graph", path: str | os.PathLike[str]) -> None:
+def write_trace(graph: Graph, path: str | os.PathLike[str]) -> None:
     """Write the timeline of ``graph``'s last recorded run to ``path``
     (atomically: a temporary file in the same directory, then a rename).
 
@@ -143,7 +143,7 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
         if t.worker not in first_start or t.start < first_start[t.worker]:
             first_start[t.worker] = t.start
     first_start.pop(coordinator, None)
-    pids = [coordinator] + sorted(first_start, key=first_start.get)
+    pids = [coordinator, *sorted(first_start, key=first_start.get)]
     tid_of: dict[tuple[int, str, int], int] = {}
     scheduler_tid = CPU_TID  # the coordinator's own row: after its lane rows, if any
     for order, pid in enumerate(pids):

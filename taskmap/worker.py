@@ -45,12 +45,29 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from . import codec, messages, shm
-from .messages import (
-    MSG_KIND, OUT_END, OUT_OK, OUT_PAYLOAD, OUT_START, SUB_AFTER, SUB_ARGS, SUB_DIRECT,
-    SUB_FIRST, SUB_FUNC, SUB_IO, SUB_RELEASE, SUB_SLOTS, SUB_TASK, SUB_TIMEOUT,
-    SUBMIT_CODES, SUBMIT_DROP, SUBMIT_SHM, Kind, Stage,
-)
 from .functions import FunctionTable
+from .messages import (
+    MSG_KIND,
+    OUT_END,
+    OUT_OK,
+    OUT_PAYLOAD,
+    OUT_START,
+    SUB_AFTER,
+    SUB_ARGS,
+    SUB_DIRECT,
+    SUB_FIRST,
+    SUB_FUNC,
+    SUB_IO,
+    SUB_RELEASE,
+    SUB_SLOTS,
+    SUB_TASK,
+    SUB_TIMEOUT,
+    SUBMIT_CODES,
+    SUBMIT_DROP,
+    SUBMIT_SHM,
+    Kind,
+    Stage,
+)
 from .process_setup import WorkerSetup
 from .slot import IO_RING
 
@@ -328,12 +345,12 @@ class Worker:
         for k, blob in enumerate(encoded_args):
             try:
                 args.append(codec.decode(blob))
-            except BaseException as error:  # noqa: BLE001
+            except BaseException as error:
                 raise _StageError(Stage.ARGS, error, f"argument {k + 1}") from error
         if parent_value is not None:
             try:
                 value = parent_value[0] if parent_encoded is None else codec.decode(parent_encoded)
-            except BaseException as error:  # noqa: BLE001
+            except BaseException as error:
                 raise _StageError(Stage.ARGS, error, "the value of the task it ran behind") from error
             parent_value.clear()
             if value is not None:

@@ -18,7 +18,7 @@ class TaskFingerprints:
     a microsecond per task, less than making each as its task finishes.
     """
 
-    __slots__ = ("graph", "entries", "_keys", "_function_of", "_pack", "_combine")
+    __slots__ = ("_combine", "_function_of", "_keys", "_pack", "entries", "graph")
 
     def __init__(self, graph: Any) -> None:
         import msgpack

@@ -100,7 +100,7 @@ class RunHold:
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "graph": str(graph_name),
         }
         data = json.dumps(record).encode()

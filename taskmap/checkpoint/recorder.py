@@ -40,7 +40,7 @@ class CheckpointObserver(Observer):
     the writer, which would otherwise contend with the coordinator for the GIL.
     """
 
-    __slots__ = ("store", "writer", "fingerprints", "entries", "graph_name", "max_payload", "_encode")
+    __slots__ = ("_encode", "entries", "fingerprints", "graph_name", "max_payload", "store", "writer")
 
     def __init__(self, store: CheckpointStore) -> None:
         from ..codec import encode

@@ -26,7 +26,7 @@ class RestoreReport:
     ``rerun``).
     """
 
-    __slots__ = ("restored", "rerun", "damaged")
+    __slots__ = ("damaged", "rerun", "restored")
 
     def __init__(self) -> None:
         self.restored: list = []
