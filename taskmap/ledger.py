@@ -859,9 +859,11 @@ class Dispatcher:
         state, segments, encoded = self.state, self.segments, self.encoded
         children, remaining, status, is_io = state.children, state.remaining, state.state, state.is_io
         priority, attempts, limits = state.priority, self.attempts, self.limits
-        # a task that uses a limited or rated resource is sent only once the
-        # gate admits it: never ahead, behind its parent
-        gated = state.gate.gated if state.gate is not None else None
+        # a task that uses a limited resource is pinned behind its parent
+        # only if its units can be taken now (it holds them while it waits
+        # there, so the limit still holds); a rated one never: its start is
+        # what the rate spaces
+        gate = state.gate
         for _ in range(MAX_PINNED):
             best = -1
             for c in children[parent]:
@@ -871,7 +873,7 @@ class Dispatcher:
                     and not is_io[c]
                     and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
-                    and (gated is None or not gated[c])
+                    and (gate is None or not gate.gated[c] or (gate.unrated[c] and gate.blocked(c, 0.0) is None))
                 ):
                     best = c
             if best < 0:
@@ -900,6 +902,8 @@ class Dispatcher:
                 # the worker, never copied (batch[-1] is parent's submission)
                 batch[-1][SUB_DIRECT] = True
             state.started(best)
+            if gate is not None and gate.gated[best]:
+                gate.take(best, state.clock())  # (held while it waits behind its parent)
             attempts[best] += 1
             held.cpu_tasks.append(best)
             limit = limits.timeout[best]

@@ -3,8 +3,11 @@
 A task *uses* resources (``create_graph(uses={task: name or [names]})``,
 each use one unit; a name listed twice takes two).  A run may *limit* a
 resource (``limits={name: n}``: at most n units in use at once) and *rate*
-it (``rates={name: r}``: at most r starts a second, spaced 1/r apart, so in
-any window of t seconds at most r*t + 1 starts).
+it (``rates={name: r}``: at most r starts a second, on a grid 1/r apart, so
+in any window of t seconds at most r*t + 1 starts; when a timer wakes late,
+the start after the late one catches up with the grid, so the rate is
+reached rather than drifted below, at the price of one start more in a
+window that holds both: r*t + 2 at worst).
 
 :class:`ResourceGate` is pure bookkeeping, shared by every runner: no I/O,
 no clock of its own (the runner passes ``now``).  A ready task that uses a
@@ -100,6 +103,9 @@ class ResourceGate:
     __slots__ = (
         "gated",
         "held",
+        "need",
+        "rated",
+        "unrated",
         "in_use",
         "interval",
         "limit",
@@ -130,6 +136,12 @@ class ResourceGate:
         gated_r = {r for r in range(len(names)) if limit[r] is not None or interval[r] is not None}
         self.uses = [tuple(r for r in u if r in gated_r) for u in uses]
         self.gated = [bool(u) for u in self.uses]
+        # per task: (resource, units) pairs, checked and taken per start
+        self.need = [tuple((r, u.count(r)) for r in sorted(set(u))) for u in self.uses]
+        self.rated = [r for r in range(len(names)) if interval[r] is not None]
+        # tasks whose resources have no rate (may be taken ahead of their
+        # start, e.g. pinned behind a parent on its worker)
+        self.unrated = [all(interval[r] is None for r in u) for u in self.uses]
         self.rank = rank
         self.in_use = [0] * len(names)
         self.next_start = [-math.inf] * len(names)
@@ -151,23 +163,23 @@ class ResourceGate:
     def blocked(self, i: int, now: float) -> int | None:
         """The first resource that keeps task i from starting now (None:
         it may start)."""
-        uses = self.uses[i]
-        for r in uses:
-            limit = self.limit[r]
-            if limit is not None and self.in_use[r] + uses.count(r) > limit:
+        limits, in_use, interval = self.limit, self.in_use, self.interval
+        for r, units in self.need[i]:
+            limit = limits[r]
+            if limit is not None and in_use[r] + units > limit:
                 return r
-            if self.interval[r] is not None and self.next_start[r] > now:
+            if interval[r] is not None and self.next_start[r] > now:
                 return r
         return None
 
     def take(self, i: int, now: float) -> None:
         """Task i starts now: its units (and rate slots) are taken."""
         self.held.add(i)
-        for r in self.uses[i]:
-            self.in_use[r] += 1
-            if self.in_use[r] > self.peak[r]:
-                self.peak[r] = self.in_use[r]
-        for r in set(self.uses[i]):
+        in_use, peak = self.in_use, self.peak
+        for r, units in self.need[i]:
+            in_use[r] += units
+            if in_use[r] > peak[r]:
+                peak[r] = in_use[r]
             interval = self.interval[r]
             if interval is not None:
                 slot = self.next_start[r]
@@ -198,28 +210,28 @@ class ResourceGate:
             return []
         self.held.discard(i)
         retry = []
-        for r in self.uses[i]:
-            self.in_use[r] -= 1
-            retry.extend(self._unpark(r, 1, now))
+        waiting = self.waiting
+        for r, units in self.need[i]:
+            self.in_use[r] -= units
+            if waiting[r]:
+                retry.extend(self._unpark(r, units, now))
         return retry
 
     def due(self, now: float) -> list[int]:
         """The waiting tasks whose rate slot has come (call at
         :meth:`next_wakeup`), taken out of their lines to try again."""
         retry = []
-        for r, heap in enumerate(self.waiting):
-            if heap and self.interval[r] is not None and self.next_start[r] <= now:
+        for r in self.rated:
+            if self.waiting[r] and self.next_start[r] <= now:
                 retry.extend(self._unpark(r, 1, now))
         return retry
 
     def next_wakeup(self) -> float | None:
         """When the next waiting task's rate slot comes (None: no task waits
         for a rate)."""
-        times = [
-            self.next_start[r]
-            for r, heap in enumerate(self.waiting)
-            if heap and self.interval[r] is not None
-        ]
+        if not self.rated:
+            return None
+        times = [self.next_start[r] for r in self.rated if self.waiting[r]]
         return min(times) if times else None
 
     @property
