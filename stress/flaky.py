@@ -18,7 +18,7 @@ busy machine is where timing assumptions break).  Each pytest process
 records every test report through a plugin object passed to ``pytest.main``
 (no output is parsed) and writes them to a JSON file for this script.
 
-Prints one line per test that ran (runs, failures, rate), each distinct
+Prints one line per test that ran (runs, failed runs, rate), each distinct
 failure message (its first ``E`` line), then a verdict: ``OK: ...`` and exit status 0 when nothing
 failed, ``FAIL: ...`` and exit status 1 when a test failed in any run, 2 when
 a pytest process did not finish within --max-seconds (it is killed), 130
@@ -41,11 +41,13 @@ from pathlib import Path
 
 class Recorder:
     """A pytest plugin: repeats the session's tests ``loops`` times and keeps,
-    per test id, the number of runs and the failures (phase and last line)."""
+    per test id, the number of runs, the runs that failed (in setup, call or
+    teardown) and the failure messages (phase and first ``E`` line)."""
 
     def __init__(self, loops: int) -> None:
         self.loops = loops
         self.runs: dict[str, int] = defaultdict(int)
+        self.failed: dict[str, set[int]] = defaultdict(set)  # run numbers
         self.failures: dict[str, list[str]] = defaultdict(list)
 
     def pytest_runtestloop(self, session):
@@ -69,6 +71,7 @@ class Recorder:
         if report.when == "setup":
             self.runs[report.nodeid] += 1
         if report.failed:
+            self.failed[report.nodeid].add(self.runs[report.nodeid])
             lines = (report.longreprtext or "").strip().splitlines() or ["?"]
             # the first "E   ..." line says what failed; else the last line
             why = next((line[1:].strip() for line in lines if line.startswith("E ")), lines[-1])
@@ -84,7 +87,9 @@ def child(args) -> int:
     recorder = Recorder(args.loops)
     pytest_args = ["-q", "-p", "no:cacheprovider", *args.pytest_args]
     code = pytest.main(pytest_args, plugins=[recorder])
-    Path(args.child).write_text(json.dumps({"runs": recorder.runs, "failures": recorder.failures, "exit": int(code)}))
+    failed = {test: len(runs) for test, runs in recorder.failed.items()}
+    report = {"runs": recorder.runs, "failed": failed, "failures": recorder.failures, "exit": int(code)}
+    Path(args.child).write_text(json.dumps(report))
     return 0
 
 
@@ -108,7 +113,8 @@ def run_pytest(args, loops: int, out: Path, log) -> dict | None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if not out.exists():
-        return {"runs": {}, "failures": {"<pytest process>": [f"exit status {proc.returncode}, no report"]}, "exit": proc.returncode}
+        problem = [f"exit status {proc.returncode}, no report"]
+        return {"runs": {}, "failed": {"<pytest process>": 1}, "failures": {"<pytest process>": problem}}
     return json.loads(out.read_text())
 
 
@@ -141,6 +147,7 @@ def main(argv=None) -> int:
     print(f"flaky: {' '.join(args.pytest_args)}; {args.loops} loops, modes {'+'.join(modes)}, load {args.load}; "
           f"pytest output in {log_path}", flush=True)
     runs: dict[tuple[str, str], int] = defaultdict(int)
+    failed: dict[tuple[str, str], int] = defaultdict(int)  # runs that failed
     failures: dict[tuple[str, str], list[str]] = defaultdict(list)
     hung = []
     load = start_load(args.load)
@@ -156,11 +163,12 @@ def main(argv=None) -> int:
                     continue
                 for test, count in report["runs"].items():
                     runs[mode, test] += count
+                for test, count in report["failed"].items():
+                    failed[mode, test] += count
                 for test, lines in report["failures"].items():
                     failures[mode, test] += lines
                 if mode == "fresh":
-                    bad = sum(len(v) > 0 for v in report["failures"].values())
-                    print(f"  fresh #{n}: {bad} failing tests", flush=True)
+                    print(f"  fresh #{n}: {len(report['failed'])} failing tests", flush=True)
                 if args.interrupted:
                     break
     finally:
@@ -171,27 +179,26 @@ def main(argv=None) -> int:
 
     width = max((len(t) for _, t in runs), default=10)
     print(f"\n{'mode':5}  {'test':{width}}  {'runs':>5}  {'fail':>4}  rate")
-    for mode, test in sorted(runs, key=lambda mt: (-len(failures.get(mt, [])), mt)):
-        fails = failures.get((mode, test), [])
-        n = runs[mode, test]
-        print(f"{mode:5}  {test:{width}}  {n:5}  {len(fails):4}  {len(fails) / max(n, 1):.0%}")
+    for mode, test in sorted(runs, key=lambda mt: (-failed.get(mt, 0), mt)):
+        n, bad = runs[mode, test], failed.get((mode, test), 0)
+        print(f"{mode:5}  {test:{width}}  {n:5}  {bad:4}  {bad / max(n, 1):.0%}")
     for (mode, test), lines in sorted(failures.items()):
         if (mode, test) not in runs:
-            print(f"{mode:5}  {test:{width}}  {'-':>5}  {len(lines):4}  (no test ran)")
+            print(f"{mode:5}  {test:{width}}  {'-':>5}  {failed[mode, test]:4}  (no test ran)")
         for line in dict.fromkeys(lines):  # each distinct message once
             print(f"       {mode} {test}: {line}")
 
-    failed = sum(len(v) for v in failures.values())
+    failed_runs = sum(failed.values())
     facts = (f"{len({t for _, t in runs})} tests, {sum(runs.values())} runs ({'+'.join(modes)}, "
              f"{args.loops} loops, load {args.load}), {elapsed:.0f} s")
     if args.interrupted:
-        print(f"FAIL: interrupted; {failed} failures so far; {facts}")
+        print(f"FAIL: interrupted; {failed_runs} failed runs so far; {facts}")
         return 130
     if hung:
-        print(f"FAIL: {len(hung)} pytest processes did not finish ({', '.join(hung)}); {failed} failures; {facts}")
+        print(f"FAIL: {len(hung)} pytest processes did not finish ({', '.join(hung)}); {failed_runs} failed runs; {facts}")
         return 2
-    if failed:
-        print(f"FAIL: {failed} failures in {sum(bool(v) for v in failures.values())} tests; {facts}")
+    if failed_runs:
+        print(f"FAIL: {failed_runs} failed runs of {len({t for _, t in failed})} tests; {facts}")
         return 1
     if not runs:
         print(f"FAIL: no test ran; {facts}")

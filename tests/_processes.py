@@ -17,7 +17,11 @@ def start_pipeline(tmp_path: Path, script: str, env: dict | None = None, **popen
     tasks each create a file in ``$MARK_DIR``) in a new process; return it
     once two slow tasks run, i.e. both workers are busy."""
     path = tmp_path / "pipeline.py"
-    path.write_text(script)
+    # Ctrl-C raises KeyboardInterrupt in the script, as from a terminal, even
+    # when pytest itself was started with SIGINT ignored (a shell's
+    # background job): the ignored signal would be inherited, and the tests
+    # that interrupt the pipeline with SIGINT would wait for it in vain
+    path.write_text("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + script)
     marks = tmp_path / "marks"
     marks.mkdir()
     proc = subprocess.Popen(
