@@ -132,16 +132,22 @@ class ResourceGate:
         self.names = list(names)
         self.limit = list(limit)
         self.interval = list(interval)
-        # keep only the uses that can make a task wait
+        # per distinct uses (most tasks share a few): only the resources
+        # that can make a task wait, as (resource, units) pairs, and whether
+        # none of them is rated (such a task may take its units ahead of its
+        # start, e.g. pinned behind its parent on a worker)
         gated_r = {r for r in range(len(names)) if limit[r] is not None or interval[r] is not None}
-        self.uses = [tuple(r for r in u if r in gated_r) for u in uses]
+        shapes: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[tuple[int, int], ...], bool]] = {}
+        for u in set(uses):
+            kept = tuple(r for r in u if r in gated_r)
+            need = tuple((r, kept.count(r)) for r in sorted(set(kept)))
+            shapes[u] = (kept, need, all(interval[r] is None for r in kept))
+        per_task = [shapes[u] for u in uses]
+        self.uses = [shape[0] for shape in per_task]
+        self.need = [shape[1] for shape in per_task]
+        self.unrated = [shape[2] for shape in per_task]
         self.gated = [bool(u) for u in self.uses]
-        # per task: (resource, units) pairs, checked and taken per start
-        self.need = [tuple((r, u.count(r)) for r in sorted(set(u))) for u in self.uses]
         self.rated = [r for r in range(len(names)) if interval[r] is not None]
-        # tasks whose resources have no rate (may be taken ahead of their
-        # start, e.g. pinned behind a parent on its worker)
-        self.unrated = [all(interval[r] is None for r in u) for u in self.uses]
         self.rank = rank
         self.in_use = [0] * len(names)
         self.next_start = [-math.inf] * len(names)
@@ -292,10 +298,14 @@ def build_gate(
     number = {name: r for r, name in enumerate(resources)}
     index = {task: i for i, task in enumerate(names)}
     task_uses: list[tuple[int, ...]] = [()] * len(names)
+    numbered: dict[tuple[str, ...], tuple[int, ...]] = {}
     for task, used in uses.items():
         i = index.get(task)
         if i is not None:
-            task_uses[i] = tuple(number[n] for n in used)
+            u = numbered.get(used)
+            if u is None:
+                u = numbered[used] = tuple(number[n] for n in used)
+            task_uses[i] = u
     return ResourceGate(
         resources,
         task_uses,

@@ -254,12 +254,14 @@ class SchedulingState:
 
     def _admit(self, i: int) -> bool:
         """Take task i's units now, or park it in the gate."""
-        gate, now = self.gate, self.clock()
+        gate = self.gate
+        # (the clock matters to rates and to the time tasks wait, only)
+        now = self.clock() if gate.rated else 0.0
         r = gate.blocked(i, now)
         if r is None:
             gate.take(i, now)
             return True
-        gate.park(i, r, now)
+        gate.park(i, r, self.clock())
         return False
 
     def queued_io(self) -> list[int]:
@@ -277,11 +279,10 @@ class SchedulingState:
                 heapq.heappop(h)
                 continue
             if gate is not None and gate.gated[i]:
-                now = self.clock()
-                r = gate.blocked(i, now)
+                r = gate.blocked(i, self.clock() if gate.rated else 0.0)
                 if r is not None:
                     heapq.heappop(h)
-                    gate.park(i, r, now)
+                    gate.park(i, r, self.clock())
                     continue
             return i
         return None
@@ -332,7 +333,9 @@ class SchedulingState:
         self.gate = gate
 
     def _release(self, i: int) -> None:
-        for j in self.gate.release(i, self.clock()):
+        gate = self.gate
+        now = self.clock() if gate.waits_on or gate.rated else 0.0
+        for j in gate.release(i, now):
             if self.state[j] == READY:
                 self._queue(j)
 
