@@ -127,7 +127,7 @@ class RunOptions(NamedTuple):
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
 
 
-def resolve(runner: str, graph: Graph, raise_errors: bool, options: dict[str, Any]) -> RunOptions:
+def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str, Any]) -> RunOptions:
     """Check ``options`` for ``runner`` (unknown or unsupported: ``TypeError``
     naming the runner; bad values: ``ValueError``/``TypeError`` from the
     option's own check) and resolve them against ``graph``."""

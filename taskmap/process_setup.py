@@ -396,7 +396,7 @@ class WorkerSetup:
             return None
         name = function_module(func)
         reason = self.broken.get(name) if name else None
-        return StaleCodeError(name, reason) if reason else None
+        return StaleCodeError(name, reason) if name and reason else None  # (no name: no reason)
 
     # -- after each task ----------------------------------------------------
 
