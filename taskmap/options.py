@@ -120,7 +120,7 @@ class RunOptions(NamedTuple):
     raise_errors: bool
     limits: TaskLimits
     observers: Observers
-    keep: frozenset | None  # names of the results to keep; None: all
+    keep: frozenset[Any] | None  # names of the results to keep; None: all
     shm_threshold: int | None
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
