@@ -277,7 +277,7 @@ class _BufferOf:
         return self.kind, (pickle.PickleBuffer(self.data),)
 
 
-_BYTES_LIKE = {bytes: bytes, bytearray: bytearray, memoryview: bytes}
+_BYTES_LIKE: dict[type, type] = {bytes: bytes, bytearray: bytearray, memoryview: bytes}
 
 
 def _encode_out_of_band(value: Any, shm: Any) -> bytes:
@@ -333,7 +333,7 @@ def _native_tree(value: list | dict) -> bool:
     native scalars, lists and dicts with native keys, none of them reached
     twice (shared or cyclic containers are left to pickle, which keeps that)."""
     seen = {id(value)}
-    stack = [value]
+    stack: list[Any] = [value]
     while stack:
         c = stack.pop()
         if type(c) is dict:
@@ -360,7 +360,7 @@ _SHORT = 8
 _PACKER_OPTIONS = {"use_bin_type": True, "strict_types": True, "default": _default}
 
 
-def encode(value: object, shm: Any = None) -> bytes:
+def encode(value: Any, shm: Any = None) -> bytes:
     """Encode ``value`` as bytes (one msgpack object).
 
     ``decode(encode(v))`` equals ``v`` and has exactly its type, recursively
@@ -421,7 +421,8 @@ def encode(value: object, shm: Any = None) -> bytes:
     return data
 
 
-def _nbytes(value: bytes | memoryview) -> int:
+def _nbytes(value: Any) -> int:
+    # bytes or memoryview: mypy cannot rule out a bytes subclass in the else
     return len(value) if type(value) is bytes else value.nbytes
 
 

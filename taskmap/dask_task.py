@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from . import codec
 from .errors import TASK_ERRORS, StaleCodeError
@@ -316,7 +316,8 @@ async def _own_cancel(awaitable: Any, limit: float | None) -> Any:
     try:
         return await _with_limit(awaitable, limit)
     except asyncio.CancelledError as error:
-        if asyncio.current_task().cancelling():
+        # (a coroutine runs in a task: current_task() is not None)
+        if cast("asyncio.Task[Any]", asyncio.current_task()).cancelling():
             raise
         return _Cancelled(error)
 

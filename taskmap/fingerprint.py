@@ -112,6 +112,10 @@ def task_fingerprints(
     }
 
 
+# what opens a container's bytes, by its exact type
+_OPENS: dict[type, bytes] = {tuple: b"(", list: b"[", dict: b"{", set: b"<", frozenset: b">"}
+
+
 class Fingerprinter:
     """Computes fingerprints, each distinct callable once.
 
@@ -292,7 +296,7 @@ class Fingerprinter:
         active.add(key)
         try:
             t = type(value)
-            h.update({tuple: b"(", list: b"[", dict: b"{", set: b"<", frozenset: b">"}[t])
+            h.update(_OPENS[t])
             h.update(len(value).to_bytes(8, "little"))
             if t is dict:
                 for k, v in value.items():

@@ -172,7 +172,7 @@ def _pickled_by_value(func: Any, pickler: codec.FunctionPickler) -> bytes:
     return blob
 
 
-def _fingerprint(func: Any, depth: int) -> tuple | None:
+def _fingerprint(func: Any, depth: int) -> tuple[Any, ...] | None:
     """What a by-value pickle of ``func`` captured, as a comparable value;
     None when something in it could change unseen (see above)."""
     if type(func) is not types.FunctionType or depth == 0 or func.__dict__:
@@ -243,7 +243,7 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
     codes = _Codes()
     func_of = [0] * len(funcs)
     code_of = [0] * len(funcs)
-    entries: dict[int, list] = {}
+    entries: dict[int, list[Any]] = {}
     needs: dict[int, tuple[int, ...]] = {}
     code_by_fid: list[int] = []
     fids: dict[int, int] = {}  # id(function object) -> fid (the graph keeps them alive)
@@ -272,7 +272,7 @@ def _digest(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 
 
-def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> tuple[list, int]:
+def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> tuple[list[Any], int]:
     """(entry, code number) of one function object."""
     if type(func) is functools.partial and not func.__dict__:
         try:
@@ -293,7 +293,7 @@ def _split(func: Any, codes: _Codes, templates: dict[Any, tuple[int, Any]]) -> t
 
 def _split_closure(
     func: types.FunctionType, codes: _Codes, templates: dict[Any, tuple[int, Any]]
-) -> tuple[list, int] | None:
+) -> tuple[list[Any], int] | None:
     try:
         cells = [cell.cell_contents for cell in func.__closure__ or ()]
     except ValueError:  # an empty cell
@@ -341,10 +341,10 @@ class FunctionTable:
             if blob is not None:
                 self.by_digest[digest] = [blob, None, -1]  # (loaded when first needed)
 
-    def build(self, entry: list, epoch: int) -> Callable[..., Any]:
+    def build(self, entry: list[Any], epoch: int) -> Callable[..., Any]:
         """The function of one entry; raises if it cannot be had here."""
         kind, code = entry[0], entry[1]
-        func = self._code(code, epoch)
+        func: Callable[..., Any] = self._code(code, epoch)
         if kind == REF:
             return func
         if kind == PARTIAL:

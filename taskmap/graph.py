@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from .logs import setup_loggers
 
 Task = Hashable
 
 
-class DoneList(list):
+class DoneList(list[Task]):
     """The ``done`` list of a graph: a plain list with a set index beside it.
 
     It compares equal to a list (``graph.done == ['w']``) and keeps the order
@@ -44,7 +44,9 @@ class DoneList(list):
         for task in tasks:
             self.append(task)
 
-    def __iadd__(self, tasks: Iterable[Task]) -> DoneList:
+    # (list's own __iadd__ takes any iterable too; mypy holds it to list's
+    # overloaded __add__, which only takes lists)
+    def __iadd__(self, tasks: Iterable[Task]) -> Self:  # type: ignore[misc]
         self.extend(tasks)
         return self
 

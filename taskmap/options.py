@@ -120,14 +120,14 @@ class RunOptions(NamedTuple):
     raise_errors: bool
     limits: TaskLimits
     observers: Observers
-    keep: frozenset | None  # names of the results to keep; None: all
+    keep: frozenset[Any] | None  # names of the results to keep; None: all
     shm_threshold: int | None
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
 
 
-def resolve(runner: str, graph: Graph, raise_errors: bool, options: dict[str, Any]) -> RunOptions:
+def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str, Any]) -> RunOptions:
     """Check ``options`` for ``runner`` (unknown or unsupported: ``TypeError``
     naming the runner; bad values: ``ValueError``/``TypeError`` from the
     option's own check) and resolve them against ``graph``."""

@@ -20,12 +20,16 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from loky.backend.context import get_context
 
 from . import messages, shm
 from .slot import RunningSlot
 from .worker import worker_main
+
+if TYPE_CHECKING:
+    from .process_setup import CallerSetup
 
 JOIN_SECONDS = 1.0
 
@@ -50,7 +54,7 @@ class WorkerHandle:
     def __init__(self, process, conn, slot: RunningSlot) -> None:
         self.process = process
         self.conn = conn
-        self.slot = slot  # which cpu task it is running, read after a crash
+        self.slot: RunningSlot | None = slot  # which cpu task it is running, read after a crash
         self.pid: int | None = process.pid
         self.ready = False  # set when its HELLO arrives
         # io tasks sent over the worker's life, as the worker numbers them
@@ -61,9 +65,9 @@ class WorkerHandle:
         # digests of the code this worker keeps across runs, oldest first
         # (the coordinator decides what it drops: see taskmap.functions)
         self.codes_held: OrderedDict[bytes, None] = OrderedDict()
-        self.run_id = None
-        # the caller's setup this worker last heard (process_setup.CallerSetup)
-        self.setup_heard = None
+        self.run_id: int | None = None
+        # the caller's setup this worker last heard
+        self.setup_heard: CallerSetup | None = None
 
     @property
     def sentinel(self):

@@ -80,7 +80,7 @@ def user_module_file(name: str, module: Any) -> str | None:
         return None
     try:
         spec = module.__spec__
-        origin = spec.origin if spec is not None and spec.has_location else None
+        origin: str | None = spec.origin if spec is not None and spec.has_location else None
     except Exception:  # noqa: BLE001 - odd objects live in sys.modules too
         return None
     if not origin or not origin.endswith(".py") or origin.startswith(_excluded_roots()):
@@ -187,11 +187,12 @@ def _environ_bytes() -> dict[bytes, bytes]:
     # compare and copy, ~30x faster than going through the mapping); bytes,
     # because msgpack refuses the surrogate-escaped str os.environ may hold
     if os.name == "posix" and isinstance(getattr(os.environ, "_data", None), dict):
-        return os.environ._data  # type: ignore[attr-defined]
+        data: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]  # (CPython's, not typed)
+        return data
     return dict(os.environb)
 
 
-def message_body(heard: CallerSetup | None, now: CallerSetup) -> dict | None:
+def message_body(heard: CallerSetup | None, now: CallerSetup) -> dict[str, Any] | None:
     """The SETUP message body that brings a worker which heard ``heard``
     (None: nothing yet) to ``now``; None when nothing changed."""
     if heard is now:
@@ -250,7 +251,7 @@ _disturbed = [False]
 _hooked = False
 
 
-def _audit(event: str, args: tuple) -> None:
+def _audit(event: str, args: tuple[Any, ...]) -> None:
     # an audit hook sees every audited event of the process: one comparison
     if event == "os.chdir":
         _disturbed[0] = True
@@ -294,7 +295,7 @@ class WorkerSetup:
 
     # -- at the start of a run ----------------------------------------------
 
-    def apply(self, body: dict) -> None:
+    def apply(self, body: dict[str, Any]) -> None:
         """Take the caller's setup (a SETUP message body)."""
         cwd = body.get("cwd")
         if cwd is not None:
@@ -396,7 +397,7 @@ class WorkerSetup:
             return None
         name = function_module(func)
         reason = self.broken.get(name) if name else None
-        return StaleCodeError(name, reason) if reason else None
+        return StaleCodeError(name, reason) if name and reason else None  # (no name: no reason)
 
     # -- after each task ----------------------------------------------------
 

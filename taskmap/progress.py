@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -47,7 +48,7 @@ class ProgressBar(Observer):
         self.bar: tqdm | None = None
         self.done = self.failed = self.skipped = 0
         self.running: set = set()
-        self.waiting = None  # RunInfo.waiting_for_resources
+        self.waiting: Callable[[], int] | None = None  # RunInfo.waiting_for_resources
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-UsesSpec = Mapping[Any, "str | Sequence[str]"]
+UsesSpec = Mapping[Any, "str | Iterable[str]"]
 
 
 def normalise_uses(uses: UsesSpec | None, tasks: Mapping[Any, Any]) -> dict[Any, tuple[str, ...]]:
@@ -246,7 +246,7 @@ class ResourceGate:
 
     def _unpark(self, r: int, n: int, now: float) -> list[int]:
         heap = self.waiting[r]
-        out = []
+        out: list[int] = []
         while heap and len(out) < n:
             _, _, i = heapq.heappop(heap)
             del self.waits_on[i]
@@ -266,7 +266,7 @@ class ResourceGate:
         assert counted == self.in_use, (counted, self.in_use)
         for r, limit in enumerate(self.limit):
             assert limit is None or self.in_use[r] <= limit, (self.names[r], self.in_use[r], limit)
-        lines = {}
+        lines: dict[int, int] = {}
         for r, heap in enumerate(self.waiting):
             for _, _, i in heap:
                 assert i not in lines, i
@@ -274,11 +274,11 @@ class ResourceGate:
         assert lines == self.waits_on, (lines, self.waits_on)
         assert not (self.held & set(self.waits_on))
 
-    def report(self) -> dict[str, dict[str, float]]:
+    def report(self) -> dict[str, dict[str, float | None]]:
         """Per resource: peak units in use and seconds tasks waited for it."""
         return {
             name: {"peak": self.peak[r], "waited": self.waited[r], "limit": self.limit[r],
-                   "rate": (1.0 / self.interval[r]) if self.interval[r] else None}
+                   "rate": (1.0 / interval) if (interval := self.interval[r]) else None}
             for r, name in enumerate(self.names)
         }
 

@@ -331,7 +331,7 @@ def run_parallel_async(
     return _run_parallel("run_parallel_async", graph, default_ncores(ncores, nprocs, half=True), raise_errors, options)
 
 
-def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, options: dict) -> Graph:
+def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, options: RunnerOptions) -> Graph:
     from .coordinator import run_graph
 
     opts = resolve_options(runner, graph, raise_errors, options)

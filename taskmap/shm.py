@@ -402,7 +402,11 @@ def attach(name: str, writable: bool = False) -> Attached:
         os.close(fd)
     m.name = name
     key = id(m)
-    entry = _Mapping(name, buffer_address(m), size, weakref.ref(m, lambda _r, key=key: _forget(key)))
+
+    def gone(_ref: object, key: int = key) -> None:
+        _forget(key)
+
+    entry = _Mapping(name, buffer_address(m), size, weakref.ref(m, gone))
     with _mapped_lock:
         _mapped[key] = entry
     return m

@@ -41,8 +41,9 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .observers import CPU, FAILED, IO, Observer
 from .record import UNFINISHED, RunRecord, TaskRecord
@@ -52,6 +53,32 @@ if TYPE_CHECKING:
 
 CPU_TID = 1
 FIRST_IO_TID = 2
+
+
+class _Ran(Protocol):
+    """A :class:`TaskRecord` drawn as a slice: its worker, start and end
+    are known."""
+
+    @property
+    def name(self) -> Any: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def lane(self) -> str: ...
+    @property
+    def worker(self) -> int: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
+    @property
+    def handed(self) -> float | None: ...
+    @property
+    def received(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 class TraceWriter(Observer):
@@ -122,28 +149,31 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
         return round((t - t0) * 1e6, 3)
 
     events: list[dict[str, Any]] = []
-    ran = [t for t in tasks if t.start is not None and t.end is not None and t.worker is not None]
+    drawn = [t for t in tasks if t.start is not None and t.end is not None and t.worker is not None]
     # tasks cut off by the end of the run (interrupted, or stopped by raise_errors):
     # drawn from when they were handed out to the end of the run
-    ran += [t for t in record.unfinished or () if t.worker is not None]
+    drawn += [t for t in record.unfinished or () if t.worker is not None]
+    # (the filters above leave records with worker, start and end set; an
+    # unfinished one has them from its handing out: mypy cannot see either)
+    ran = cast("list[_Ran]", drawn)
 
     # -- lane rows per process: greedy interval colouring -----------------
-    by_lane: dict[tuple[int, str], list[TaskRecord]] = defaultdict(list)
+    by_lane: dict[tuple[int, str], list[_Ran]] = defaultdict(list)
     for t in ran:
         by_lane[t.worker, t.lane].append(t)
     row_of: dict[int, int] = {}  # id(task record) -> row number within its lane
     rows_in: dict[tuple[int, str], int] = {}
     for key, group in by_lane.items():
-        rows = _colour(group)
-        rows_in[key] = max(rows.values()) + 1 if rows else 0
-        row_of.update(rows)
+        coloured = _colour(group)
+        rows_in[key] = max(coloured.values()) + 1 if coloured else 0
+        row_of.update(coloured)
 
     first_start: dict[int, float] = {}
     for t in ran:
         if t.worker not in first_start or t.start < first_start[t.worker]:
             first_start[t.worker] = t.start
     first_start.pop(coordinator, None)
-    pids = [coordinator, *sorted(first_start, key=first_start.get)]
+    pids = [coordinator, *sorted(first_start, key=first_start.__getitem__)]
     tid_of: dict[tuple[int, str, int], int] = {}
     scheduler_tid = CPU_TID  # the coordinator's own row: after its lane rows, if any
     for order, pid in enumerate(pids):
@@ -216,25 +246,25 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
         "args": run_args,
     })
     ran_ids = {id(t) for t in ran}
-    for t in tasks:
-        if id(t) in ran_ids:
+    for rec in tasks:
+        if id(rec) in ran_ids:
             continue
         # never ran: skipped (an ancestor failed), or failed before it could
         # start (e.g. its argument could not be sent)
-        args = {"task": str(t.name), "status": t.status}
-        if t.failed_ancestor is not None:
-            args["failed_ancestor"] = str(t.failed_ancestor)
-        if t.error is not None:
-            args["error"] = t.error
+        args = {"task": str(rec.name), "status": rec.status}
+        if rec.failed_ancestor is not None:
+            args["failed_ancestor"] = str(rec.failed_ancestor)
+        if rec.error is not None:
+            args["error"] = rec.error
         events.append({
-            "name": f"{t.status} {t.name}", "cat": t.status, "ph": "i", "s": "t",
-            "ts": us(t.received), "pid": coordinator, "tid": scheduler_tid, "args": args,
+            "name": f"{rec.status} {rec.name}", "cat": rec.status, "ph": "i", "s": "t",
+            "ts": us(rec.received), "pid": coordinator, "tid": scheduler_tid, "args": args,
         })
     events.extend(_counter_events(tasks, record.unfinished or [], coordinator, scheduler_tid, us))
     return events
 
 
-def _colour(group: list[TaskRecord]) -> dict[int, int]:
+def _colour(group: list[_Ran]) -> dict[int, int]:
     """Rows for intervals so that no row holds two overlapping ones: each
     goes to the lowest-numbered row free at its start.  O(n log n)."""
     rows: dict[int, int] = {}
@@ -255,7 +285,7 @@ def _colour(group: list[TaskRecord]) -> dict[int, int]:
 
 
 def _counter_events(
-    tasks: list[TaskRecord], unfinished: list[TaskRecord], pid: int, tid: int, us
+    tasks: list[TaskRecord], unfinished: list[TaskRecord], pid: int, tid: int, us: Callable[[float], float]
 ) -> list[dict[str, Any]]:
     """A ``tasks`` counter: how many are in flight (handed out, outcome not
     yet recorded) and how many have finished, at each change."""
@@ -268,7 +298,7 @@ def _counter_events(
         else:
             changes.append((t.received, 0, 1))
     changes.sort()
-    out = []
+    out: list[dict[str, Any]] = []
     in_flight = finished = 0
     for when, d_flight, d_done in changes:
         in_flight += d_flight

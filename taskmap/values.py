@@ -6,6 +6,8 @@ handles values only as opaque encoded bytes.)"""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 from . import codec, functions
 from .errors import SerializationError, StaleCodeError, TaskTimeoutError
@@ -37,7 +39,7 @@ class CodecValues:
     def __init__(self, graph: Graph, state: SchedulingState, limits: TaskLimits) -> None:
         # a kept big value: a private copy-on-write mapping of its segment,
         # so the caller gets a writable array, no copy
-        self.decode = functools.partial(codec.decode, writable=True)
+        self.decode: Callable[[bytes], Any] = functools.partial(codec.decode, writable=True)
         self.results = graph.results
         self.names = state.names
         self.limits = limits

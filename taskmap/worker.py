@@ -43,6 +43,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
 
 from . import codec, messages, shm
 from .functions import FunctionTable
@@ -275,7 +276,7 @@ class Worker:
     def execute_chain(self, sub, coroutine_loop) -> None:
         """Run ``sub``, then the tasks pinned behind it (depth first) with the
         parent's value as an argument; drop them if the parent failed."""
-        chain = [(sub, None)]
+        chain: list[tuple[Any, list[Any] | None]] = [(sub, None)]
         cpu_queue = self.cpu_queue
         followers = self.followers
         running = self.running
@@ -422,7 +423,8 @@ class Worker:
                     # (a plain function's thread runs on, unwatched)
                     raise _StageError(Stage.TIMEOUT, error) from None
         except asyncio.CancelledError as error:
-            if asyncio.current_task().cancelling():
+            # (a coroutine runs in a task: current_task() is not None)
+            if cast("asyncio.Task[Any]", asyncio.current_task()).cancelling():
                 self.io_tasks.pop(task, None)
                 return  # the worker's loop is shutting down
             # the task's own code raised it (say, it awaited something that

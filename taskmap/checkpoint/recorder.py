@@ -8,7 +8,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..observers import DONE, FAILED, Observer, RunInfo, TaskEvent
 from .log import log
@@ -90,7 +90,8 @@ class CheckpointObserver(Observer):
         else:
             return  # SKIPPED: nothing; a skipped task reruns when its failed ancestor does
         name = event.name
-        key, fp = self.entries.get(name) or self.fingerprints.entry(name)
+        # (set with the writer: not None here)
+        key, fp = self.entries.get(name) or cast("TaskFingerprints", self.fingerprints).entry(name)
         writer.put((key, fp, status, payload, row_checksum(key, fp, status, payload),
                     error_text, time.time(), event.attempts))
 

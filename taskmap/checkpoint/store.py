@@ -106,7 +106,7 @@ class CheckpointStore:
         self._lock = threading.Lock()  # one user of the connection at a time
         self._fingerprints: TaskFingerprints | None = None
         self._writer: Writer | None = None
-        self._chunk_sizes = CHUNK_SIZES
+        self._chunk_sizes: tuple[int, ...] = CHUNK_SIZES
         self.max_payload = 0
         self._conn: sqlite3.Connection | None = None
         self._conn = self._connect()
