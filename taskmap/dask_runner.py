@@ -240,9 +240,7 @@ def _check_options(
         return
     if gather is not False and (isinstance(gather, str) or not isinstance(gather, Collection)):
         raise TypeError(f"gather must be True, False or a collection of task names, not {gather!r}")
-    # gather=False is not iterable: TypeError here, before the ValueError below
-    # meant for it (a bug, kept as it is in a typing-only change)
-    unknown = [t for t in gather if t not in graph.dependencies]  # type: ignore[union-attr]
+    unknown = [t for t in (gather or ()) if t not in graph.dependencies]
     if unknown:
         raise ValueError(f"gather names tasks that are not in the graph: {unknown[:10]!r}")
     if client is None:

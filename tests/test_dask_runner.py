@@ -873,3 +873,10 @@ def test_a_rate_holds_across_the_cluster(client, io):
             assert m - k + 1 <= rate * (starts[m] - starts[k]) + 2, (k, m)
     achieved = (n - 1) / (starts[-1] - starts[0])
     assert achieved == pytest.approx(rate, rel=0.15)
+
+
+def test_gather_false_without_a_client_is_refused_saying_why():
+    """(It raised "'bool' object is not iterable" before reaching this check.)"""
+    graph = taskmap.create_graph({"a": five}, {"a": []})
+    with pytest.raises(ValueError, match="need a client"):
+        taskmap.run_dask(graph, gather=False)
