@@ -399,7 +399,7 @@ def _ours_memory(spec: dict) -> dict:
     import tracemalloc
 
     import taskmap
-    from taskmap.state import SchedulingState
+    from taskmap.scheduling.state import SchedulingState
 
     n = spec["n"]
     deps = random_dag_int(n, spec.get("seed", 5))

@@ -50,7 +50,7 @@ def start_cluster(cpu_resource: bool):
     taskmap-cpu resource: io tasks start at once), else one thread each."""
     import distributed
 
-    from taskmap.dask_runner import CPU_RESOURCE
+    from taskmap.dask.runner import CPU_RESOURCE
 
     layout = {"threads_per_worker": 2, "resources": {CPU_RESOURCE: 1}} if cpu_resource else {"threads_per_worker": 1}
     cluster = distributed.LocalCluster(

@@ -46,7 +46,7 @@ sys.path.insert(1, str(REPO))
 import _baselines as B  # noqa: E402
 
 import taskmap  # noqa: E402
-from taskmap.pool import get_pool  # noqa: E402
+from taskmap.runtime.pool import get_pool  # noqa: E402
 
 try:
     import psutil

@@ -21,7 +21,7 @@ alone mean little here)::
         python benchmarks/bench_setup.py --json
     done
 
-(The other checkout need not have ``taskmap.process_setup``: the snapshot
+(The other checkout need not have ``taskmap.runtime.process_setup``: the snapshot
 line is then left out.)
 """
 
@@ -103,7 +103,7 @@ def main() -> int:
 
     out: dict = {"version": getattr(taskmap, "__file__", "?")}
     try:
-        from taskmap import process_setup
+        from taskmap.runtime import process_setup
     except ImportError:
         process_setup = None
     if process_setup is not None:

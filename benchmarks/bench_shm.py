@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 import taskmap  # noqa: E402
-from taskmap import shm  # noqa: E402
+from taskmap.runtime import shm  # noqa: E402
 
 NCORES = 2
 GOAL_SPEEDUP = 5.0

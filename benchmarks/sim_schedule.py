@@ -15,7 +15,7 @@ the worker starts QUEUED_GAP after the previous one.  Policies:
   beats that of a task waiting at a worker is sent there and runs before it
   (a worker holds at most 3).
 
-Priorities are the critical-path lengths of ``taskmap.state`` (counted in
+Priorities are the critical-path lengths of ``taskmap.scheduling.state`` (counted in
 tasks, as on a graph's first run).  ``--cpu-scale`` shortens or lengthens the
 cpu tasks against the io waits: below ~0.9 the critical path, not the cpu
 total, bounds the makespan (on this VM the spin loop runs up to 25% faster
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _baselines as B
 
-from taskmap.state import critical_path_priority
+from taskmap.scheduling.state import critical_path_priority
 
 ROUND_TRIP = 0.0004  # result in the coordinator -> next task starts at an idle worker
 QUEUED_GAP = 0.0002  # a task queued at a worker starts this long after the previous

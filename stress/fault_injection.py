@@ -433,7 +433,7 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
 def leftover_processes(taskmap, ncores: int) -> list[str]:
     import psutil
 
-    from taskmap.pool import get_pool
+    from taskmap.runtime.pool import get_pool
 
     problems = []
     workers = get_pool().workers

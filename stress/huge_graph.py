@@ -91,7 +91,7 @@ def one_size(args) -> dict:
     """Build, run and check one graph; the measurements as a dict."""
     import taskmap
 
-    from taskmap.pool import get_pool
+    from taskmap.runtime.pool import get_pool
 
     rng = random.Random(args.seed)
     # warm the pool first, so the run measures the graph, not process start-up

@@ -221,7 +221,7 @@ def use_every_worker(taskmap, ncores: int) -> None:
 def snapshot() -> dict:
     import psutil
 
-    from taskmap.pool import get_pool
+    from taskmap.runtime.pool import get_pool
 
     gc.collect()
     me = psutil.Process()
@@ -274,7 +274,7 @@ def compare(before: dict, after: dict, rss_slack: int) -> list[str]:
 def stray_children() -> list[str]:
     import psutil
 
-    from taskmap.pool import get_pool
+    from taskmap.runtime.pool import get_pool
 
     pool = {w.pid for w in get_pool().workers}
     out = []

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0.dev0"
 
 # Every public name is imported when first used.  Each worker process imports
-# this package (its code lives in taskmap.worker), and would otherwise pay for
+# this package (its code lives in taskmap.runtime.worker), and would otherwise pay for
 # the graph model, the runners, the checkpoint store and the Dask runner at
 # every start: ~50 ms of a fresh pool's start on the development machine.
 _LAZY = {
@@ -32,30 +32,30 @@ _LAZY = {
     "mark_as_done_except": "graph",
     "reset_failed_tasks": "graph",
     "reset_tasks": "graph",
-    "in_progress": "logs",
-    "Observer": "observers",
-    "RunInfo": "observers",
-    "TaskEvent": "observers",
-    "RunRecord": "record",
-    "TaskRecord": "record",
+    "in_progress": "observe.logs",
+    "Observer": "observe.observers",
+    "RunInfo": "observe.observers",
+    "TaskEvent": "observe.observers",
+    "RunRecord": "observe.record",
+    "TaskRecord": "observe.record",
     "NotKept": "results",
     "run": "runners",
     "run_async": "runners",
     "run_parallel": "runners",
     "run_parallel_async": "runners",
-    "TaskState": "state",
+    "TaskState": "scheduling.state",
     "open_checkpoint": "checkpoint",
-    "run_dask": "dask_runner",
-    "to_dot": "export",
-    "to_mermaid": "export",
-    "Summary": "summary",
-    "summarize": "summary",
+    "run_dask": "dask.runner",
+    "to_dot": "observe.export",
+    "to_mermaid": "observe.export",
+    "Summary": "observe.summary",
+    "summarize": "observe.summary",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .checkpoint import open_checkpoint
-    from .dask_runner import run_dask
-    from .errors import (
+    from taskmap.checkpoint import open_checkpoint
+    from taskmap.dask.runner import run_dask
+    from taskmap.errors import (
         CheckpointError,
         RemoteTaskError,
         RemoteTraceback,
@@ -66,8 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         TaskTimeoutError,
         WorkerCrashedError,
     )
-    from .export import to_dot, to_mermaid
-    from .graph import (
+    from taskmap.graph import (
         Graph,
         create_graph,
         get_all_children,
@@ -77,13 +76,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         reset_failed_tasks,
         reset_tasks,
     )
-    from .logs import in_progress
-    from .observers import Observer, RunInfo, TaskEvent
-    from .record import RunRecord, TaskRecord
-    from .results import NotKept
-    from .runners import run, run_async, run_parallel, run_parallel_async
-    from .state import TaskState
-    from .summary import Summary, summarize
+    from taskmap.observe.export import to_dot, to_mermaid
+    from taskmap.observe.logs import in_progress
+    from taskmap.observe.observers import Observer, RunInfo, TaskEvent
+    from taskmap.observe.record import RunRecord, TaskRecord
+    from taskmap.observe.summary import Summary, summarize
+    from taskmap.results import NotKept
+    from taskmap.runners import run, run_async, run_parallel, run_parallel_async
+    from taskmap.scheduling.state import TaskState
 
 
 def __getattr__(name: str):

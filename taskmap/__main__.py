@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from taskmap.cli import main
 
 # guarded: a spawned worker process may import the main module again
 if __name__ == "__main__":

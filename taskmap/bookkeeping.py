@@ -1,9 +1,9 @@
 """Applying task outcomes to the graph: the one place every runner records a
 result, a failure and the skipped descendants of a failure.
 
-It joins the pure :class:`~taskmap.state.SchedulingState` (numbers) and the
+It joins the pure :class:`~taskmap.scheduling.state.SchedulingState` (numbers) and the
 user's :class:`~taskmap.graph.Graph` (names, results, ``done``), and calls the
-run's observers (:mod:`taskmap.observers`: progress, trace, checkpoint store,
+run's observers (:mod:`taskmap.observe.observers`: progress, trace, checkpoint store,
 the caller's own) and its logging at each event.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import TaskFailedError
-from .graph import Graph
-from .logs import RunLog
-from .observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
-from .record import RunRecord
-from .state import SchedulingState, TaskState, ancestor_failed_message
+from taskmap.errors import TaskFailedError
+from taskmap.graph import Graph
+from taskmap.observe.logs import RunLog
+from taskmap.observe.observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
+from taskmap.observe.record import RunRecord
+from taskmap.scheduling.state import SchedulingState, TaskState, ancestor_failed_message
 
 
 class Bookkeeper:
@@ -89,7 +89,7 @@ class Bookkeeper:
         state = self.state
         state.start()
         # graph.last_run: O(1) per run; per-task detail only when a
-        # RunRecorder observes the run (taskmap.record)
+        # RunRecorder observes the run (taskmap.observe.record)
         now = time.monotonic()
         self.record = self.graph.last_run = RunRecord(
             self.runner, self.ncores, now, len(self.graph.done),

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__
-from .errors import TaskFailedError, TaskmapError
-from .graph import Graph
-from .loader import (
+from taskmap import __version__
+from taskmap.errors import TaskFailedError, TaskmapError
+from taskmap.graph import Graph
+from taskmap.loader import (
     PipelineError,
     describe_exception,
     load_graph,
@@ -35,7 +35,7 @@ from .loader import (
     split_spec,
     where_raised,
 )
-from .status import DONE, FAILED, statuses
+from taskmap.observe.status import DONE, FAILED, statuses
 
 OK = 0
 TASK_FAILED = 1
@@ -208,7 +208,7 @@ def cmd_rerun_failed(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """``taskmap graph``: the graph as text, or drawn by Graphviz."""
-    from .export import render, to_dot, to_mermaid
+    from taskmap.observe.export import render, to_dot, to_mermaid
 
     graph = load_graph(args.pipeline)
     status = None
@@ -283,7 +283,7 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
         elif cause is not None:
             print(describe_exception(cause), file=sys.stderr)
     if args.summary:
-        from .summary import summarize
+        from taskmap.observe.summary import summarize
 
         print(summarize(graph), end="")
     if args.trace is not None and args.trace.exists():
@@ -297,7 +297,7 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
 def _runner(
     kind: str, ncores: int | None, shm_threshold: int | Literal["auto"] | None = "auto"
 ) -> Callable[..., Graph]:
-    from . import runners
+    from taskmap import runners
 
     if kind == "parallel-async":
         return lambda graph, **kw: runners.run_parallel_async(
@@ -327,10 +327,10 @@ def _named_number(kind: type) -> Callable[[str], tuple[str, Any]]:
 
 def _shm_threshold(text: str) -> int | Literal["auto"] | None:
     """``--shm-threshold``: ``auto`` (the runners' default), or what
-    :func:`taskmap.shm.parse_threshold` reads (bytes, K or M, ``off``)."""
+    :func:`taskmap.runtime.shm.parse_threshold` reads (bytes, K or M, ``off``)."""
     if text.strip().lower() == "auto":
         return "auto"
-    from .shm import parse_threshold
+    from taskmap.runtime.shm import parse_threshold
 
     try:
         return parse_threshold(text)
@@ -346,7 +346,7 @@ def _check_trace_path(path: Path | None) -> None:
 def _open_store(path: Path, take_over: bool = False):
     """The checkpoint store at ``path`` (taskmap.checkpoint, imported only when used)."""
     try:
-        from .checkpoint import open_checkpoint
+        from taskmap.checkpoint import open_checkpoint
     except ImportError as exc:  # pragma: no cover - an install without the module
         raise UsageError(f"checkpoint stores are not available: {exc}") from exc
     try:

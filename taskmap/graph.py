@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Self
 
-from .logs import setup_loggers
+from taskmap.observe.logs import setup_loggers
 
 Task = Hashable
 
@@ -145,7 +145,7 @@ class Graph:
         self.checkpoint: Any = None
         # the record of the last run, for taskmap's summary, or None
         self.last_run: Any = None
-        # task -> resource names it takes a unit of (taskmap.resources)
+        # task -> resource names it takes a unit of (taskmap.scheduling.resources)
         self.uses: dict = {}
         # task -> int, higher first among ready tasks (default 0)
         self.priority: dict = {}
@@ -211,7 +211,7 @@ def create_graph(
     ``uses``: task -> a resource name or a list of names, each use one unit;
     a run's ``limits={name: n}`` and ``rates={name: per_second}`` then bound
     how many tasks hold a resource at once and how often they start (see
-    :mod:`taskmap.resources`).  ``priority``: task -> int (default 0): among
+    :mod:`taskmap.scheduling.resources`).  ``priority``: task -> int (default 0): among
     ready tasks of a lane, and among tasks waiting for a resource, higher
     first, ties by critical path.  Names that are not tasks: ``ValueError``.
     """
@@ -228,7 +228,7 @@ def create_graph(
     _check_names("done", done, deps)
     _check_names("results", results, deps)
     _check_acyclic(deps)
-    from .resources import normalise_uses
+    from taskmap.scheduling.resources import normalise_uses
 
     task_uses = normalise_uses(uses, deps)
     priorities = dict(priority or {})
@@ -248,7 +248,7 @@ def create_graph(
     graph.uses = task_uses
     graph.priority = {t: p for t, p in priorities.items() if p}
     if checkpoint is not None:
-        from .checkpoint import as_store  # (imports the codec: only when asked for)
+        from taskmap.checkpoint import as_store  # (imports the codec: only when asked for)
 
         graph.checkpoint = as_store(checkpoint)
     return graph

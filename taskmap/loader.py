@@ -32,7 +32,7 @@ from types import ModuleType
 
 import cloudpickle
 
-from .graph import Graph, create_graph
+from taskmap.graph import Graph, create_graph
 
 _loaded = itertools.count(1)
 

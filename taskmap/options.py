@@ -41,7 +41,7 @@ their own).
     ``{resource: n}``: at most n tasks using the resource (``create_graph(uses=...)``)
     run at once; ``{resource: r}``: at most r of them start a second, spaced
     1/r apart.  A waiting task is not sent anywhere (see
-    :mod:`taskmap.resources`).  A name no task uses is a ``ValueError``.
+    :mod:`taskmap.scheduling.resources`).  A name no task uses is a ``ValueError``.
     Every runner.  On Dask both hold across the cluster (a
     ``distributed.Semaphore`` per limited resource, a grid of start slots in a
     ``distributed.Variable`` per rated one).
@@ -60,13 +60,13 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from .limits import RetrySpec, TaskLimits, TimeoutSpec
-from .observers import Observer, Observers, build_observers
-from .resources import check_limits_and_rates
-from .results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
+from taskmap.observe.observers import Observer, Observers, build_observers
+from taskmap.results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
+from taskmap.scheduling.limits import RetrySpec, TaskLimits, TimeoutSpec
+from taskmap.scheduling.resources import check_limits_and_rates
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 IN_PROCESS = frozenset({"run", "run_async"})
 PARALLEL = frozenset({"run_parallel", "run_parallel_async"})

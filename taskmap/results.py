@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Literal
 
-from . import shm
-from .graph import Graph
+from taskmap.graph import Graph
+from taskmap.runtime import shm
 
 GatherSpec = bool | Collection
 ThresholdSpec = int | None | Literal["auto"]

@@ -2,8 +2,8 @@
 
 ``run`` and ``run_async`` execute in the calling process; ``run_parallel`` and
 ``run_parallel_async`` hand the graph to the coordinator of the parallel
-runtime (:mod:`taskmap.coordinator`).  All four share the scheduling state
-(:mod:`taskmap.state`) and the bookkeeping (:mod:`taskmap.bookkeeping`), so
+runtime (:mod:`taskmap.runtime.coordinator`).  All four share the scheduling state
+(:mod:`taskmap.scheduling.state`) and the bookkeeping (:mod:`taskmap.bookkeeping`), so
 their semantics are the same: arguments are the parents' results in order with
 ``None`` left out, a failed task's result is its exception and its descendants
 get the ancestor string, ``raise_errors`` stops at the first failure.
@@ -19,13 +19,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
-from .bookkeeping import Bookkeeper
-from .errors import TASK_ERRORS
-from .graph import Graph
-from .observers import Observers
-from .options import RunnerOptions
-from .options import resolve as resolve_options
-from .state import SchedulingState
+from taskmap.bookkeeping import Bookkeeper
+from taskmap.errors import TASK_ERRORS
+from taskmap.graph import Graph
+from taskmap.observe.observers import Observers
+from taskmap.options import RunnerOptions
+from taskmap.options import resolve as resolve_options
+from taskmap.scheduling.state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
 # test may start hundreds at once, so allow many (threads start on demand).
@@ -36,14 +36,14 @@ def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> Sched
     """The scheduling state of a run of ``graph``; a checkpoint store first
     restores the results it holds into the graph (so they count as done).
     ``resources``: the run's (limits, rates), enforced by a gate in the
-    state (:mod:`taskmap.resources`)."""
+    state (:mod:`taskmap.scheduling.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
     state = SchedulingState(
         graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority
     )
     if resources is not None:
-        from .resources import build_gate
+        from taskmap.scheduling.resources import build_gate
 
         gate = build_gate(state.names, graph.uses, resources[0], resources[1], [])
         if gate is not None:
@@ -332,7 +332,7 @@ def run_parallel_async(
 
 
 def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, options: RunnerOptions) -> Graph:
-    from .coordinator import run_graph
+    from taskmap.runtime.coordinator import run_graph
 
     opts = resolve_options(runner, graph, raise_errors, options)
     return run_graph(

@@ -22,7 +22,7 @@ def _children() -> set[int]:
 def _is_pool_worker_or_helper(pid: int) -> bool:
     """Warm-pool workers and loky's resource tracker may outlive a test;
     they are checked once, at the end of the session."""
-    from taskmap.pool import _pool
+    from taskmap.runtime.pool import _pool
 
     if _pool is not None and any(w.pid == pid for w in _pool.workers):
         return True
@@ -58,7 +58,7 @@ def no_leaked_processes():
 def pool_shuts_down_cleanly():
     """At the end of the session the warm pool stops and no worker survives."""
     yield
-    from taskmap.pool import shutdown_pool
+    from taskmap.runtime.pool import shutdown_pool
 
     shutdown_pool()
     survivors = {

@@ -1,4 +1,4 @@
-"""Checkpoint and resume (taskmap.checkpoint, taskmap.fingerprint): the store,
+"""Checkpoint and resume (taskmap.checkpoint, taskmap.checkpoint.fingerprint): the store,
 the fingerprint rule, resuming through every kind of runner, damaged files,
 and a coordinator really killed with SIGKILL mid-run."""
 
@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import taskmap
 from taskmap import CheckpointError, open_checkpoint
 from taskmap.checkpoint import SCHEMA_VERSION, CheckpointStore, encode_key
-from taskmap.fingerprint import Fingerprinter, fingerprint
+from taskmap.checkpoint.fingerprint import Fingerprinter, fingerprint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -267,7 +267,7 @@ def test_fingerprint_is_the_same_in_another_process_and_hash_seed(tmp_path):
     )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import fp_module; "
-        "from taskmap.fingerprint import fingerprint; "
+        "from taskmap.checkpoint.fingerprint import fingerprint; "
         "print(' '.join(fingerprint(f) for f in fp_module.FUNCS))"
     )
     outputs = []
@@ -342,7 +342,7 @@ def test_create_graph_takes_a_path_a_pathlike_or_a_store(tmp_path):
 
 
 def test_encode_key_is_stable_and_decodable():
-    from taskmap import codec
+    from taskmap.runtime import codec
 
     same = ("a" * 3, "a" * 3)
     built = ("".join(["a", "aa"]), "aaa")
@@ -828,7 +828,7 @@ def test_sigkill_mid_run_then_resume_runs_each_task_at_most_once(tmp_path):
     ended1 = {name: when for kind, name, when in run1 if kind == "end"}
     conn = sqlite3.connect(db)
     try:
-        from taskmap import codec
+        from taskmap.runtime import codec
 
         stored = {codec.decode(k) for (k,) in conn.execute("SELECT key FROM tasks WHERE status = 'done'")}
     finally:

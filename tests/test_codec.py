@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from taskmap import codec
-from taskmap.codec import CodecError, DecodeError, decode, encode
+from taskmap.runtime import codec
+from taskmap.runtime.codec import CodecError, DecodeError, decode, encode
 
 # -- the comparison helper ----------------------------------------------------
 
@@ -599,7 +599,7 @@ def test_decode_missing_module():
 
 
 def test_decode_missing_class():
-    data = _ext(b"ctaskmap.codec\nNoSuchClass\n)\x81.")
+    data = _ext(b"ctaskmap.runtime.codec\nNoSuchClass\n)\x81.")
     with pytest.raises(DecodeError) as info:
         decode(data)
     assert "NoSuchClass" in str(info.value)

@@ -3,7 +3,7 @@ test_faults.py, test_fault_matrix.py)."""
 
 from __future__ import annotations
 
-from taskmap.ledger import finished_before_crash
+from taskmap.scheduling.ledger import finished_before_crash
 
 
 def test_tasks_before_the_running_one_had_finished():

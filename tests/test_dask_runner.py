@@ -30,7 +30,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 import taskmap  # noqa: E402
-from taskmap.dask_runner import DaskWorkerCrashedError  # noqa: E402
+from taskmap.dask.runner import DaskWorkerCrashedError  # noqa: E402
 
 ANCESTOR = "Ancestor task {} failed; task not run"
 SKIPPED = re.compile(r"Ancestor task (.+) failed; task not run")

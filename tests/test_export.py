@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import taskmap
-from taskmap.export import COLOURS, render
+from taskmap.observe.export import COLOURS, render
 
 NAMES = {
     "plain": "load",

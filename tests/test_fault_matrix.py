@@ -31,7 +31,7 @@ import time
 import pytest
 
 import taskmap
-from taskmap.pool import get_pool
+from taskmap.runtime.pool import get_pool
 
 psutil = pytest.importorskip("psutil")
 
@@ -506,7 +506,7 @@ def test_plain_io_task_waiting_for_a_thread_on_a_crashed_worker_is_not_failed(tm
     # were running) and the waiting one, which never began, runs again on
     # the replacement worker (it was counted as started, and failed, when it
     # was handed to the pool).
-    from taskmap.worker import IO_THREADS
+    from taskmap.runtime.worker import IO_THREADS
 
     path = str(tmp_path / "log")
     n = IO_THREADS + 1
@@ -615,7 +615,7 @@ def test_worker_memory_limit_option_hit(runner, tmp_path):
 # -- crashes around messages ------------------------------------------------------
 
 
-class MarkWhenDone(taskmap.observers.Observer):
+class MarkWhenDone(taskmap.observe.observers.Observer):
     """In the coordinator: create the file ``path`` once each of ``names``
     has its result (a worker's task can wait for it)."""
 
@@ -727,7 +727,7 @@ def test_worker_crashes_just_after_a_result_next_task_not_lost(delay, tmp_path):
 def _find_worker():
     import gc
 
-    from taskmap.worker import Worker
+    from taskmap.runtime.worker import Worker
 
     return next(o for o in gc.get_objects() if isinstance(o, Worker))
 
@@ -1005,7 +1005,7 @@ def test_retried_parent_keeps_the_task_pinned_behind_it(tmp_path):
     try:
         run(taskmap.run_parallel_async, graph, seconds=10, ncores=1, retries={"p": 1})
     finally:
-        taskmap.pool.shutdown_pool()  # the slowed-down worker must not serve other tests
+        taskmap.runtime.pool.shutdown_pool()  # the slowed-down worker must not serve other tests
     assert graph.results["p"] == "parent" and graph.attempts["p"] == 2
     assert graph.results["c"] == "parent child"
 
@@ -1028,7 +1028,7 @@ async def chatter_io(n_mb, value):
 
 def test_megabytes_on_stdout_and_stderr_do_not_disturb_the_protocol(capfd):
     # fresh workers, so that their stdout/stderr are this test's capture
-    taskmap.pool.shutdown_pool()
+    taskmap.runtime.pool.shutdown_pool()
     funcs = {
         "loud": lambda: chatter(4, "loud"),
         "loud_io": lambda: chatter_io(2, "loud io"),
@@ -1039,7 +1039,7 @@ def test_megabytes_on_stdout_and_stderr_do_not_disturb_the_protocol(capfd):
     deps = {"loud": [], "loud_io": [], "child": ["loud", "loud_io"], "quiet": [], "quiet2": ["quiet"]}
     graph = run(taskmap.run_parallel_async, taskmap.create_graph(funcs, deps, io_bound=["loud_io"]), ncores=2)
     assert graph.results == {"loud": "loud", "loud_io": "loud io", "child": "loud+loud io", "quiet": 5, "quiet2": 6}
-    taskmap.pool.shutdown_pool()  # the workers' streams are this test's capture
+    taskmap.runtime.pool.shutdown_pool()  # the workers' streams are this test's capture
     out, err = capfd.readouterr()
     assert len(out) >= 6 << 20 and len(err) >= 6 << 20
     assert "raw fd 1" in out and "raw fd 2" in err

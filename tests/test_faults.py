@@ -13,9 +13,9 @@ import textwrap
 import time
 
 import pytest
+from _processes import start_pipeline
 
 import taskmap
-from _processes import start_pipeline
 
 psutil = pytest.importorskip("psutil")
 
@@ -175,7 +175,7 @@ SCRIPT = textwrap.dedent(
     try:
         taskmap.run_parallel_async(graph, ncores=2)
     except KeyboardInterrupt:
-        pids = [w.pid for w in taskmap.pool.get_pool().workers]
+        pids = [w.pid for w in taskmap.runtime.pool.get_pool().workers]
         print("INTERRUPTED", json.dumps(sorted(k for k in graph.done)), flush=True)
         sys.exit(130)
     """

@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 import taskmap
-from taskmap import functions as F
+from taskmap.runtime import functions as F
 
 
 def add(a, b=0, *rest, scale=1):
@@ -35,10 +35,10 @@ def make_recursive():
 
 def make_unbound():
     def reads_later():
-        return later  # noqa: F821 - an empty cell
+        return later
 
     return reads_later
-    later = 1  # noqa: F841 - never reached
+    later = 1
 
 
 def roundtrip(funcs):
@@ -169,8 +169,8 @@ def test_a_by_value_pickle_is_reused_only_while_what_it_captured_is_the_same():
 
 
 def test_workers_keep_pickled_code_across_runs_and_drop_what_the_coordinator_drops(monkeypatch):
-    from taskmap import coordinator
-    from taskmap.pool import get_pool
+    from taskmap.runtime import coordinator
+    from taskmap.runtime.pool import get_pool
 
     monkeypatch.setattr(coordinator, "CODES_HELD", 2)
     makers = {}

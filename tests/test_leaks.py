@@ -21,7 +21,7 @@ import time
 import pytest
 
 import taskmap
-from taskmap.pool import get_pool
+from taskmap.runtime.pool import get_pool
 
 psutil = pytest.importorskip("psutil")
 

@@ -17,9 +17,19 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from taskmap import codec
 from taskmap.errors import TaskTimeoutError, WorkerCrashedError
-from taskmap.ledger import (
+from taskmap.runtime import codec
+from taskmap.runtime.messages import (
+    SUB_AFTER,
+    SUB_ARGS,
+    SUB_FIRST,
+    SUB_IO,
+    SUB_SLOTS,
+    SUB_TASK,
+    Stage,
+)
+from taskmap.runtime.slot import IO_RING
+from taskmap.scheduling.ledger import (
     CPU_DEADLINE,
     ArmTimer,
     Dispatch,
@@ -36,18 +46,18 @@ from taskmap.ledger import (
     WorkerDied,
     WorkerJoined,
 )
-from taskmap.limits import TaskLimits
-from taskmap.messages import (
-    SUB_AFTER,
-    SUB_ARGS,
-    SUB_FIRST,
-    SUB_IO,
-    SUB_SLOTS,
-    SUB_TASK,
-    Stage,
+from taskmap.scheduling.limits import TaskLimits
+from taskmap.scheduling.state import (
+    DONE,
+    FAILED,
+    FINISHED,
+    READY,
+    RUNNING,
+    SKIPPED,
+    WAITING,
+    IllegalTransition,
+    SchedulingState,
 )
-from taskmap.slot import IO_RING
-from taskmap.state import DONE, FAILED, FINISHED, READY, RUNNING, SKIPPED, WAITING, IllegalTransition, SchedulingState
 
 
 class Done(NamedTuple):

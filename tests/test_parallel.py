@@ -10,7 +10,7 @@ import time
 import pytest
 
 import taskmap
-from taskmap.pool import get_pool
+from taskmap.runtime.pool import get_pool
 
 RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
 
@@ -286,7 +286,7 @@ def test_pool_shutdown_leaves_no_process():
     taskmap.run_parallel(graph, ncores=2)
     pids = [w.pid for w in get_pool().workers]
     assert pids and all(psutil.pid_exists(p) for p in pids)
-    taskmap.pool.shutdown_pool()
+    taskmap.runtime.pool.shutdown_pool()
     for p in pids:
         assert not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
 

@@ -17,8 +17,8 @@ import uuid
 import pytest
 
 import taskmap
-from taskmap import process_setup
-from taskmap.pool import get_pool
+from taskmap.runtime import process_setup
+from taskmap.runtime.pool import get_pool
 
 RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
 
@@ -323,7 +323,7 @@ def test_user_modules_are_versioned_and_a_reload_gives_a_new_version(user_module
     versions = process_setup.snapshot().modules
     name = user_module.__name__
     assert versions[name][0] == user_module.__file__
-    assert "taskmap.worker" not in versions and "os" not in versions and "pytest" not in versions
+    assert "taskmap.runtime.worker" not in versions and "os" not in versions and "pytest" not in versions
     user_module.write("v22")
     assert process_setup.snapshot().modules[name] == versions[name]  # not reloaded: same code
     importlib.reload(user_module)

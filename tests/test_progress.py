@@ -10,8 +10,8 @@ import time
 import pytest
 
 import taskmap
-from taskmap.observers import build_observers
-from taskmap.progress import ProgressBar
+from taskmap.observe.observers import build_observers
+from taskmap.observe.progress import ProgressBar
 
 RUNNERS = {
     "run": lambda g, **kw: taskmap.run(g, **kw),

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import taskmap
-from taskmap.resources import ResourceGate, build_gate, check_limits_and_rates, normalise_uses
-from taskmap.state import READY, RUNNING, SchedulingState
+from taskmap.scheduling.resources import ResourceGate, build_gate, check_limits_and_rates, normalise_uses
+from taskmap.scheduling.state import READY, RUNNING, SchedulingState
 
 # -- validation ---------------------------------------------------------------
 
@@ -388,7 +388,7 @@ graph = taskmap.create_graph(funcs, dependencies, io_bound=io_bound, uses=uses)
 def test_the_progress_bar_counts_tasks_waiting_for_a_resource():
     import io as _io
 
-    from taskmap.progress import ProgressBar
+    from taskmap.observe.progress import ProgressBar
 
     seen = []
 

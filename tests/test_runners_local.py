@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import taskmap
-from taskmap.logs import setup_loggers
+from taskmap.observe.logs import setup_loggers
 
 RUNNERS = [taskmap.run, taskmap.run_async]
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Big values through shared memory: the segments (taskmap.shm), the codec's
+"""Big values through shared memory: the segments (taskmap.runtime.shm), the codec's
 out-of-band path, and end to end through the parallel runners, including
 every way a run can end badly, each checking that /dev/shm is left clean."""
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _processes import start_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import taskmap
-from _processes import start_pipeline
-from taskmap import codec, shm
+from taskmap.runtime import codec, shm
 
 pytestmark = [
     pytest.mark.skipif(not shm.available(), reason="needs /dev/shm"),
@@ -422,7 +422,7 @@ def test_a_crashed_workers_unannounced_segment_goes_at_the_crash(tmp_path):
     listing = str(tmp_path / "listing")
     seen = {}
 
-    class AtTheCrash(taskmap.observers.Observer):
+    class AtTheCrash(taskmap.observe.observers.Observer):
         def task_finished(self, event):
             if event.name == "big":
                 seen["left"] = [n for n in our_segments() if f"-{event.worker}-" in n]
@@ -524,7 +524,7 @@ def test_next_coordinator_sweeps_what_a_dead_one_left(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert left, "the segments should be left behind"
-    from taskmap.pool import WorkerPool
+    from taskmap.runtime.pool import WorkerPool
 
     WorkerPool()  # a new pool (no worker started yet) sweeps what dead coordinators left
     assert not our_segments(proc.pid)

@@ -1,7 +1,7 @@
 """The shared slot between the coordinator and a worker (no process needed:
 both ends can be the same process)."""
 
-from taskmap.slot import IO_RING, RunningSlot
+from taskmap.runtime.slot import IO_RING, RunningSlot
 
 
 def test_a_fresh_slot_names_no_task_and_no_io_task_began():

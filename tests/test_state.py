@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from taskmap.state import (
+from taskmap.scheduling.state import (
     IllegalTransition,
     SchedulingState,
     TaskState,

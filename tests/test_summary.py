@@ -9,8 +9,8 @@ import time
 import pytest
 
 import taskmap
-from taskmap.observers import build_observers
-from taskmap.summary import COUNTS_ONLY, DURATIONS, PER_TASK, critical_path
+from taskmap.observe.observers import build_observers
+from taskmap.observe.summary import COUNTS_ONLY, DURATIONS, PER_TASK, critical_path
 
 RUNNERS = {
     "run": lambda g, **kw: taskmap.run(g, **kw),

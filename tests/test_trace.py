@@ -12,8 +12,8 @@ from collections import defaultdict
 import pytest
 
 import taskmap
-from taskmap.record import RunRecord, TaskRecord
-from taskmap.trace import trace_events
+from taskmap.observe.record import RunRecord, TaskRecord
+from taskmap.observe.trace import trace_events
 
 JITTER_US = 5.0  # clock readings of two processes: allow a few microseconds
 

@@ -6,7 +6,7 @@
 
 Nothing to install or start: the store is an SQLite database (standard
 library ``sqlite3``) in WAL mode.  Values are stored with the runtime's codec
-(:mod:`taskmap.codec`), so what comes back equals, with the same type, what
+(:mod:`taskmap.runtime.codec`), so what comes back equals, with the same type, what
 the task returned.
 
 Schema (version :data:`SCHEMA_VERSION`)::
@@ -14,7 +14,7 @@ Schema (version :data:`SCHEMA_VERSION`)::
     meta(name TEXT PRIMARY KEY, value TEXT)     schema_version, created_by, graph_name
                                                 (the graph that used it last)
     tasks(key BLOB UNIQUE,        the task name, encoded (see encode_key)
-          fingerprint BLOB,       the task's function and dependency list (taskmap.fingerprint)
+          fingerprint BLOB,       the task's function and dependency list (taskmap.checkpoint.fingerprint)
           status TEXT,            'done', 'failed' or 'not_stored' (a result the codec refused)
           payload BLOB,           the encoded result, or the encoded exception, or NULL
           checksum INTEGER,       CRC-32 of key, fingerprint, status and payload
@@ -83,9 +83,9 @@ other hashable names work if their pickle is the same in every process.
 #   log.py          messages on the graph's manager logger
 # None imports sqlite3, the codec or hashlib at its top (see store.py).
 
-from .restore import RestoreReport
-from .schema import NOT_STORED, SCHEMA_VERSION, encode_key
-from .store import (
+from taskmap.checkpoint.restore import RestoreReport
+from taskmap.checkpoint.schema import NOT_STORED, SCHEMA_VERSION, encode_key
+from taskmap.checkpoint.store import (
     CheckpointStore,
     StoredEntry,
     as_store,  # noqa: F401 - not in __all__ (as before): imported from here by taskmap.graph

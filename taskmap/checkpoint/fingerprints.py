@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Any
 
-from .log import log
-from .schema import NATIVE_KEYS, encode_key
+from taskmap.checkpoint.log import log
+from taskmap.checkpoint.schema import NATIVE_KEYS, encode_key
 
 
 class TaskFingerprints:
@@ -23,7 +23,7 @@ class TaskFingerprints:
     def __init__(self, graph: Any) -> None:
         import msgpack
 
-        from ..fingerprint import DIGEST_SIZE, Fingerprinter, task_fingerprint, task_fingerprints
+        from taskmap.checkpoint.fingerprint import DIGEST_SIZE, Fingerprinter, task_fingerprint, task_fingerprints
 
         # the codec's options: for a native scalar these bytes are the codec's
         self._pack = msgpack.Packer(use_bin_type=True, strict_types=True).pack

@@ -30,8 +30,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
-from .log import log
+from taskmap.checkpoint.log import log
+from taskmap.errors import CheckpointError
 
 
 def hold_path(store_path: Path) -> Path:

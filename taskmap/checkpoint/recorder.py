@@ -10,13 +10,13 @@ import traceback
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from ..observers import DONE, FAILED, Observer, RunInfo, TaskEvent
-from .log import log
-from .schema import NOT_STORED, row_checksum
+from taskmap.checkpoint.log import log
+from taskmap.checkpoint.schema import NOT_STORED, row_checksum
+from taskmap.observe.observers import DONE, FAILED, Observer, RunInfo, TaskEvent
 
 if TYPE_CHECKING:
-    from .fingerprints import TaskFingerprints
-    from .store import CheckpointStore
+    from taskmap.checkpoint.fingerprints import TaskFingerprints
+    from taskmap.checkpoint.store import CheckpointStore
 
 # The writer commits at most once per interval: a crash loses the outcomes of
 # about this long, plus one commit's duration.
@@ -43,7 +43,7 @@ class CheckpointObserver(Observer):
     __slots__ = ("_encode", "entries", "fingerprints", "graph_name", "max_payload", "store", "writer")
 
     def __init__(self, store: CheckpointStore) -> None:
-        from ..codec import encode
+        from taskmap.runtime.codec import encode
 
         self._encode = encode
         self.store = store

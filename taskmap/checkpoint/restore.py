@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..observers import DONE
-from ..state import topological_order
-from .schema import NOT_STORED, row_checksum
+from taskmap.checkpoint.schema import NOT_STORED, row_checksum
+from taskmap.observe.observers import DONE
+from taskmap.scheduling.state import topological_order
 
 if TYPE_CHECKING:
-    from .fingerprints import TaskFingerprints
+    from taskmap.checkpoint.fingerprints import TaskFingerprints
 
 
 class RestoreReport:
@@ -47,7 +47,7 @@ class _Plan(NamedTuple):
 
 
 def plan_restore(graph: Any, rows: list, fingerprints: TaskFingerprints) -> _Plan:
-    from .. import codec
+    from taskmap.runtime import codec
 
     if not rows:  # a new store: nothing to restore, nothing to take back
         return _Plan(RestoreReport(), [], [])

@@ -9,7 +9,7 @@ import io
 import zlib
 from typing import Any
 
-from ..observers import DONE, FAILED
+from taskmap.observe.observers import DONE, FAILED
 
 SCHEMA_VERSION = 1
 NOT_STORED = "not_stored"
@@ -48,14 +48,14 @@ def encode_key(task: Any) -> bytes:
     msgpack for ``str``/``int``/``bytes``/``float``/``bool``/``None`` (the
     codec's own encoding); anything else is pickled without the memo (so
     ``('a', 'a')`` gives the same bytes whether or not its two strings are one
-    object) inside the codec's pickle extension, so :func:`taskmap.codec.decode`
+    object) inside the codec's pickle extension, so :func:`taskmap.runtime.codec.decode`
     reads every key back.
     """
     import pickle
 
     import msgpack
 
-    from .. import codec
+    from taskmap.runtime import codec
 
     if type(task) in NATIVE_KEYS:
         return codec.encode(task)

@@ -12,15 +12,15 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import CheckpointError
-from ..observers import DONE, FAILED, Observer
-from .file_check import HINT, check_file
-from .fingerprints import TaskFingerprints
-from .hold import RunHold
-from .log import log
-from .recorder import CheckpointObserver, Writer
-from .restore import RestoreReport, plan_restore, topological
-from .schema import CHUNK_SIZES, COLUMNS, SCHEMA, SCHEMA_VERSION, encode_key, insert_sql
+from taskmap.checkpoint.file_check import HINT, check_file
+from taskmap.checkpoint.fingerprints import TaskFingerprints
+from taskmap.checkpoint.hold import RunHold
+from taskmap.checkpoint.log import log
+from taskmap.checkpoint.recorder import CheckpointObserver, Writer
+from taskmap.checkpoint.restore import RestoreReport, plan_restore, topological
+from taskmap.checkpoint.schema import CHUNK_SIZES, COLUMNS, SCHEMA, SCHEMA_VERSION, encode_key, insert_sql
+from taskmap.errors import CheckpointError
+from taskmap.observe.observers import DONE, FAILED, Observer
 
 # sqlite3, the codec (msgpack, cloudpickle) and hashlib load with the first
 # store, not with ``import taskmap``: every worker process imports the
@@ -176,7 +176,7 @@ class CheckpointStore:
     def _create(self, conn: sqlite3.Connection) -> None:
         import sqlite3
 
-        from .. import __version__
+        from taskmap import __version__
 
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -385,7 +385,7 @@ class CheckpointStore:
     def failed_tasks(self) -> list:
         """Names of the tasks whose last recorded outcome is a failure, in the
         order they failed."""
-        from .. import codec
+        from taskmap.runtime import codec
 
         rows = self._query("SELECT key FROM tasks WHERE status = ? ORDER BY finished", (FAILED,))
         names = []
@@ -403,9 +403,9 @@ class CheckpointStore:
         or ``"not run"`` (no row, or a row a run would not keep: its function
         or a parent changed, or a parent will rerun).  For pictures of a
         pipeline's state (``taskmap graph --checkpoint``)."""
-        from ..status import DONE as S_DONE
-        from ..status import FAILED as S_FAILED
-        from ..status import NOT_RUN, SKIPPED
+        from taskmap.observe.status import DONE as S_DONE
+        from taskmap.observe.status import FAILED as S_FAILED
+        from taskmap.observe.status import NOT_RUN, SKIPPED
 
         fingerprints = TaskFingerprints(graph)
         rows = {

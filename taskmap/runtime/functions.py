@@ -10,10 +10,10 @@ function.  So a task's function is split into
   its cell values.  A function importable by name (a module-level function of
   a module other than ``__main__``) travels as its name, ``module:qualname``:
   nothing to pickle, and the worker keeps what it resolved across runs (again
-  after its module is reloaded, see :mod:`taskmap.process_setup`).  Any other
+  after its module is reloaded, see :mod:`taskmap.runtime.process_setup`).  Any other
   code is pickled by cloudpickle once per run, however many tasks share it;
 - its *data*: the partial's arguments and keywords, the closure's cell
-  values and defaults, encoded by :mod:`taskmap.codec` (msgpack for plain
+  values and defaults, encoded by :mod:`taskmap.runtime.codec` (msgpack for plain
   values), a few microseconds a task.
 
 Data the codec cannot encode, a partial of a partial's subclass, a closure
@@ -44,7 +44,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import codec
+from taskmap.runtime import codec
 
 try:  # whether cloudpickle would pickle a function by reference (honours
     # cloudpickle.register_pickle_by_value)

@@ -139,7 +139,7 @@ class SchedulingState:
         self.ready_io: deque[int] = deque()
         self.io_seq = 0
         self.ready_cpu: list[tuple[float, int]] = []
-        # limits and rates (taskmap.resources), attached by the runner
+        # limits and rates (taskmap.scheduling.resources), attached by the runner
         self.gate: Any = None
         self.clock = time.monotonic
 
@@ -325,7 +325,7 @@ class SchedulingState:
         else:
             heapq.heappush(self.ready_cpu, (-self.priority[i], i))
 
-    # -- resources (taskmap.resources) ------------------------------------
+    # -- resources (taskmap.scheduling.resources) ------------------------------------
 
     def attach_gate(self, gate: Any) -> None:
         """Enforce ``gate``'s limits and rates from now on (before start)."""

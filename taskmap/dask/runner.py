@@ -31,7 +31,7 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   in ``early`` until the task has "started" in the state.  Observers and logs
   therefore see exactly the local runners' sequence of events.
 * Failures.  On the worker a task's exception is caught and re-raised inside
-  :class:`TaskFailure`, which carries it encoded by :mod:`taskmap.codec`
+  :class:`TaskFailure`, which carries it encoded by :mod:`taskmap.runtime.codec`
   (class, args and ``__dict__`` kept, as the parallel runtime does) with its
   traceback text; Dask marks the task's dependents erred, so they never run.
   The coordinator rebuilds the exception as the task's result, and the
@@ -66,7 +66,7 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   result stays on the cluster (``gather=``) returns the bare value, and its
   ``graph.results`` entry is its Dask future.
 
-What runs on the workers is :mod:`taskmap.dask_task` (imported there when the
+What runs on the workers is :mod:`taskmap.dask.task` (imported there when the
 first task arrives); dask and distributed are imported here inside the
 functions that need them.
 """
@@ -85,23 +85,23 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Unpack
 
-from . import codec, process_setup
-from .bookkeeping import Bookkeeper
-from .dask_task import Outcome, TaskCall, TaskFailure, run_task
-from .errors import (
+from taskmap.bookkeeping import Bookkeeper
+from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
+from taskmap.errors import (
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
-from .graph import Graph
-from .limits import TaskLimits
-from .observers import Observers
-from .options import RunnerOptions
-from .options import resolve as resolve_options
-from .process_setup import function_module
-from .runners import state_for
-from .state import FINISHED, SchedulingState, TaskState
+from taskmap.graph import Graph
+from taskmap.observe.observers import Observers
+from taskmap.options import RunnerOptions
+from taskmap.options import resolve as resolve_options
+from taskmap.runners import state_for
+from taskmap.runtime import codec, process_setup
+from taskmap.runtime.process_setup import function_module
+from taskmap.scheduling.limits import TaskLimits
+from taskmap.scheduling.state import FINISHED, SchedulingState, TaskState
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, Future
@@ -311,7 +311,7 @@ class _DaskRun:
     ) -> None:
         state = state_for(graph)
         # limits= across the cluster: one distributed.Semaphore per limited
-        # resource; a task holds its leases while it runs (taskmap.dask_task)
+        # resource; a task holds its leases while it runs (taskmap.dask.task)
         self.semaphores: dict[str, Any] = {}
         self.leases: dict[Any, tuple] = {}
         self.rate_slots: dict[Any, tuple] = {}
@@ -319,7 +319,7 @@ class _DaskRun:
         token = uuid.uuid4().hex[:8]
         if rates:
             # rates= across the cluster: the next free start slot of each
-            # rated resource in a distributed.Variable (taskmap.dask_task)
+            # rated resource in a distributed.Variable (taskmap.dask.task)
             from distributed import Variable
 
             slots = {}

@@ -1,7 +1,7 @@
 """The graph as a picture: Graphviz DOT and mermaid text, and rendering DOT
 with Graphviz's ``dot`` program when it is installed.
 
-Nodes are coloured by status (:mod:`taskmap.status`: done green, failed red,
+Nodes are coloured by status (:mod:`taskmap.observe.status`: done green, failed red,
 skipped amber, not run white) and shaped by lane (io-bound tasks are
 parallelograms, the flowchart symbol for input/output; cpu-bound tasks are
 boxes).  Edges point from a dependency to the task that uses it.  Node ids are
@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
+from taskmap.observe.status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 # status -> (fill, border)
 COLOURS = {
@@ -55,7 +55,7 @@ def to_dot(
     ``rankdir``: DOT's layout direction (``LR`` left to right, ``TB`` top
     to bottom); ``legend``: add a small cluster explaining colours and shapes
     (its node ids start with ``legend_``); ``status``: task -> status (one of
-    :data:`taskmap.status.STATUSES`) instead of what the graph holds, e.g.
+    :data:`taskmap.observe.status.STATUSES`) instead of what the graph holds, e.g.
     :meth:`taskmap.checkpoint.CheckpointStore.statuses`.
     """
     ids = _node_ids(graph)

@@ -1,5 +1,5 @@
 """The coordinator: the calling process's side of a parallel run, a thin
-shell around the run's :class:`~taskmap.ledger.Ledger`.
+shell around the run's :class:`~taskmap.scheduling.ledger.Ledger`.
 
 Data flow (compare CPython's ``concurrent/futures/process.py``)::
 
@@ -18,11 +18,11 @@ worker's shared slot says, a timer that is due -- and the instructions it
 returns are carried out: send submissions, record outcomes with the
 bookkeeper, kill or start a worker, unlink shared memory segments, arm a
 timer.  Before each wait the ledger hands out what is ready
-(:class:`~taskmap.ledger.Dispatch`).  Nothing sleeps or polls.  What is
-decided, and why, is in :mod:`taskmap.ledger`; here are only the pipes, the
+(:class:`~taskmap.scheduling.ledger.Dispatch`).  Nothing sleeps or polls.  What is
+decided, and why, is in :mod:`taskmap.scheduling.ledger`; here are only the pipes, the
 poll, the codec and the processes.
 
-Big results (:mod:`taskmap.shm`): a worker puts a big result's buffers in a
+Big results (:mod:`taskmap.runtime.shm`): a worker puts a big result's buffers in a
 shared memory segment and sends a handle; the coordinator forwards the handle
 to the children (their workers map the segment), maps it itself only for a
 result it keeps (``gather``), unlinks a segment when the ledger says nobody
@@ -45,10 +45,14 @@ from collections.abc import Hashable
 from contextlib import contextmanager
 from typing import Any, cast
 
-from . import messages, process_setup, shm
-from .bookkeeping import Bookkeeper
-from .graph import Graph
-from .ledger import (
+from taskmap.bookkeeping import Bookkeeper
+from taskmap.graph import Graph
+from taskmap.observe.observers import Observers
+from taskmap.runtime import messages, process_setup, shm
+from taskmap.runtime.messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
+from taskmap.runtime.pool import WorkerHandle, WorkerPool, get_pool
+from taskmap.runtime.values import CodecValues, ship_functions
+from taskmap.scheduling.ledger import (
     CPU_DEADLINE,
     ArmTimer,
     Dispatch,
@@ -68,12 +72,8 @@ from .ledger import (
     WorkerDied,
     WorkerJoined,
 )
-from .limits import TaskLimits
-from .messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
-from .observers import Observers
-from .pool import WorkerHandle, WorkerPool, get_pool
-from .state import SchedulingState
-from .values import CodecValues, ship_functions
+from taskmap.scheduling.limits import TaskLimits
+from taskmap.scheduling.state import SchedulingState
 
 _run_ids = itertools.count(1)
 CODES_HELD = 1024  # pickled code a worker keeps across runs, at most
@@ -92,12 +92,12 @@ def run_graph(
     resources: tuple[dict, dict] | None = None,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
-    ``observers`` hear the run's events (:mod:`taskmap.observers`).
+    ``observers`` hear the run's events (:mod:`taskmap.observe.observers`).
     ``shm_threshold``: bytes from which a result's buffers go through shared
     memory (None: never); ``gather``: names of the results to keep (None:
     all; the others become :class:`taskmap.NotKept`); ``resources``: the
     run's (limits, rates), enforced where tasks are dispatched."""
-    from .runners import state_for  # (runners imports this module lazily)
+    from taskmap.runners import state_for  # (runners imports this module lazily)
 
     state = state_for(graph, resources)
     if limits is None:
@@ -167,7 +167,7 @@ class Coordinator:
         self.run_id = next(_run_ids)
         # cwd, environment, sys.path and user modules, as of the run's start
         self.setup = process_setup.snapshot()
-        # each task's function as code (pickled once) and data (taskmap.functions)
+        # each task's function as code (pickled once) and data (taskmap.runtime.functions)
         self.functions = ship_functions(graph, state)
         self.func_of = self.functions.func_of
         keep = None if gather is None else {state.index[name] for name in gather}

@@ -42,7 +42,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from .errors import StaleCodeError
+from taskmap.errors import StaleCodeError
 
 # (file, st_mtime_ns, st_size): msgpack carries it as a list
 Version = tuple[str, int, int]

@@ -2,7 +2,7 @@
 instructions out, no I/O.
 
 In the manner of dask's ``distributed/worker_state_machine.py``, the
-coordinator (:mod:`taskmap.coordinator`) turns what happens to it -- a
+coordinator (:mod:`taskmap.runtime.coordinator`) turns what happens to it -- a
 worker's HELLO, a RESULTS message, a dead worker and what its shared slot
 says, a send that failed, a timer that is due, "about to wait" -- into an
 :data:`Event`, hands it to :meth:`Ledger.handle`, and carries out the
@@ -10,7 +10,7 @@ says, a send that failed, a timer that is due, "about to wait" -- into an
 kill it, start a worker, unlink these segments, arm a timer, record this
 outcome).  Everything that decides lives here:
 
-* ready queues and priorities (in :class:`~taskmap.state.SchedulingState`:
+* ready queues and priorities (in :class:`~taskmap.scheduling.state.SchedulingState`:
   io FIFO, cpu by critical path) and how many cpu tasks a worker may hold
   (the *depth*);
 * pinning (a chain of cpu tasks sent ahead behind its parent, run without a
@@ -28,7 +28,7 @@ tests).  Values are opaque too: the ledger forwards encoded results and asks
 its :class:`Values` (the coordinator's decoder) for a kept value or a
 rebuilt error, so it can be driven by event sequences with no process at all
 (``tests/test_ledger.py``).  Every transition of a task's state is checked
-by :class:`~taskmap.state.SchedulingState` (an illegal one raises), and
+by :class:`~taskmap.scheduling.state.SchedulingState` (an illegal one raises), and
 :meth:`Ledger.validate` asserts the invariants between events.
 """
 
@@ -38,10 +38,9 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from . import codec
-from .errors import TaskmapError, TaskTimeoutError, WorkerCrashedError
-from .limits import TaskLimits
-from .messages import (
+from taskmap.errors import TaskmapError, TaskTimeoutError, WorkerCrashedError
+from taskmap.runtime import codec
+from taskmap.runtime.messages import (
     OUT_END,
     OUT_OK,
     OUT_PAYLOAD,
@@ -51,8 +50,9 @@ from .messages import (
     SUB_DIRECT,
     SUB_TASK,
 )
-from .slot import io_began
-from .state import DONE, FINISHED, READY, RUNNING, WAITING, SchedulingState
+from taskmap.runtime.slot import io_began
+from taskmap.scheduling.limits import TaskLimits
+from taskmap.scheduling.state import DONE, FINISHED, READY, RUNNING, WAITING, SchedulingState
 
 MAX_CPU_DEPTH = 64
 MAX_PINNED = 64  # longest chain sent ahead to one worker in one message
@@ -87,7 +87,7 @@ class Hello(NamedTuple):
 
 
 class ResultsArrived(NamedTuple):
-    """One RESULTS message: a batch of :class:`~taskmap.messages.Outcome` lists."""
+    """One RESULTS message: a batch of :class:`~taskmap.runtime.messages.Outcome` lists."""
 
     worker: Worker
     outcomes: list[list[Any]]
@@ -137,7 +137,7 @@ Event = WorkerJoined | Hello | ResultsArrived | WorkerDied | SendFailed | TimerD
 
 
 class Send(NamedTuple):
-    """Send these :class:`~taskmap.messages.Submission` lists to the worker.
+    """Send these :class:`~taskmap.runtime.messages.Submission` lists to the worker.
     Each not pinned behind a parent (``after`` < 0) starts now: record it as
     started on that worker (a pinned one starts when its parent succeeded,
     see :class:`Succeeded`)."""
@@ -230,7 +230,7 @@ class Values(Protocol):
         """The error that fails task i when ``decode`` raised ``error``."""
 
     def error(self, i: int, failure: list[Any]) -> BaseException:
-        """Task i's error from a :class:`~taskmap.messages.Failure` list."""
+        """Task i's error from a :class:`~taskmap.runtime.messages.Failure` list."""
 
 
 def finished_before_crash(
@@ -838,7 +838,7 @@ class Dispatcher:
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
         batch = batches.setdefault(held.key, [])
-        # (a Submission: see taskmap.messages)
+        # (a Submission: see taskmap.runtime.messages)
         batch.append([i, self.func_of[i], io, args, -1, (), limit if io else None, release, False, first])
         if io:
             held.io_tasks[i] = held.io_sent

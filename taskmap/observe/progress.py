@@ -27,10 +27,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from .observers import DONE, FAILED, Observer, RunInfo, TaskEvent
+from taskmap.observe.observers import DONE, FAILED, Observer, RunInfo, TaskEvent
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 REFRESH_SECONDS = 0.2
 

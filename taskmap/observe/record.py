@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .observers import FAILED, Observer, RunInfo, TaskEvent
+from taskmap.observe.observers import FAILED, Observer, RunInfo, TaskEvent
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 
 @dataclass(slots=True)
@@ -81,7 +81,7 @@ class RunRecord:
     # parallel runners; run_dask for the results it brought back)
     measures_durations: bool = False
     # per resource with a limit or a rate: {"peak", "waited" (seconds, all
-    # tasks), "limit", "rate"} (taskmap.resources); None: nothing was bounded
+    # tasks), "limit", "rate"} (taskmap.scheduling.resources); None: nothing was bounded
     resources: dict | None = None
 
     @property

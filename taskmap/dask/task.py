@@ -1,10 +1,10 @@
-"""What runs on a Dask worker for each taskmap task (see :mod:`taskmap.dask_runner`).
+"""What runs on a Dask worker for each taskmap task (see :mod:`taskmap.dask.runner`).
 
 :func:`run_task` is the Dask task of every taskmap task: it runs the task's
 function on its parents' results (in order, ``None`` left out), an io task
 after leaving the worker's thread pool with its coroutine on a per-process
 event loop, a cpu task in its thread slot; a failure is raised as a
-:class:`TaskFailure` carrying the exception encoded by :mod:`taskmap.codec`.
+:class:`TaskFailure` carrying the exception encoded by :mod:`taskmap.runtime.codec`.
 Workers import this module, not the runner.
 """
 
@@ -21,8 +21,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
-from . import codec
-from .errors import TASK_ERRORS, StaleCodeError
+from taskmap.errors import TASK_ERRORS, StaleCodeError
+from taskmap.runtime import codec
 
 # A failure's message is cut to this many characters in Dask's own display of
 # the error (the full text travels encoded); Dask replaces an exception whose
@@ -32,7 +32,7 @@ _SHORT_MESSAGE = 2000
 
 class TaskFailure(Exception):
     """What a worker raises when a task fails: the task's exception encoded
-    by :mod:`taskmap.codec` (``blob``; ``None`` when it cannot be encoded),
+    by :mod:`taskmap.runtime.codec` (``blob``; ``None`` when it cannot be encoded),
     its class name, message and traceback text, whether the task ran past its
     time limit, and the worker's pid and wall-clock start/end."""
 
@@ -188,7 +188,7 @@ def _check_code(module: str, version: tuple) -> None:
     """Refuse to run code of ``module`` other than the caller's: a Dask
     worker runs tasks in threads, so a module cannot be reloaded under them;
     the task fails naming the module instead of giving a stale result."""
-    from .process_setup import file_version, user_module_file
+    from taskmap.runtime.process_setup import file_version, user_module_file
 
     obj = sys.modules.get(module)
     spec = getattr(obj, "__spec__", None)

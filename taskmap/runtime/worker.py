@@ -23,7 +23,7 @@ memory segments (nobody else would until the next coordinator starts).
 SIGINT is ignored: on Ctrl-C the coordinator decides and stops the workers
 itself.
 
-Big results (:mod:`taskmap.shm`): with the run's threshold set, a result's
+Big results (:mod:`taskmap.runtime.shm`): with the run's threshold set, a result's
 big buffers go into a shared memory segment and only a handle is sent.  A
 task's arguments are dropped as soon as its function returns, and the inputs
 it was told it reads last are unlinked before its own result is written, so
@@ -45,9 +45,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from . import codec, messages, shm
-from .functions import FunctionTable
-from .messages import (
+from taskmap.runtime import codec, messages, shm
+from taskmap.runtime.functions import FunctionTable
+from taskmap.runtime.messages import (
     MSG_KIND,
     OUT_END,
     OUT_OK,
@@ -69,8 +69,8 @@ from .messages import (
     Kind,
     Stage,
 )
-from .process_setup import WorkerSetup
-from .slot import IO_RING
+from taskmap.runtime.process_setup import WorkerSetup
+from taskmap.runtime.slot import IO_RING
 
 IO_THREADS = 256
 BATCH_SECONDS = 0.001  # longest a finished cpu result waits for batch-mates
@@ -117,7 +117,7 @@ class Worker:
         # the caller's cwd, environment, sys.path and code; cwd and streams
         # put back after each task
         self.setup = WorkerSetup()
-        # code resolved by name stays across runs (see taskmap.functions)
+        # code resolved by name stays across runs (see taskmap.runtime.functions)
         self.function_table = FunctionTable()
 
     # -- threads ----------------------------------------------------------

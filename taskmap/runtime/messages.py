@@ -2,7 +2,7 @@
 
 Each message is one msgpack array whose first element is its :class:`Kind`.
 Values (arguments, results, exceptions) inside messages are already encoded
-by :mod:`taskmap.codec` and travel as msgpack ``bin``, so the coordinator can
+by :mod:`taskmap.runtime.codec` and travel as msgpack ``bin``, so the coordinator can
 forward a parent's result to its children without decoding and re-encoding it.
 
 coordinator -> worker
@@ -28,7 +28,7 @@ coordinator -> worker
     ``SETUP``    before a run's first SUBMIT to a worker, when anything changed
                  since it last heard: the caller's cwd, environment (bytes),
                  ``sys.path`` and user-module versions, as a dict of only what
-                 changed (see :mod:`taskmap.process_setup`).
+                 changed (see :mod:`taskmap.runtime.process_setup`).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
     ``HELLO``    the worker is up and ready for tasks; carries its pid.

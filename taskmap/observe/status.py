@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from .state import ancestor_failed_message
+from taskmap.scheduling.state import ancestor_failed_message
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 DONE = "done"
 FAILED = "failed"

@@ -1,4 +1,4 @@
-"""The coordinator's codec work for its :class:`~taskmap.ledger.Ledger`: a
+"""The coordinator's codec work for its :class:`~taskmap.scheduling.ledger.Ledger`: a
 run's functions pickled once, results and errors decoded, given results
 encoded, each failure worded as the user reads it.  (The ledger itself
 handles values only as opaque encoded bytes.)"""
@@ -9,18 +9,18 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from . import codec, functions
-from .errors import SerializationError, StaleCodeError, TaskTimeoutError
-from .graph import Graph
-from .limits import TaskLimits
-from .messages import OUT_TYPE, Stage
-from .results import NotKept
-from .state import DONE, SchedulingState
+from taskmap.errors import SerializationError, StaleCodeError, TaskTimeoutError
+from taskmap.graph import Graph
+from taskmap.results import NotKept
+from taskmap.runtime import codec, functions
+from taskmap.runtime.messages import OUT_TYPE, Stage
+from taskmap.scheduling.limits import TaskLimits
+from taskmap.scheduling.state import DONE, SchedulingState
 
 
 def ship_functions(graph: Graph, state: SchedulingState) -> functions.Shipment:
     """The functions of the tasks to run, split into code and data
-    (:mod:`taskmap.functions`); a function that cannot be sent to a worker
+    (:mod:`taskmap.runtime.functions`); a function that cannot be sent to a worker
     stops the run before it starts, naming the task."""
     funcs, names, status = graph.funcs, state.names, state.state
     try:
@@ -33,7 +33,7 @@ def ship_functions(graph: Graph, state: SchedulingState) -> functions.Shipment:
 
 
 class CodecValues:
-    """The ledger's :class:`~taskmap.ledger.Values`: results and errors
+    """The ledger's :class:`~taskmap.scheduling.ledger.Values`: results and errors
     decoded, given results encoded, with the errors a user reads."""
 
     def __init__(self, graph: Graph, state: SchedulingState, limits: TaskLimits) -> None:

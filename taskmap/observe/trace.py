@@ -45,11 +45,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .observers import CPU, FAILED, IO, Observer
-from .record import UNFINISHED, RunRecord, TaskRecord
+from taskmap.observe.observers import CPU, FAILED, IO, Observer
+from taskmap.observe.record import UNFINISHED, RunRecord, TaskRecord
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 CPU_TID = 1
 FIRST_IO_TID = 2

@@ -1,7 +1,7 @@
 """What a run did, in numbers: :func:`summarize` and the :class:`Summary`
 it returns, which prints as a table.
 
-Where the numbers come from (see :mod:`taskmap.record`):
+Where the numbers come from (see :mod:`taskmap.observe.record`):
 
 * every run leaves a run-level record in ``graph.last_run`` (runner, cores,
   wall time, which tasks it finished) at no cost per task;
@@ -24,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .observers import CPU, IO
-from .record import RunRecord, TaskRecord
-from .state import topological_order
-from .status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
+from taskmap.observe.observers import CPU, IO
+from taskmap.observe.record import RunRecord, TaskRecord
+from taskmap.observe.status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
+from taskmap.scheduling.state import topological_order
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 # detail levels of a summary
 PER_TASK = "per task"  # TaskRecords: times, lanes and workers

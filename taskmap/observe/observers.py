@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from taskmap.graph import Graph
 
 # task_finished statuses (TaskState names, lower case)
 DONE = "done"
@@ -63,7 +63,7 @@ class TaskEvent:
     for a skipped task.  ``worker`` is the pid that ran it (the coordinator's
     own pid for in-process runners), ``None`` when skipped.  ``value`` is the
     result (the exception for a failure, the ancestor string for a skip);
-    ``payload`` is the result already encoded by :mod:`taskmap.codec` when the
+    ``payload`` is the result already encoded by :mod:`taskmap.runtime.codec` when the
     runner has it (saves an observer that stores results a second encode).
     """
 
@@ -143,11 +143,11 @@ def build_observers(
 ) -> Observers:
     """The observers of one run, from the runner options.
 
-    ``progress``: True shows a progress bar on stderr (:mod:`taskmap.progress`);
+    ``progress``: True shows a progress bar on stderr (:mod:`taskmap.observe.progress`);
     None (the default) and False show none.  ``trace``: a path to write the
-    run's timeline to, in the Chrome trace-event format (:mod:`taskmap.trace`).
+    run's timeline to, in the Chrome trace-event format (:mod:`taskmap.observe.trace`).
     ``summary``: record each task's times and worker in ``graph.last_run`` for
-    :func:`taskmap.summarize` (implied by ``trace``; see :mod:`taskmap.record`
+    :func:`taskmap.summarize` (implied by ``trace``; see :mod:`taskmap.observe.record`
     for what it costs).  ``observers`` are the caller's own
     :class:`Observer` objects, called last.
 
@@ -160,15 +160,15 @@ def build_observers(
         items.append(graph.checkpoint.observer())
     # the modules below are imported only when asked for: a plain run never loads tqdm
     if summary or trace is not None:
-        from .record import RunRecorder
+        from taskmap.observe.record import RunRecorder
 
         items.append(RunRecorder())
     if progress:
-        from .progress import ProgressBar
+        from taskmap.observe.progress import ProgressBar
 
         items.append(ProgressBar())
     if trace is not None:
-        from .trace import TraceWriter
+        from taskmap.observe.trace import TraceWriter
 
         items.append(TraceWriter(trace))
     if observers:

@@ -47,7 +47,7 @@ numpy dtypes and shapes.  Departures, inherent in the formats:
   are kept (numpy issue #5883).  Every other dtype round-trips exactly;
 * a pickled value must be under 4 GiB (the msgpack ext limit).
 
-Big values through shared memory (:mod:`taskmap.shm`): ``encode(value,
+Big values through shared memory (:mod:`taskmap.runtime.shm`): ``encode(value,
 shm=writer)`` moves every pickle-protocol-5 out-of-band buffer of at least
 ``writer.threshold`` bytes (numpy arrays, pandas frames...) and a top-level
 ``bytes``/``bytearray``/``memoryview`` of that size into a shared memory
@@ -366,7 +366,7 @@ def encode(value: Any, shm: Any = None) -> bytes:
     ``decode(encode(v))`` equals ``v`` and has exactly its type, recursively
     (a memoryview decodes as bytes; see the module docstring).  Thread-safe.
 
-    ``shm``: a :class:`taskmap.shm.SegmentWriter`; buffers of at least its
+    ``shm``: a :class:`taskmap.runtime.shm.SegmentWriter`; buffers of at least its
     ``threshold`` bytes go into shared memory (see the module docstring).
 
     Raises :class:`CodecError` (a ``TypeError``) if the value cannot be
@@ -480,7 +480,7 @@ def _ext_hook_writable(code: int, data: bytes) -> Any:
 
 def _load_out_of_band(data: bytes, writable: bool) -> Any:
     """Unpickle with the buffers mapped from their shared memory segments."""
-    from . import shm  # (only processes that meet such values need it)
+    from taskmap.runtime import shm  # (only processes that meet such values need it)
 
     try:
         pickled, handles = _unpackb(data, raw=False, use_list=True)
@@ -627,7 +627,7 @@ def decode_exception(
     exception's ``__cause__`` (a :class:`taskmap.RemoteTraceback`) and its
     ``remote_traceback`` attribute, where the exception allows it.
     """
-    from .errors import RemoteTaskError, RemoteTraceback
+    from taskmap.errors import RemoteTaskError, RemoteTraceback
 
     error: BaseException | None = None
     if blob is not None:

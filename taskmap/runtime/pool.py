@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 from loky.backend.context import get_context
 
-from . import messages, shm
-from .slot import RunningSlot
-from .worker import worker_main
+from taskmap.runtime import messages, shm
+from taskmap.runtime.slot import RunningSlot
+from taskmap.runtime.worker import worker_main
 
 if TYPE_CHECKING:
-    from .process_setup import CallerSetup
+    from taskmap.runtime.process_setup import CallerSetup
 
 JOIN_SECONDS = 1.0
 
@@ -63,7 +63,7 @@ class WorkerHandle:
         self.funcs_sent: set[int] = set()
         self.codes_sent: set[int] = set()  # code pickled by value, this run
         # digests of the code this worker keeps across runs, oldest first
-        # (the coordinator decides what it drops: see taskmap.functions)
+        # (the coordinator decides what it drops: see taskmap.runtime.functions)
         self.codes_held: OrderedDict[bytes, None] = OrderedDict()
         self.run_id: int | None = None
         # the caller's setup this worker last heard
