@@ -10,6 +10,7 @@ import stat
 import sys
 
 import pytest
+from _tasks import boom
 
 import taskmap
 from taskmap.observe.export import COLOURS, render
@@ -27,10 +28,6 @@ NAMES = {
 
 def ok(*args):
     return 1
-
-
-def boom(*args):
-    raise ValueError("boom")
 
 
 def build_and_run() -> tuple[taskmap.Graph, dict]:

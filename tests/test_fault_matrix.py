@@ -29,6 +29,7 @@ import threading
 import time
 
 import pytest
+from _tasks import a
 
 import taskmap
 from taskmap.runtime.pool import get_pool
@@ -113,10 +114,6 @@ def check_crash(graph, task: str, *, exitcode: int | None = None, sig: int | Non
         name = signal.Signals(sig).name
         assert err.exitcode == -sig and err.signal_name == name and name in str(err), str(err)
     return err
-
-
-def a():
-    return 5
 
 
 def plus(x, y=0):

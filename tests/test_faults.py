@@ -14,14 +14,11 @@ import time
 
 import pytest
 from _processes import start_pipeline
+from _tasks import a
 
 import taskmap
 
 psutil = pytest.importorskip("psutil")
-
-
-def a():
-    return 5
 
 
 def spin(seconds):

@@ -10,21 +10,10 @@ import random
 import re
 
 import pytest
+from _tasks import a, b, c
 
 import taskmap
 from taskmap.graph import DoneList, Graph
-
-
-def a():
-    return 5
-
-
-def b(x):
-    return x + 10
-
-
-def c(x, y):
-    return x + y + 20
 
 
 def noop(*args):

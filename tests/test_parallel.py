@@ -8,23 +8,12 @@ import signal
 import time
 
 import pytest
+from _tasks import a, b, c
 
 import taskmap
 from taskmap.runtime.pool import get_pool
 
 RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
-
-
-def a():
-    return 5
-
-
-def b(x):
-    return x + 10
-
-
-def c(x, y):
-    return x + y + 20
 
 
 def boom():

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from _tasks import boom
 
 import taskmap
 from taskmap.observe.observers import build_observers
@@ -22,10 +23,6 @@ RUNNERS = {
 
 def ok(*args):
     return 1
-
-
-def boom(*args):
-    raise ValueError("boom")
 
 
 def nap(*args):

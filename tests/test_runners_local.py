@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _tasks import a, b, c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,18 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def ids(runner):
     return runner.__name__
-
-
-def a():
-    return 5
-
-
-def b(x):
-    return x + 10
-
-
-def c(x, y):
-    return x + y + 20
 
 
 async def async_a():

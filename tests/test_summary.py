@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from _tasks import boom
 
 import taskmap
 from taskmap.observe.observers import build_observers
@@ -26,10 +27,6 @@ def busy(seconds: float):
             pass
         return 1
     return task
-
-
-def boom(*args):
-    raise ValueError("boom")
 
 
 def build() -> taskmap.Graph:

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from _tasks import boom
 
 import taskmap
 from taskmap.observe.record import RunRecord, TaskRecord
@@ -36,10 +37,6 @@ def spin(*args):
 async def wait(*args):
     await asyncio.sleep(0.05)
     return len(args)
-
-
-def boom(*args):
-    raise ValueError("boom")
 
 
 IO_TASKS = ["fetch 1", "fetch 2", "fetch 3", 'say "hi"', "grün"]
