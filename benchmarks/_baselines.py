@@ -94,12 +94,15 @@ async def trivial_of_async(k, *args):
 def closure_of(k, is_async: bool = False):
     """A task per closure (made by a factory, as users write them)."""
     if is_async:
+
         async def task_async(*args):
             return k and 1
+
         return task_async
 
     def task(*args):
         return k and 1
+
     return task
 
 
@@ -346,9 +349,7 @@ def _dask_pool(n: int):
 
     import dask.multiprocessing as dmp
 
-    return ProcessPoolExecutor(
-        n, mp_context=dmp.get_context(), initializer=dmp.initialize_worker_process
-    )
+    return ProcessPoolExecutor(n, mp_context=dmp.get_context(), initializer=dmp.initialize_worker_process)
 
 
 def _dask(spec: dict, fresh: bool) -> dict:

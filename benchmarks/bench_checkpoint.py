@@ -85,7 +85,7 @@ def measure(spec: dict, reps: int, files: Files) -> dict[str, list[float]]:
     for v in VARIANTS:  # one unmeasured run each: warm pool, caches, page cache
         run_once(spec, v, files)
     for r in range(reps):
-        order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
+        order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
         for v in order:
             times[v].append(run_once(spec, v, files))
     return times
@@ -167,7 +167,9 @@ def _cores(meter) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--reps", type=int, default=11,
+        "--reps",
+        type=int,
+        default=11,
         help="repetitions of the ETL graph per variant (default 11; of the trivial graph, 3x)",
     )
     args = parser.parse_args()

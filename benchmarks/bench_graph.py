@@ -138,9 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="sizes 10^3, 10^4, 10^5")
     parser.add_argument("--no-gc", action="store_true", help="pause the cyclic garbage collector while measuring")
-    parser.add_argument(
-        "--local", type=int, metavar="W", help="parents among the W tasks before each task (locality)"
-    )
+    parser.add_argument("--local", type=int, metavar="W", help="parents among the W tasks before each task (locality)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--helpers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

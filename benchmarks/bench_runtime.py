@@ -201,8 +201,16 @@ class Baselines:
         self.orig_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="orig-", dir=self.orig_dir.parent))
         cmd = [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--no-warn-script-location", "--target", str(tmp), *ORIGINAL_PACKAGES,
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--target",
+            str(tmp),
+            *ORIGINAL_PACKAGES,
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -232,7 +240,12 @@ class Baselines:
         # a session of its own, so that a timeout ends its whole process group
         # (the original's and Dask's worker processes with it)
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(HERE),
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(HERE),
             start_new_session=True,
         )
         try:
@@ -315,8 +328,15 @@ def print_table(rows, bl: Baselines) -> None:
     baselines_on = bl.enabled
     width = max(len(f"{r.label} [{r.unit}]") for r in rows)
     head = [
-        ("workload", width), ("ours", 10), ("goal", 10), ("ours/goal", 10),
-        ("original", 11), ("dask", 10), ("ours/orig", 10), ("ours/dask", 10), ("load", 5),
+        ("workload", width),
+        ("ours", 10),
+        ("goal", 10),
+        ("ours/goal", 10),
+        ("original", 11),
+        ("dask", 10),
+        ("ours/orig", 10),
+        ("ours/dask", 10),
+        ("load", 5),
     ]
     line = " ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(head))
     print(line)
@@ -508,7 +528,9 @@ def bench_trivial(cfg, bl: Baselines, rows, notes) -> None:
         run_ours(small)
         times_small = [run_ours(small)[0] for _ in range(fast_reps)]
     rate = n / median(times)
-    row = Row("dag", f"3  {n:,} trivial tasks, random DAG", "tasks/s", "{:,.0f}", rate, 50_000, lower=False, load=load.cores)
+    row = Row(
+        "dag", f"3  {n:,} trivial tasks, random DAG", "tasks/s", "{:,.0f}", rate, 50_000, lower=False, load=load.cores
+    )
     rate_small = cfg.orig_dag / median(times_small)
     notes.append(
         f"3: run of {n:,} tasks {median(times) * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}; "
@@ -538,8 +560,11 @@ def bench_per_task_functions(cfg, bl: Baselines, rows, notes) -> None:
     per task (a partial, a closure), beside the same graph sharing one
     function, interleaved in one run."""
     n = 2000
-    shapes = [("dag", "shared function"), ("dag_partial", "one partial per task"),
-              ("dag_closure", "one closure per task")]
+    shapes = [
+        ("dag", "shared function"),
+        ("dag_partial", "one partial per task"),
+        ("dag_closure", "one closure per task"),
+    ]
     times: dict[str, list[float]] = {w: [] for w, _ in shapes}
     with LoadMeter() as load:
         warm()
@@ -552,8 +577,16 @@ def bench_per_task_functions(cfg, bl: Baselines, rows, notes) -> None:
     shared = n / median(times["dag"])
     for key, (w, label) in zip(("3s", "3p", "3c"), shapes):
         rate = n / median(times[w])
-        row = Row(f"dag-{w}", f"{key} {n:,} trivial tasks, {label}", "tasks/s", "{:,.0f}", rate,
-                  goals[w], lower=False, load=load.cores)
+        row = Row(
+            f"dag-{w}",
+            f"{key} {n:,} trivial tasks, {label}",
+            "tasks/s",
+            "{:,.0f}",
+            rate,
+            goals[w],
+            lower=False,
+            load=load.cores,
+        )
         if w != "dag":
             d = bl.dask({"workload": w, "n": n, "seed": cfg.seed, "reps": cfg.reps})
             if d is not None:
@@ -612,10 +645,26 @@ def bench_memory(cfg, bl: Baselines, rows, notes) -> None:
     if "error" in out:
         raise RuntimeError(f"memory measurement failed: {out['error']}")
     label_n = f"10^{len(str(n)) - 1}" if str(n).strip("0") == "1" else f"{n:,}"
-    row = Row("mem_state", f"5a SchedulingState memory, {label_n} tasks", "B/task", "{:.0f}", out["state_kept"] / n, 1024, load=load.cores)
+    row = Row(
+        "mem_state",
+        f"5a SchedulingState memory, {label_n} tasks",
+        "B/task",
+        "{:.0f}",
+        out["state_kept"] / n,
+        1024,
+        load=load.cores,
+    )
     row.orig = row.dask = "n/a"
     rows.append(row)
-    row2 = Row("mem_create", f"5a create_graph memory, {label_n} tasks", "B/task", "{:.0f}", out["create_kept"] / n, None, goal_text="(info)")
+    row2 = Row(
+        "mem_create",
+        f"5a create_graph memory, {label_n} tasks",
+        "B/task",
+        "{:.0f}",
+        out["create_kept"] / n,
+        None,
+        goal_text="(info)",
+    )
     row2.orig = row2.dask = "n/a"
     rows.append(row2)
     notes.append(
@@ -700,7 +749,9 @@ def bench_stall(cfg, bl: Baselines, rows, notes, rate: float) -> None:
             base.append([x * 1e3 for x in g.results["io"][:3]])
     worst, worst0 = [g[0] for g in gaps], [g[0] for g in base]
     row = Row("stall", "6a io worst gap beside a 1 s cpu task", "ms", "{:.1f}", median(worst), 10.0, load=load.cores)
-    row2 = Row("stall0", "6b io worst gap, no cpu task (baseline)", "ms", "{:.1f}", median(worst0), None, goal_text="(ref)")
+    row2 = Row(
+        "stall0", "6b io worst gap, no cpu task (baseline)", "ms", "{:.1f}", median(worst0), None, goal_text="(ref)"
+    )
     notes.append(
         f"6: ncores=1, {cfg.stall_reps} reps: worst gap between wake-ups of `await asyncio.sleep(0.001)` "
         f"beside the cpu task {median(worst):.1f} ms (max {max(worst):.1f}; p99 {median([g[1] for g in gaps]):.1f}, "
@@ -841,9 +892,11 @@ def main() -> int:
     missed = [r for r in met if not r.met()]
     parts = [f"goals met {len(met) - len(missed)}/{len(met)}"]
     if missed:
-        parts[0] += " (missed: " + "; ".join(
-            f"{r.key} {fmt_value(r.fmt, r.ours)} vs {fmt_value(r.fmt, r.goal)} {r.unit}" for r in missed
-        ) + ")"
+        parts[0] += (
+            " (missed: "
+            + "; ".join(f"{r.key} {fmt_value(r.fmt, r.ours)} vs {fmt_value(r.fmt, r.goal)} {r.unit}" for r in missed)
+            + ")"
+        )
     for which, name in (("orig", "original"), ("dask", "dask")):
         cmp = [r for r in rows if r.better(which) is not None and r.goal_text != "(ref)"]
         if cmp:

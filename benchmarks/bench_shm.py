@@ -222,8 +222,10 @@ def sweep(reps: int) -> None:
                 taskmap.run_parallel_async(graph, ncores=NCORES, shm_threshold=threshold, gather=[f"t{hops}"])
                 times.append(time.perf_counter() - start)
             per_hop[label] = statistics.median(times) / hops
-        print(f"  {nbytes >> 10:5d} KiB: shared memory {per_hop['shm'] * 1e3:6.2f} ms, "
-              f"pipes {per_hop['pipes'] * 1e3:6.2f} ms, pipes / shm {per_hop['pipes'] / per_hop['shm']:5.2f}")
+        print(
+            f"  {nbytes >> 10:5d} KiB: shared memory {per_hop['shm'] * 1e3:6.2f} ms, "
+            f"pipes {per_hop['pipes'] * 1e3:6.2f} ms, pipes / shm {per_hop['pipes'] / per_hop['shm']:5.2f}"
+        )
     print(f"  (the default threshold is {shm.DEFAULT_THRESHOLD >> 10} KiB)")
 
 
@@ -248,7 +250,9 @@ def child(name: str, n: int, reps: int) -> None:
 def measure(name: str, n: int, reps: int) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", name, "--n", str(n), "--reps", str(reps)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -260,8 +264,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per configuration (default 3)")
     parser.add_argument("--mb", type=int, default=256, help="array size in MiB (default 256)")
     parser.add_argument("--no-dask", action="store_true", help="skip Dask")
-    parser.add_argument("--sweep", action="store_true",
-                        help="instead: per-hop time with and without shared memory for 16 KiB-4 MiB values")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: per-hop time with and without shared memory for 16 KiB-4 MiB values",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,8 +291,10 @@ def main() -> int:
     )
     results = {name: measure(name, n, args.reps) for name in names}
     print()
-    print(f"{'configuration':28} {'median s':>9} {'min s':>7} {'max s':>7} {'peak/array':>11} "
-          f"{'growth/array':>13} {'idle MiB':>9}")
+    print(
+        f"{'configuration':28} {'median s':>9} {'min s':>7} {'max s':>7} {'peak/array':>11} "
+        f"{'growth/array':>13} {'idle MiB':>9}"
+    )
     for name, r in results.items():
         t = r["times"]
         growth = max(p - i for p, i in zip(r["peaks"], r["idle"]))
@@ -300,15 +309,21 @@ def main() -> int:
     print()
     print("peak/array: the whole process tree (anonymous memory of every process + shared memory)")
     print("at its peak during the run, over the array size; growth/array: the same above the idle tree.")
-    print(f"speedup of shared memory over pipes: {speedup:.2f}x (goal >= {GOAL_SPEEDUP:.0f}x) "
-          f"{'ok' if speedup >= GOAL_SPEEDUP else 'MISSED'}")
-    print(f"peak memory of the process tree with shared memory: {peak:.2f}x the array "
-          f"(goal < {GOAL_PEAK:.0f}x) {'ok' if peak < GOAL_PEAK else 'MISSED'}")
+    print(
+        f"speedup of shared memory over pipes: {speedup:.2f}x (goal >= {GOAL_SPEEDUP:.0f}x) "
+        f"{'ok' if speedup >= GOAL_SPEEDUP else 'MISSED'}"
+    )
+    print(
+        f"peak memory of the process tree with shared memory: {peak:.2f}x the array "
+        f"(goal < {GOAL_PEAK:.0f}x) {'ok' if peak < GOAL_PEAK else 'MISSED'}"
+    )
     if "dask local processes" in results:
         d = results["dask local processes"]
         dask_t = statistics.median(d["times"])
-        print(f"dask local processes / taskmap shared memory: {dask_t / shm_t:.2f}x the time, "
-              f"{max(d['peaks']) / size:.2f}x the array at peak")
+        print(
+            f"dask local processes / taskmap shared memory: {dask_t / shm_t:.2f}x the time, "
+            f"{max(d['peaks']) / size:.2f}x the array at peak"
+        )
     return 0 if speedup >= GOAL_SPEEDUP and peak < GOAL_PEAK else 1
 
 

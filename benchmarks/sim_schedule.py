@@ -79,7 +79,8 @@ def simulate(spec: dict, priority: dict, policy: str, workers: int = 2) -> float
                     return
                 head = ready[0][1]
                 beaten = [
-                    k for k in range(workers)
+                    k
+                    for k in range(workers)
                     if 2 <= len(held[k]) < MAX_HELD and min(priority[x] for x in held[k][1:]) < priority[head]
                 ]
                 if not beaten:

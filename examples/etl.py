@@ -80,6 +80,7 @@ HTTP_TIMEOUT = 10.0
 # The reference-data API: a local HTTP server serving examples/data/*.json
 # --------------------------------------------------------------------------
 
+
 class _ReferenceHandler(BaseHTTPRequestHandler):
     """GET /<name>.json returns that file of the data directory."""
 
@@ -124,6 +125,7 @@ def reference_server(data_dir: str | Path = DATA_DIR, latency: float = 0.0):
 # Extract: io-bound coroutines
 # --------------------------------------------------------------------------
 
+
 async def read_text(path: str) -> str:
     """Read a whole file without blocking the event loop."""
     return await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
@@ -144,11 +146,11 @@ async def fetch_json(url: str):
 # Transform: cpu-bound functions
 # --------------------------------------------------------------------------
 
+
 def parse_products(text: str) -> dict[str, dict]:
     """The catalogue as sku -> {name, category, list_price_eur}."""
     return {
-        row["sku"]: {"name": row["name"], "category": row["category"],
-                     "list_price_eur": float(row["list_price_eur"])}
+        row["sku"]: {"name": row["name"], "category": row["category"], "list_price_eur": float(row["list_price_eur"])}
         for row in csv.DictReader(io.StringIO(text))
     }
 
@@ -183,8 +185,14 @@ def _validate(fields: list[str], seen: set[int]) -> tuple[dict | None, str | Non
         return None, "bad unit_price"
     if not 0 < price < float("inf"):  # also rejects nan
         return None, "bad unit_price"
-    return {"order_id": order_id, "date": date.isoformat(), "store_id": store_id,
-            "sku": sku, "qty": qty, "unit_price": price}, None
+    return {
+        "order_id": order_id,
+        "date": date.isoformat(),
+        "store_id": store_id,
+        "sku": sku,
+        "qty": qty,
+        "unit_price": price,
+    }, None
 
 
 def clean_sales(country: str, text: str) -> dict:
@@ -199,8 +207,7 @@ def clean_sales(country: str, text: str) -> dict:
     for fields in reader:
         record, reason = _validate(fields, seen)
         if record is None:
-            rejects.append({"file": file, "line": reader.line_num, "reason": reason,
-                            "raw": ",".join(fields)})
+            rejects.append({"file": file, "line": reader.line_num, "reason": reason, "raw": ",".join(fields)})
         else:
             record["line"] = reader.line_num
             rows.append(record)
@@ -217,18 +224,31 @@ def enrich_sales(cleaned: dict, rates: dict, stores: dict, products: dict) -> di
         store = store_by_id.get(r["store_id"])
         product = products.get(r["sku"])
         if store is None or product is None:
-            rejects.append({"file": cleaned["file"], "line": r["line"],
-                            "reason": "unknown store" if store is None else "unknown sku",
-                            "raw": f"{r['order_id']},{r['date']},{r['store_id']},{r['sku']},"
-                                   f"{r['qty']},{r['unit_price']}"})
+            rejects.append(
+                {
+                    "file": cleaned["file"],
+                    "line": r["line"],
+                    "reason": "unknown store" if store is None else "unknown sku",
+                    "raw": f"{r['order_id']},{r['date']},{r['store_id']},{r['sku']},{r['qty']},{r['unit_price']}",
+                }
+            )
             continue
         rate = monthly[r["date"][:7]][store["currency"]]  # currency units per EUR
-        rows.append({
-            "order_id": r["order_id"], "country": cleaned["country"], "date": r["date"],
-            "store_id": r["store_id"], "city": store["city"], "sku": r["sku"],
-            "category": product["category"], "qty": r["qty"], "unit_price": r["unit_price"],
-            "currency": store["currency"], "revenue_eur": r["qty"] * r["unit_price"] / rate,
-        })
+        rows.append(
+            {
+                "order_id": r["order_id"],
+                "country": cleaned["country"],
+                "date": r["date"],
+                "store_id": r["store_id"],
+                "city": store["city"],
+                "sku": r["sku"],
+                "category": product["category"],
+                "qty": r["qty"],
+                "unit_price": r["unit_price"],
+                "currency": store["currency"],
+                "revenue_eur": r["qty"] * r["unit_price"] / rate,
+            }
+        )
     return {"country": cleaned["country"], "rows": rows, "rejects": rejects}
 
 
@@ -246,9 +266,18 @@ def store_stats(enriched: dict) -> list[dict]:
         rng = random.Random(f"bootstrap:{store_id}")
         means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(BOOTSTRAP_SAMPLES))
         low, high = _quantile(means, 0.025), _quantile(means, 0.975)
-        out.append({"store_id": store_id, "country": enriched["country"], "city": rows[0]["city"],
-                    "orders": n, "revenue_eur": sum(values), "mean_order_eur": sum(values) / n,
-                    "ci95_low_eur": low, "ci95_high_eur": high})
+        out.append(
+            {
+                "store_id": store_id,
+                "country": enriched["country"],
+                "city": rows[0]["city"],
+                "orders": n,
+                "revenue_eur": sum(values),
+                "mean_order_eur": sum(values) / n,
+                "ci95_low_eur": low,
+                "ci95_high_eur": high,
+            }
+        )
     return out
 
 
@@ -256,8 +285,7 @@ def combine_sales(*enriched: dict) -> dict:
     """Join the country branches: all clean lines and all rejects."""
     rows = [r for part in enriched for r in part["rows"]]
     rows.sort(key=lambda r: (r["date"], r["country"], r["order_id"]))
-    rejects = sorted((x for part in enriched for x in part["rejects"]),
-                     key=lambda x: (x["file"], x["line"]))
+    rejects = sorted((x for part in enriched for x in part["rejects"]), key=lambda x: (x["file"], x["line"]))
     return {"rows": rows, "rejects": rejects}
 
 
@@ -270,8 +298,7 @@ def daily_revenue(combined: dict) -> list[dict]:
         orders[r["country"], r["date"]] += 1
         revenue[r["country"], r["date"]] += r["revenue_eur"]
     first = dt.date(YEAR, 1, 1)
-    days = [(first + dt.timedelta(d)).isoformat()
-            for d in range((dt.date(YEAR + 1, 1, 1) - first).days)]
+    days = [(first + dt.timedelta(d)).isoformat() for d in range((dt.date(YEAR + 1, 1, 1) - first).days)]
     out = []
     for country in COUNTRIES:
         window: list[float] = []
@@ -280,8 +307,15 @@ def daily_revenue(combined: dict) -> list[dict]:
             window.append(value)
             if len(window) > ROLLING_DAYS:
                 window.pop(0)
-            out.append({"country": country, "date": day, "orders": orders[country, day],
-                        "revenue_eur": value, "rolling_7d_eur": sum(window) / len(window)})
+            out.append(
+                {
+                    "country": country,
+                    "date": day,
+                    "orders": orders[country, day],
+                    "revenue_eur": value,
+                    "rolling_7d_eur": sum(window) / len(window),
+                }
+            )
     return out
 
 
@@ -305,10 +339,18 @@ def category_stats(combined: dict) -> list[dict]:
     for category in sorted(by_category):
         rows = by_category[category]
         values = sorted(r["revenue_eur"] for r in rows)
-        out.append({"category": category, "orders": len(rows), "units": sum(r["qty"] for r in rows),
-                    "revenue_eur": sum(values), "mean_eur": statistics.fmean(values),
-                    "p50_eur": _quantile(values, 0.50), "p90_eur": _quantile(values, 0.90),
-                    "p99_eur": _quantile(values, 0.99)})
+        out.append(
+            {
+                "category": category,
+                "orders": len(rows),
+                "units": sum(r["qty"] for r in rows),
+                "revenue_eur": sum(values),
+                "mean_eur": statistics.fmean(values),
+                "p50_eur": _quantile(values, 0.50),
+                "p90_eur": _quantile(values, 0.90),
+                "p99_eur": _quantile(values, 0.99),
+            }
+        )
     return out
 
 
@@ -320,10 +362,17 @@ def product_ranking(combined: dict, products: dict) -> list[dict]:
         units[r["sku"]] += r["qty"]
         revenue[r["sku"]] += r["revenue_eur"]
     ranked = sorted(products, key=lambda sku: (-revenue.get(sku, 0.0), sku))
-    return [{"rank": i, "sku": sku, "name": products[sku]["name"],
-             "category": products[sku]["category"], "units": units[sku],
-             "revenue_eur": revenue.get(sku, 0.0)}
-            for i, sku in enumerate(ranked, 1)]
+    return [
+        {
+            "rank": i,
+            "sku": sku,
+            "name": products[sku]["name"],
+            "category": products[sku]["category"],
+            "units": units[sku],
+            "revenue_eur": revenue.get(sku, 0.0),
+        }
+        for i, sku in enumerate(ranked, 1)
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -331,18 +380,27 @@ def product_ranking(combined: dict, products: dict) -> list[dict]:
 # --------------------------------------------------------------------------
 
 TABLES = {  # table -> (columns with types, primary key)
-    "sales": ("order_id INTEGER, country TEXT, date TEXT, store_id TEXT, city TEXT, sku TEXT, "
-              "category TEXT, qty INTEGER, unit_price REAL, currency TEXT, revenue_eur REAL",
-              "country, order_id"),
+    "sales": (
+        "order_id INTEGER, country TEXT, date TEXT, store_id TEXT, city TEXT, sku TEXT, "
+        "category TEXT, qty INTEGER, unit_price REAL, currency TEXT, revenue_eur REAL",
+        "country, order_id",
+    ),
     "rejects": ("file TEXT, line INTEGER, reason TEXT, raw TEXT", "file, line"),
-    "daily_revenue": ("country TEXT, date TEXT, orders INTEGER, revenue_eur REAL, "
-                      "rolling_7d_eur REAL", "country, date"),
-    "category_stats": ("category TEXT, orders INTEGER, units INTEGER, revenue_eur REAL, "
-                       "mean_eur REAL, p50_eur REAL, p90_eur REAL, p99_eur REAL", "category"),
-    "product_ranking": ("rank INTEGER, sku TEXT, name TEXT, category TEXT, units INTEGER, "
-                        "revenue_eur REAL", "sku"),
-    "store_stats": ("store_id TEXT, country TEXT, city TEXT, orders INTEGER, revenue_eur REAL, "
-                    "mean_order_eur REAL, ci95_low_eur REAL, ci95_high_eur REAL", "store_id"),
+    "daily_revenue": (
+        "country TEXT, date TEXT, orders INTEGER, revenue_eur REAL, rolling_7d_eur REAL",
+        "country, date",
+    ),
+    "category_stats": (
+        "category TEXT, orders INTEGER, units INTEGER, revenue_eur REAL, "
+        "mean_eur REAL, p50_eur REAL, p90_eur REAL, p99_eur REAL",
+        "category",
+    ),
+    "product_ranking": ("rank INTEGER, sku TEXT, name TEXT, category TEXT, units INTEGER, revenue_eur REAL", "sku"),
+    "store_stats": (
+        "store_id TEXT, country TEXT, city TEXT, orders INTEGER, revenue_eur REAL, "
+        "mean_order_eur REAL, ci95_low_eur REAL, ci95_high_eur REAL",
+        "store_id",
+    ),
 }
 
 
@@ -369,8 +427,9 @@ def _write_tables(db_path: str, tables: dict[str, list[dict]]) -> dict[str, int]
     return {table: len(rows) for table, rows in tables.items()}
 
 
-async def load_sqlite(db_path: str, combined: dict, daily: list, categories: list,
-                      ranking: list, *stores: list) -> dict[str, int]:
+async def load_sqlite(
+    db_path: str, combined: dict, daily: list, categories: list, ranking: list, *stores: list
+) -> dict[str, int]:
     """Replace the output tables in one transaction; returns rows per table."""
     tables = {
         "sales": combined["rows"],
@@ -389,15 +448,20 @@ def _summarise(db_path: str) -> dict:
         q = conn.execute
         return {
             "row_counts": {t: q(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES},
-            "top_products": q("SELECT sku, name, category, revenue_eur FROM product_ranking "
-                              "ORDER BY rank LIMIT 5").fetchall(),
-            "top_stores": q("SELECT store_id, city, revenue_eur, mean_order_eur, ci95_low_eur, "
-                            "ci95_high_eur FROM store_stats "
-                            "ORDER BY revenue_eur DESC, store_id LIMIT 5").fetchall(),
-            "revenue_by_country": q("SELECT country, SUM(revenue_eur) FROM sales "
-                                    "GROUP BY country ORDER BY 2 DESC").fetchall(),
-            "rejects_by_reason": q("SELECT reason, COUNT(*) FROM rejects "
-                                   "GROUP BY reason ORDER BY 2 DESC, 1").fetchall(),
+            "top_products": q(
+                "SELECT sku, name, category, revenue_eur FROM product_ranking ORDER BY rank LIMIT 5"
+            ).fetchall(),
+            "top_stores": q(
+                "SELECT store_id, city, revenue_eur, mean_order_eur, ci95_low_eur, "
+                "ci95_high_eur FROM store_stats "
+                "ORDER BY revenue_eur DESC, store_id LIMIT 5"
+            ).fetchall(),
+            "revenue_by_country": q(
+                "SELECT country, SUM(revenue_eur) FROM sales GROUP BY country ORDER BY 2 DESC"
+            ).fetchall(),
+            "rejects_by_reason": q(
+                "SELECT reason, COUNT(*) FROM rejects GROUP BY reason ORDER BY 2 DESC, 1"
+            ).fetchall(),
         }
     finally:
         conn.close()
@@ -415,8 +479,8 @@ async def report(db_path: str, loaded: dict[str, int]) -> dict:
 # The graph
 # --------------------------------------------------------------------------
 
-def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path,
-                name: str = "etl") -> taskmap.Graph:
+
+def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path, name: str = "etl") -> taskmap.Graph:
     """The ETL pipeline as a taskmap graph (not yet run)."""
     data_dir, db_path = Path(data_dir), str(db_path)
     p = functools.partial
@@ -441,8 +505,13 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path,
         "daily_revenue": ["combine_sales"],
         "category_stats": ["combine_sales"],
         "product_ranking": ["combine_sales", "parse_products"],
-        "load_sqlite": ["combine_sales", "daily_revenue", "category_stats", "product_ranking",
-                        *(f"store_stats_{c}" for c in COUNTRIES)],
+        "load_sqlite": [
+            "combine_sales",
+            "daily_revenue",
+            "category_stats",
+            "product_ranking",
+            *(f"store_stats_{c}" for c in COUNTRIES),
+        ],
         "report": ["load_sqlite"],
     }
     for c in COUNTRIES:
@@ -452,11 +521,16 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path,
         funcs[f"store_stats_{c}"] = store_stats
         dependencies[f"read_sales_{c}"] = []
         dependencies[f"clean_sales_{c}"] = [f"read_sales_{c}"]
-        dependencies[f"enrich_sales_{c}"] = [f"clean_sales_{c}", "fetch_rates", "fetch_stores",
-                                             "parse_products"]
+        dependencies[f"enrich_sales_{c}"] = [f"clean_sales_{c}", "fetch_rates", "fetch_stores", "parse_products"]
         dependencies[f"store_stats_{c}"] = [f"enrich_sales_{c}"]
-    io_bound = ["read_products", "fetch_rates", "fetch_stores", "load_sqlite", "report",
-                *(f"read_sales_{c}" for c in COUNTRIES)]
+    io_bound = [
+        "read_products",
+        "fetch_rates",
+        "fetch_stores",
+        "load_sqlite",
+        "report",
+        *(f"read_sales_{c}" for c in COUNTRIES),
+    ]
     # the HTTP API's calls share a resource, which a run bounds (API_LIMITS);
     # the SQLite load is the one writer of its database
     uses = {"fetch_rates": "api", "fetch_stores": "api", "load_sqlite": "db"}
@@ -489,8 +563,8 @@ def task_status(graph: taskmap.Graph) -> dict[str, list[str]]:
 # The command line
 # --------------------------------------------------------------------------
 
-def _run(graph: taskmap.Graph, runner: str, ncores: int, progress: bool,
-         trace: Path | None) -> None:
+
+def _run(graph: taskmap.Graph, runner: str, ncores: int, progress: bool, trace: Path | None) -> None:
     # summary=True: record each task's times and worker for the summary table
     options = {"progress": progress, "trace": trace, "summary": True, **API_LIMITS}
     if runner == "parallel_async":
@@ -505,8 +579,10 @@ def _print_report(summary: dict, db_path: str) -> None:
     print(f"wrote {db_path}")
     for table, count in summary["row_counts"].items():
         print(f"  {table:<16} {count:>6} rows")
-    print("revenue by country (EUR):  " + ", ".join(
-        f"{country} {value:,.2f}" for country, value in summary["revenue_by_country"]))
+    print(
+        "revenue by country (EUR):  "
+        + ", ".join(f"{country} {value:,.2f}" for country, value in summary["revenue_by_country"])
+    )
     print("rejected lines:  " + ", ".join(f"{reason} {n}" for reason, n in summary["rejects_by_reason"]))
     print("top 5 products by revenue (EUR):")
     for i, (sku, name, category, revenue) in enumerate(summary["top_products"], 1):
@@ -517,24 +593,34 @@ def _print_report(summary: dict, db_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="An ETL pipeline on taskmap: CSV files + an HTTP API -> SQLite.")
-    parser.add_argument("--ncores", type=int, default=2,
-                        help="worker processes for the parallel runner (default 2)")
-    parser.add_argument("--db", type=Path, default=None,
-                        help="SQLite file to write (default: etl.sqlite in a new temporary directory)")
-    parser.add_argument("--runner", choices=["parallel_async", "async", "sequential"],
-                        default="parallel_async",
-                        help="parallel_async: taskmap.run_parallel_async (default); "
-                             "async: taskmap.run_async; sequential: taskmap.run")
-    parser.add_argument("--data", type=Path, default=DATA_DIR,
-                        help="input directory (default: examples/data)")
-    parser.add_argument("--latency", type=float, default=0.2,
-                        help="simulated latency of the HTTP API, seconds (default 0.2)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--trace", type=Path, default=None, metavar="FILE",
-                        help="write the run's timeline to FILE (open it in https://ui.perfetto.dev)")
+    parser = argparse.ArgumentParser(description="An ETL pipeline on taskmap: CSV files + an HTTP API -> SQLite.")
+    parser.add_argument("--ncores", type=int, default=2, help="worker processes for the parallel runner (default 2)")
+    parser.add_argument(
+        "--db", type=Path, default=None, help="SQLite file to write (default: etl.sqlite in a new temporary directory)"
+    )
+    parser.add_argument(
+        "--runner",
+        choices=["parallel_async", "async", "sequential"],
+        default="parallel_async",
+        help="parallel_async: taskmap.run_parallel_async (default); async: taskmap.run_async; sequential: taskmap.run",
+    )
+    parser.add_argument("--data", type=Path, default=DATA_DIR, help="input directory (default: examples/data)")
+    parser.add_argument(
+        "--latency", type=float, default=0.2, help="simulated latency of the HTTP API, seconds (default 0.2)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the run's timeline to FILE (open it in https://ui.perfetto.dev)",
+    )
     args = parser.parse_args(argv)
 
     if args.db is None:

@@ -32,33 +32,110 @@ DUPLICATE_FRACTION = 0.003
 YEAR = 2024
 
 COUNTRIES = {  # country -> (currency, [(store_id, city, opened, busyness)])
-    "uk": ("GBP", [("LON1", "London", "2015-04-01", 3.0), ("LON2", "London", "2019-09-14", 2.0),
-                   ("MAN1", "Manchester", "2017-03-02", 1.5), ("EDI1", "Edinburgh", "2020-06-20", 1.0)]),
-    "us": ("USD", [("NYC1", "New York", "2016-10-10", 3.0), ("NYC2", "New York", "2021-02-01", 1.5),
-                   ("CHI1", "Chicago", "2018-05-05", 1.5), ("SFO1", "San Francisco", "2019-11-11", 2.0)]),
-    "se": ("SEK", [("STO1", "Stockholm", "2014-08-15", 2.5), ("GOT1", "Gothenburg", "2018-01-20", 1.5),
-                   ("MAL1", "Malmo", "2022-04-04", 1.0)]),
-    "de": ("EUR", [("BER1", "Berlin", "2016-02-29", 2.5), ("MUC1", "Munich", "2017-07-07", 2.0),
-                   ("HAM1", "Hamburg", "2019-03-03", 1.5), ("FRA1", "Frankfurt", "2021-12-01", 1.0)]),
+    "uk": (
+        "GBP",
+        [
+            ("LON1", "London", "2015-04-01", 3.0),
+            ("LON2", "London", "2019-09-14", 2.0),
+            ("MAN1", "Manchester", "2017-03-02", 1.5),
+            ("EDI1", "Edinburgh", "2020-06-20", 1.0),
+        ],
+    ),
+    "us": (
+        "USD",
+        [
+            ("NYC1", "New York", "2016-10-10", 3.0),
+            ("NYC2", "New York", "2021-02-01", 1.5),
+            ("CHI1", "Chicago", "2018-05-05", 1.5),
+            ("SFO1", "San Francisco", "2019-11-11", 2.0),
+        ],
+    ),
+    "se": (
+        "SEK",
+        [
+            ("STO1", "Stockholm", "2014-08-15", 2.5),
+            ("GOT1", "Gothenburg", "2018-01-20", 1.5),
+            ("MAL1", "Malmo", "2022-04-04", 1.0),
+        ],
+    ),
+    "de": (
+        "EUR",
+        [
+            ("BER1", "Berlin", "2016-02-29", 2.5),
+            ("MUC1", "Munich", "2017-07-07", 2.0),
+            ("HAM1", "Hamburg", "2019-03-03", 1.5),
+            ("FRA1", "Frankfurt", "2021-12-01", 1.0),
+        ],
+    ),
 }
 
 START_RATES = {"EUR": 1.0, "GBP": 0.855, "USD": 1.085, "SEK": 11.35}  # units per 1 EUR
 
 CATALOGUE = {  # category -> (price range in EUR, product names)
-    "Coffee": ((6.0, 24.0), ["House Blend 250g", "Espresso Roast 250g", "Ethiopia Yirgacheffe 250g",
-                             "Colombia Huila 250g", "Decaf Blend 250g", "Cold Brew Pack",
-                             "Guatemala Antigua 500g", "Sumatra Mandheling 250g"]),
-    "Tea": ((4.0, 16.0), ["English Breakfast 50 bags", "Earl Grey 100g", "Sencha 100g",
-                          "Chamomile 30 bags", "Chai Spice 100g", "Rooibos 100g"]),
-    "Bakery": ((1.5, 6.0), ["Butter Croissant", "Cinnamon Bun", "Blueberry Muffin",
-                            "Sourdough Loaf", "Almond Biscotti 6-pack", "Banana Bread Slice",
-                            "Chocolate Cookie"]),
-    "Equipment": ((12.0, 140.0), ["Pour-over Dripper", "Paper Filters 100", "Burr Grinder",
-                                  "French Press 1l", "Milk Frother", "Gooseneck Kettle"]),
-    "Mugs": ((8.0, 28.0), ["Stoneware Mug", "Travel Mug 350ml", "Espresso Cup Set",
-                           "Double-wall Glass", "Enamel Camp Mug"]),
-    "Stationery": ((2.0, 22.0), ["Notebook A5", "Notebook A6", "Fountain Pen", "Gel Pens 4-pack",
-                                 "Desk Planner 2024", "Postcard Set", "Tote Bag", "Gift Card Holder"]),
+    "Coffee": (
+        (6.0, 24.0),
+        [
+            "House Blend 250g",
+            "Espresso Roast 250g",
+            "Ethiopia Yirgacheffe 250g",
+            "Colombia Huila 250g",
+            "Decaf Blend 250g",
+            "Cold Brew Pack",
+            "Guatemala Antigua 500g",
+            "Sumatra Mandheling 250g",
+        ],
+    ),
+    "Tea": (
+        (4.0, 16.0),
+        [
+            "English Breakfast 50 bags",
+            "Earl Grey 100g",
+            "Sencha 100g",
+            "Chamomile 30 bags",
+            "Chai Spice 100g",
+            "Rooibos 100g",
+        ],
+    ),
+    "Bakery": (
+        (1.5, 6.0),
+        [
+            "Butter Croissant",
+            "Cinnamon Bun",
+            "Blueberry Muffin",
+            "Sourdough Loaf",
+            "Almond Biscotti 6-pack",
+            "Banana Bread Slice",
+            "Chocolate Cookie",
+        ],
+    ),
+    "Equipment": (
+        (12.0, 140.0),
+        [
+            "Pour-over Dripper",
+            "Paper Filters 100",
+            "Burr Grinder",
+            "French Press 1l",
+            "Milk Frother",
+            "Gooseneck Kettle",
+        ],
+    ),
+    "Mugs": (
+        (8.0, 28.0),
+        ["Stoneware Mug", "Travel Mug 350ml", "Espresso Cup Set", "Double-wall Glass", "Enamel Camp Mug"],
+    ),
+    "Stationery": (
+        (2.0, 22.0),
+        [
+            "Notebook A5",
+            "Notebook A6",
+            "Fountain Pen",
+            "Gel Pens 4-pack",
+            "Desk Planner 2024",
+            "Postcard Set",
+            "Tote Bag",
+            "Gift Card Holder",
+        ],
+    ),
 }
 
 QTY_WEIGHTS = {1: 50, 2: 25, 3: 12, 4: 7, 5: 4, 6: 2}
@@ -80,8 +157,14 @@ def _products(rng: random.Random) -> list[dict]:
     products = []
     for category, ((low, high), names) in CATALOGUE.items():
         for name in names:
-            products.append({"sku": f"P{len(products) + 1:03d}", "name": name, "category": category,
-                             "list_price_eur": round(rng.uniform(low, high), 2)})
+            products.append(
+                {
+                    "sku": f"P{len(products) + 1:03d}",
+                    "name": name,
+                    "category": category,
+                    "list_price_eur": round(rng.uniform(low, high), 2),
+                }
+            )
     return products
 
 
@@ -132,8 +215,9 @@ def generate(seed: int = SEED) -> tuple[dict[str, str], dict]:
     stores_meta = []
     for country, (currency, stores) in COUNTRIES.items():
         for store_id, city, opened, _ in stores:
-            stores_meta.append({"store_id": store_id, "city": city, "country": country,
-                                "currency": currency, "opened": opened})
+            stores_meta.append(
+                {"store_id": store_id, "city": city, "country": country, "currency": currency, "opened": opened}
+            )
         dates = sorted(rng.choices(days, day_weights, k=ROWS_PER_COUNTRY))
         order_id = rng.randrange(100_000, 900_000)
         lines: list[list[str]] = []
@@ -182,8 +266,12 @@ def generate(seed: int = SEED) -> tuple[dict[str, str], dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "data",
-                        help="directory to write the files to (default: examples/data)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "data",
+        help="directory to write the files to (default: examples/data)",
+    )
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
     files, truth = generate(args.seed)
@@ -193,8 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(len(text.encode()) for text in files.values())
     n_clean = sum(len(t["clean"]) for t in truth.values())
     n_dirty = sum(len(t["dirty"]) for t in truth.values())
-    print(f"wrote {len(files)} files ({total / 1024:.0f} KiB) to {args.out}: "
-          f"{n_clean} clean and {n_dirty} dirty order lines")
+    print(
+        f"wrote {len(files)} files ({total / 1024:.0f} KiB) to {args.out}: "
+        f"{n_clean} clean and {n_dirty} dirty order lines"
+    )
 
 
 if __name__ == "__main__":

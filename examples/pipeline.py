@@ -16,36 +16,36 @@ import time
 
 async def io_bound_a():
     await asyncio.sleep(0.2)
-    return 'io_a'
+    return "io_a"
 
 
 async def io_bound_b(x):
     await asyncio.sleep(0.2)
-    return x + ' io_b'
+    return x + " io_b"
 
 
 async def cpu_bound_a(x):
     time.sleep(0.2)  # stands in for 0.2 s of computation
-    return x + ' cpu_a'
+    return x + " cpu_a"
 
 
 async def cpu_bound_b():
     time.sleep(0.2)
-    return 'cpu_b'
+    return "cpu_b"
 
 
 funcs = {
-    'io_bound_a': io_bound_a,
-    'io_bound_b': io_bound_b,
-    'cpu_bound_a': cpu_bound_a,
-    'cpu_bound_b': cpu_bound_b,
+    "io_bound_a": io_bound_a,
+    "io_bound_b": io_bound_b,
+    "cpu_bound_a": cpu_bound_a,
+    "cpu_bound_b": cpu_bound_b,
 }
 
 dependencies = {
-    'io_bound_a': [],
-    'io_bound_b': ['cpu_bound_b'],
-    'cpu_bound_a': ['io_bound_a'],
-    'cpu_bound_b': [],
+    "io_bound_a": [],
+    "io_bound_b": ["cpu_bound_b"],
+    "cpu_bound_a": ["io_bound_a"],
+    "cpu_bound_b": [],
 }
 
-io_bound = ['io_bound_a', 'io_bound_b']
+io_bound = ["io_bound_a", "io_bound_b"]

@@ -284,7 +284,7 @@ def read_journals(log_dir: str) -> dict[str, list[int]]:
     starts: dict[str, list[int]] = {}
     for entry in os.listdir(log_dir):
         if entry.startswith("journal-"):
-            pid = int(entry[len("journal-"):])
+            pid = int(entry[len("journal-") :])
             with open(os.path.join(log_dir, entry)) as f:
                 for name in f.read().split():
                     starts.setdefault(name, []).append(pid)
@@ -375,7 +375,9 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
             stats["skipped"] += 1
             ok = isinstance(got, str) and any(got == f"Ancestor task {t} failed; task not run" for t in above)
             if not ok:
-                problems.append(f"{name}: expected the ancestor string naming one of {sorted(above)[:3]}, got {got!r:.120}")
+                problems.append(
+                    f"{name}: expected the ancestor string naming one of {sorted(above)[:3]}, got {got!r:.120}"
+                )
             continue
         if collateral(name, got):
             stats[f"collateral failures of {kind} tasks"] += 1
@@ -406,8 +408,10 @@ def check(graph, names, deps, plan, args, log_dir, taskmap) -> tuple[list[str], 
                 stats["planned failures with extra attempts"] += 1
             continue
         big = args.big.get(name, 0)
-        want = None if kind == "none" else value_of(
-            int(name[1:]), [value[p] for p in deps[name] if value[p] is not None], big
+        want = (
+            None
+            if kind == "none"
+            else value_of(int(name[1:]), [value[p] for p in deps[name] if value[p] is not None], big)
         )
         value[name] = want
         stats["flaky recovered" if kind == "flaky" else "succeeded"] += 1
@@ -438,7 +442,9 @@ def leftover_processes(taskmap, ncores: int) -> list[str]:
     problems = []
     workers = get_pool().workers
     if len(workers) != ncores or not all(w.process.is_alive() for w in workers):
-        problems.append(f"pool has {len(workers)} workers, {sum(w.process.is_alive() for w in workers)} alive, not {ncores}")
+        problems.append(
+            f"pool has {len(workers)} workers, {sum(w.process.is_alive() for w in workers)} alive, not {ncores}"
+        )
     pool_pids = {w.pid for w in workers}
     for child in psutil.Process().children(recursive=True):
         try:
@@ -456,7 +462,9 @@ def leftover_processes(taskmap, ncores: int) -> list[str]:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tasks", type=int, default=60000, help="number of tasks (default 60000)")
     p.add_argument("--group", type=int, default=50, help="tasks per pipeline (parents are drawn within it)")
@@ -464,7 +472,9 @@ def parse(argv=None):
     p.add_argument("--max-parents", type=int, default=3)
     p.add_argument("--ncores", type=int, default=2)
     p.add_argument("--runner", choices=("async", "parallel"), default="async")
-    p.add_argument("--io-rate", type=float, default=0.35, help="share of io-bound coroutine tasks (+5%% plain io functions)")
+    p.add_argument(
+        "--io-rate", type=float, default=0.35, help="share of io-bound coroutine tasks (+5%% plain io functions)"
+    )
     p.add_argument("--error-rate", type=float, default=0.005)
     p.add_argument("--crash-rate", type=float, default=0.002)
     p.add_argument("--hang-rate", type=float, default=0.0015)
@@ -475,13 +485,17 @@ def parse(argv=None):
     p.add_argument("--task-timeout", type=float, default=60.0, help="time limit of every other task (s)")
     p.add_argument("--fault-retries", type=int, default=1, help="retries of tasks planned to fail")
     p.add_argument(
-        "--retries", type=int, default=10,
+        "--retries",
+        type=int,
+        default=10,
         help="retries of every other task: a crash fails every task its worker held, "
         "io tasks not yet started included, and those rerun",
     )
     p.add_argument("--retry-delay", type=float, default=0.01)
     p.add_argument(
-        "--big-rate", type=float, default=0.03,
+        "--big-rate",
+        type=float,
+        default=0.03,
         help="share of tasks whose value is --big-size bytes, through shared memory (parallel runners)",
     )
     p.add_argument("--shm-threshold", type=int, default=4096, help="the runners' shm_threshold (bytes)")
@@ -540,11 +554,19 @@ def main(argv=None) -> int:
     threading.Thread(target=watchdog, daemon=True).start()
     start = time.monotonic()
     try:
-        runner(graph, ncores=args.ncores, timeout=timeout, retries=retries, retry_delay=args.retry_delay,
-               shm_threshold=args.shm_threshold)
+        runner(
+            graph,
+            ncores=args.ncores,
+            timeout=timeout,
+            retries=retries,
+            retry_delay=args.retry_delay,
+            shm_threshold=args.shm_threshold,
+        )
     except KeyboardInterrupt:
         if fired.is_set():
-            print(f"FAIL: the run did not finish within {args.max_seconds:g} s ({len(graph.done)}/{args.tasks} tasks done)")
+            print(
+                f"FAIL: the run did not finish within {args.max_seconds:g} s ({len(graph.done)}/{args.tasks} tasks done)"
+            )
             return 2
         raise
     except BaseException as exc:  # noqa: BLE001 - the verdict says what happened

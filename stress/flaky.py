@@ -144,8 +144,11 @@ def main(argv=None) -> int:
 
     modes = ["one", "fresh"] if args.mode == "both" else [args.mode]
     log_path = Path(args.log) if args.log else Path(tempfile.mkstemp(prefix="flaky-", suffix=".log")[1])
-    print(f"flaky: {' '.join(args.pytest_args)}; {args.loops} loops, modes {'+'.join(modes)}, load {args.load}; "
-          f"pytest output in {log_path}", flush=True)
+    print(
+        f"flaky: {' '.join(args.pytest_args)}; {args.loops} loops, modes {'+'.join(modes)}, load {args.load}; "
+        f"pytest output in {log_path}",
+        flush=True,
+    )
     runs: dict[tuple[str, str], int] = defaultdict(int)
     failed: dict[tuple[str, str], int] = defaultdict(int)  # runs that failed
     failures: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -189,13 +192,17 @@ def main(argv=None) -> int:
             print(f"       {mode} {test}: {line}")
 
     failed_runs = sum(failed.values())
-    facts = (f"{len({t for _, t in runs})} tests, {sum(runs.values())} runs ({'+'.join(modes)}, "
-             f"{args.loops} loops, load {args.load}), {elapsed:.0f} s")
+    facts = (
+        f"{len({t for _, t in runs})} tests, {sum(runs.values())} runs ({'+'.join(modes)}, "
+        f"{args.loops} loops, load {args.load}), {elapsed:.0f} s"
+    )
     if args.interrupted:
         print(f"FAIL: interrupted; {failed_runs} failed runs so far; {facts}")
         return 130
     if hung:
-        print(f"FAIL: {len(hung)} pytest processes did not finish ({', '.join(hung)}); {failed_runs} failed runs; {facts}")
+        print(
+            f"FAIL: {len(hung)} pytest processes did not finish ({', '.join(hung)}); {failed_runs} failed runs; {facts}"
+        )
         return 2
     if failed_runs:
         print(f"FAIL: {failed_runs} failed runs of {len({t for _, t in failed})} tests; {facts}")

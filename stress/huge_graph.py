@@ -133,7 +133,9 @@ def one_size(args) -> dict:
     # check against a sequential evaluation (names are in topological order)
     problems = []
     if len(graph.done) != len(names) or len(set(graph.done)) != len(names):
-        problems.append(f"graph.done has {len(graph.done)} entries ({len(set(graph.done))} distinct) for {len(names)} tasks")
+        problems.append(
+            f"graph.done has {len(graph.done)} entries ({len(set(graph.done))} distinct) for {len(names)} tasks"
+        )
     expected = {}
     results = graph.results
     wrong = 0
@@ -190,9 +192,22 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     problems, lines = [], []
     for size in sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--size", str(size), "--shape", args.shape,
-               "--io-share", str(args.io_share), "--ncores", str(args.ncores), "--seed", str(args.seed),
-               "--max-seconds", str(args.max_seconds)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--size",
+            str(size),
+            "--shape",
+            args.shape,
+            "--io-share",
+            str(args.io_share),
+            "--ncores",
+            str(args.ncores),
+            "--seed",
+            str(args.seed),
+            "--max-seconds",
+            str(args.max_seconds),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         try:
             r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -160,7 +160,9 @@ def check_run(graph, names, kinds, deps, taskmap, crash_run: bool) -> list[str]:
         kind = kinds[name]
         if kind in FAILING:
             failed[name] = {name}
-            want_type = {"fails": ValueError, "hangs": taskmap.TaskTimeoutError, "crash": taskmap.WorkerCrashedError}[kind]
+            want_type = {"fails": ValueError, "hangs": taskmap.TaskTimeoutError, "crash": taskmap.WorkerCrashedError}[
+                kind
+            ]
             # in a crash run, what the crashing worker held fails with it
             collateral = crash_run and isinstance(got, taskmap.WorkerCrashedError)
             if not (isinstance(got, want_type) or collateral):
@@ -359,8 +361,10 @@ def main(argv=None) -> int:
             if not fired.is_set():
                 raise
             stuck = sorted(graph.in_progress)[:5]
-            print(f"FAIL: run {k} did not finish within {args.max_run_seconds:g} s (still running: {stuck}, "
-                  f"{len(graph.done)}/{len(names)} done)")
+            print(
+                f"FAIL: run {k} did not finish within {args.max_run_seconds:g} s (still running: {stuck}, "
+                f"{len(graph.done)}/{len(names)} done)"
+            )
             return 2
         bad = check_run(graph, names, kinds, deps, taskmap, crash_run)
         problems += [f"run {k}: {p}" for p in bad]

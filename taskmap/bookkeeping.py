@@ -92,7 +92,10 @@ class Bookkeeper:
         # RunRecorder observes the run (taskmap.observe.record)
         now = time.monotonic()
         self.record = self.graph.last_run = RunRecord(
-            self.runner, self.ncores, now, len(self.graph.done),
+            self.runner,
+            self.ncores,
+            now,
+            len(self.graph.done),
             measures_durations=self.measures_durations,
         )
         if self.observers:
@@ -107,9 +110,7 @@ class Bookkeeper:
             )
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:
-            self.log.queueing(
-                state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu)
-            )
+            self.log.queueing(state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu))
 
     def starting(self, i: int, pid: int | None = None) -> None:
         """Task i was started (in-process) or handed to worker ``pid``."""
@@ -117,9 +118,7 @@ class Bookkeeper:
         if self.observers:
             now = time.monotonic()
             self.started_at[i] = now
-            self.observers.task_started(
-                self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now
-            )
+            self.observers.task_started(self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now)
 
     def finish(self, error: BaseException | None = None) -> None:
         """The run ended (``error``: what it raises); tell the observers."""
@@ -149,8 +148,13 @@ class Bookkeeper:
         )
 
     def succeeded(
-        self, i: int, value, pid: int | None = None,
-        start: float | None = None, end: float | None = None, payload: bytes | None = None,
+        self,
+        i: int,
+        value,
+        pid: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        payload: bytes | None = None,
     ) -> None:
         """Record task i's result.  ``start``/``end``: the worker's monotonic
         clock around the call, when it ran elsewhere; ``payload``: the result
@@ -158,8 +162,14 @@ class Bookkeeper:
         self.recorded_success(i, value, pid, start, end, payload, self.state.finished(i))
 
     def recorded_success(
-        self, i: int, value, pid: int | None, start: float | None, end: float | None,
-        payload: bytes | None, became: int,
+        self,
+        i: int,
+        value,
+        pid: int | None,
+        start: float | None,
+        end: float | None,
+        payload: bytes | None,
+        became: int,
     ) -> None:
         """Record task i's result, the state already told (``became``: how
         many children became ready); see :meth:`succeeded`."""
@@ -171,20 +181,27 @@ class Bookkeeper:
             self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
         if became and self.log.manager_on:
             state, names = self.state, self.names
-            self.log.queueing(
-                names[c] for c in state.children[i] if state.state[c] == TaskState.READY
-            )
+            self.log.queueing(names[c] for c in state.children[i] if state.state[c] == TaskState.READY)
 
     def failed(
-        self, i: int, error: BaseException, pid: int | None = None,
-        start: float | None = None, end: float | None = None,
+        self,
+        i: int,
+        error: BaseException,
+        pid: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
         """Record task i's failure and skip its descendants; raise if asked."""
         self.recorded_failure(i, error, pid, start, end, self.state.failed(i))
 
     def recorded_failure(
-        self, i: int, error: BaseException, pid: int | None, start: float | None,
-        end: float | None, skipped: list[int],
+        self,
+        i: int,
+        error: BaseException,
+        pid: int | None,
+        start: float | None,
+        end: float | None,
+        skipped: list[int],
     ) -> None:
         """Record task i's failure and its ``skipped`` descendants, the state
         already told; raise if asked.  See :meth:`failed`."""
@@ -203,10 +220,20 @@ class Bookkeeper:
                 results[names[s]] = message
                 done.append(names[s])
                 if observers:
-                    observers.task_finished(TaskEvent(  # (positional, see _event)
-                        names[s], SKIPPED, IO if is_io[s] else CPU, None, None, None,
-                        0, message, None, name,
-                    ))
+                    observers.task_finished(
+                        TaskEvent(  # (positional, see _event)
+                            names[s],
+                            SKIPPED,
+                            IO if is_io[s] else CPU,
+                            None,
+                            None,
+                            None,
+                            0,
+                            message,
+                            None,
+                            name,
+                        )
+                    )
             self.log.skipped(name, (names[s] for s in skipped))
         if self.raise_errors:
             raise TaskFailedError(name, error) from error

@@ -72,86 +72,155 @@ def build_parser() -> argparse.ArgumentParser:
         prog="taskmap",
         description="Run a taskmap pipeline, draw its graph, rerun its failed tasks.",
         epilog="A pipeline file defines a graph (`graph = taskmap.create_graph(...)`) or the "
-               "dicts `funcs` and `dependencies` (and optionally `io_bound`). "
-               "Exit status: 0 all tasks succeeded, 1 a task failed, 2 usage or pipeline "
-               "error, 130 interrupted.",
+        "dicts `funcs` and `dependencies` (and optionally `io_bound`). "
+        "Exit status: 0 all tasks succeeded, 1 a task failed, 2 usage or pipeline "
+        "error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"taskmap {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     pipeline = argparse.ArgumentParser(add_help=False)
     pipeline.add_argument(
-        "pipeline", metavar="PIPELINE.py[:NAME]",
+        "pipeline",
+        metavar="PIPELINE.py[:NAME]",
         help="the pipeline file; NAME picks a graph (or a function returning one) in it",
     )
 
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("run options")
-    group.add_argument("--ncores", type=_positive_int, default=None, metavar="N",
-                       help="worker processes of the parallel runners "
-                            "(default: half the cores for parallel-async, all for parallel)")
-    group.add_argument("--runner", choices=RUNNERS, default="parallel-async",
-                       help="parallel-async: run_parallel_async (default); parallel: "
-                            "run_parallel; async: run_async (one event loop, this process); "
-                            "sequential: run (one task at a time, this process)")
-    group.add_argument("--limit", action="append", type=_named_number(int), default=[], metavar="NAME=N",
-                       help="at most N tasks using resource NAME (create_graph(uses=...)) at once; repeatable")
-    group.add_argument("--rate", action="append", type=_named_number(float), default=[], metavar="NAME=R",
-                       help="at most R starts a second of tasks using resource NAME; repeatable")
-    group.add_argument("--shm-threshold", type=_shm_threshold, default="auto", metavar="SIZE",
-                       help="parallel runners: results with buffers of at least SIZE bytes "
-                            "(suffix K or M allowed) travel through shared memory; 'off' "
-                            "sends everything through the pipes (default: "
-                            "$TASKMAP_SHM_THRESHOLD, else 256K)")
-    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="show a progress bar on stderr (default: when stderr is a terminal)")
-    group.add_argument("--trace", type=Path, default=None, metavar="FILE",
-                       help="write the run's timeline to FILE (Chrome trace-event JSON; "
-                            "open it in https://ui.perfetto.dev or chrome://tracing)")
-    group.add_argument("--raise-errors", action="store_true",
-                       help="stop at the first failed task")
-    group.add_argument("--summary", action=argparse.BooleanOptionalAction, default=True,
-                       help="print the summary table after the run (default: on)")
+    group.add_argument(
+        "--ncores",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes of the parallel runners (default: half the cores for parallel-async, all for parallel)",
+    )
+    group.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="parallel-async",
+        help="parallel-async: run_parallel_async (default); parallel: "
+        "run_parallel; async: run_async (one event loop, this process); "
+        "sequential: run (one task at a time, this process)",
+    )
+    group.add_argument(
+        "--limit",
+        action="append",
+        type=_named_number(int),
+        default=[],
+        metavar="NAME=N",
+        help="at most N tasks using resource NAME (create_graph(uses=...)) at once; repeatable",
+    )
+    group.add_argument(
+        "--rate",
+        action="append",
+        type=_named_number(float),
+        default=[],
+        metavar="NAME=R",
+        help="at most R starts a second of tasks using resource NAME; repeatable",
+    )
+    group.add_argument(
+        "--shm-threshold",
+        type=_shm_threshold,
+        default="auto",
+        metavar="SIZE",
+        help="parallel runners: results with buffers of at least SIZE bytes "
+        "(suffix K or M allowed) travel through shared memory; 'off' "
+        "sends everything through the pipes (default: "
+        "$TASKMAP_SHM_THRESHOLD, else 256K)",
+    )
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    group.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the run's timeline to FILE (Chrome trace-event JSON; "
+        "open it in https://ui.perfetto.dev or chrome://tracing)",
+    )
+    group.add_argument("--raise-errors", action="store_true", help="stop at the first failed task")
+    group.add_argument(
+        "--summary",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print the summary table after the run (default: on)",
+    )
 
     run = commands.add_parser(
-        "run", parents=[pipeline, options], help="run a pipeline",
+        "run",
+        parents=[pipeline, options],
+        help="run a pipeline",
         description="Run every task of a pipeline and print a summary.",
     )
-    run.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
-                     help="record each outcome in this checkpoint store (created if missing); "
-                          "a rerun with the same FILE keeps what succeeded")
-    run.add_argument("--take-over", action="store_true",
-                     help="take over the checkpoint store's hold left by a run on another "
-                          "host (a shared filesystem) that is known to be gone")
+    run.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="record each outcome in this checkpoint store (created if missing); "
+        "a rerun with the same FILE keeps what succeeded",
+    )
+    run.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take over the checkpoint store's hold left by a run on another "
+        "host (a shared filesystem) that is known to be gone",
+    )
     run.set_defaults(command=cmd_run)
 
     graph = commands.add_parser(
-        "graph", parents=[pipeline], help="print or draw the graph of a pipeline",
+        "graph",
+        parents=[pipeline],
+        help="print or draw the graph of a pipeline",
         description="Print the graph of a pipeline as Graphviz DOT or mermaid text, or draw "
-                    "it with Graphviz's `dot` program (svg, png, pdf: needs -o and Graphviz).",
+        "it with Graphviz's `dot` program (svg, png, pdf: needs -o and Graphviz).",
     )
-    graph.add_argument("--format", "-f", default="dot",
-                       choices=("dot", "mermaid", "svg", "png", "pdf"),
-                       help="output format (default: dot)")
-    graph.add_argument("--output", "-o", type=Path, default=None, metavar="FILE",
-                       help="write to FILE instead of stdout")
-    graph.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
-                       help="colour the tasks by what this checkpoint store holds (done, failed, "
-                            "skipped below a failure, not run); the store is only read")
+    graph.add_argument(
+        "--format",
+        "-f",
+        default="dot",
+        choices=("dot", "mermaid", "svg", "png", "pdf"),
+        help="output format (default: dot)",
+    )
+    graph.add_argument(
+        "--output", "-o", type=Path, default=None, metavar="FILE", help="write to FILE instead of stdout"
+    )
+    graph.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="colour the tasks by what this checkpoint store holds (done, failed, "
+        "skipped below a failure, not run); the store is only read",
+    )
     graph.set_defaults(command=cmd_graph)
 
     rerun = commands.add_parser(
-        "rerun-failed", parents=[pipeline, options],
+        "rerun-failed",
+        parents=[pipeline, options],
         help="rerun the failed tasks recorded in a checkpoint store",
         description="Rerun the tasks whose last outcome in the checkpoint store is a failure, "
-                    "with their descendants (and tasks the last run did not finish); stored "
-                    "successes are restored, not rerun.",
+        "with their descendants (and tasks the last run did not finish); stored "
+        "successes are restored, not rerun.",
     )
-    rerun.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
-                       help="the checkpoint store a `taskmap run --checkpoint FILE` wrote")
-    rerun.add_argument("--take-over", action="store_true",
-                     help="take over the checkpoint store's hold left by a run on another "
-                          "host (a shared filesystem) that is known to be gone")
+    rerun.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the checkpoint store a `taskmap run --checkpoint FILE` wrote",
+    )
+    rerun.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take over the checkpoint store's hold left by a run on another "
+        "host (a shared filesystem) that is known to be gone",
+    )
     rerun.set_defaults(command=cmd_rerun_failed)
     return parser
 
@@ -198,8 +267,11 @@ def cmd_rerun_failed(args: argparse.Namespace) -> int:
         if not failed:
             print(f"no failed tasks in {show_path(args.checkpoint)}: nothing to rerun")
             return OK
-        print(f"rerunning {len(failed)} failed {'task' if len(failed) == 1 else 'tasks'} "
-              f"and their descendants: {', '.join(map(str, failed))}", file=sys.stderr)
+        print(
+            f"rerunning {len(failed)} failed {'task' if len(failed) == 1 else 'tasks'} "
+            f"and their descendants: {', '.join(map(str, failed))}",
+            file=sys.stderr,
+        )
         graph.checkpoint = store
         return run_and_report(graph, args)
     finally:
@@ -252,8 +324,9 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     if args.rate:
         bounds["rates"] = dict(args.rate)
     try:
-        runner(graph, raise_errors=args.raise_errors, progress=progress,
-               trace=args.trace, summary=args.summary, **bounds)
+        runner(
+            graph, raise_errors=args.raise_errors, progress=progress, trace=args.trace, summary=args.summary, **bounds
+        )
     except TaskFailedError as exc:
         stopped = exc
         status = TASK_FAILED
@@ -287,8 +360,10 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
 
         print(summarize(graph), end="")
     if args.trace is not None and args.trace.exists():
-        print(f"trace written to {show_path(args.trace)} "
-              "(open it in https://ui.perfetto.dev or chrome://tracing)", file=sys.stderr)
+        print(
+            f"trace written to {show_path(args.trace)} (open it in https://ui.perfetto.dev or chrome://tracing)",
+            file=sys.stderr,
+        )
     if status == OK and any(st != DONE for st in by_status.values()):
         status = TASK_FAILED
     return status
@@ -300,11 +375,9 @@ def _runner(
     from taskmap import runners
 
     if kind == "parallel-async":
-        return lambda graph, **kw: runners.run_parallel_async(
-            graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
+        return lambda graph, **kw: runners.run_parallel_async(graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
     if kind == "parallel":
-        return lambda graph, **kw: runners.run_parallel(
-            graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
+        return lambda graph, **kw: runners.run_parallel(graph, ncores=ncores, shm_threshold=shm_threshold, **kw)
     if kind == "async":
         return runners.run_async
     return runners.run

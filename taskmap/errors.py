@@ -16,6 +16,7 @@ import signal
 # that raises it (say, it awaited something that was cancelled) has failed.
 TASK_ERRORS = (Exception, asyncio.CancelledError)
 
+
 class TaskmapError(Exception):
     """Base class of every error taskmap itself raises or records."""
 
@@ -31,9 +32,7 @@ class TaskFailedError(TaskmapError, RuntimeError):
     def __init__(self, task: str, error: BaseException) -> None:
         self.task = task
         self.error = error
-        super().__init__(
-            f"task {task!r} failed: {type(error).__name__}: {error}; check your logs"
-        )
+        super().__init__(f"task {task!r} failed: {type(error).__name__}: {error}; check your logs")
 
     def __reduce__(self):  # keep it picklable with its two arguments
         return (type(self), (self.task, self.error))
@@ -51,11 +50,7 @@ class WorkerCrashedError(TaskmapError):
         self.pid = pid
         self.exitcode = exitcode
         self.signal_name = _signal_name(exitcode)
-        how = (
-            f"killed by signal {self.signal_name}"
-            if self.signal_name
-            else f"exit code {exitcode}"
-        )
+        how = f"killed by signal {self.signal_name}" if self.signal_name else f"exit code {exitcode}"
         super().__init__(f"worker pid {pid} running task {task!r} died ({how})")
 
     def __reduce__(self):

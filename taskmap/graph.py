@@ -159,10 +159,7 @@ class Graph:
         self._done = tasks if isinstance(tasks, DoneList) else DoneList(tasks)
 
     def __repr__(self) -> str:
-        return (
-            f"<taskmap.Graph {self.name!r}: {len(self.dependencies)} tasks, "
-            f"{len(self._done)} done>"
-        )
+        return f"<taskmap.Graph {self.name!r}: {len(self.dependencies)} tasks, {len(self._done)} done>"
 
     def __getstate__(self):
         return {slot: getattr(self, slot) for slot in self.__slots__}
@@ -285,9 +282,7 @@ def _check_functions(funcs: Mapping, deps: dict) -> None:
         )
     not_callable = [task for task in deps if not callable(funcs[task])]
     if not_callable:
-        kinds = ", ".join(
-            f"{t!r} is a {type(funcs[t]).__name__}" for t in not_callable[:10]
-        )
+        kinds = ", ".join(f"{t!r} is a {type(funcs[t]).__name__}" for t in not_callable[:10])
         raise TypeError(f"The functions of tasks {_preview(not_callable)} are not callable: {kinds}")
 
 
@@ -316,7 +311,7 @@ def _check_acyclic(deps: dict) -> None:
                     stack.append(iter(deps[parent]))
                     break
                 if c == GREY:
-                    cycle = [*path[path.index(parent):], parent]
+                    cycle = [*path[path.index(parent) :], parent]
                     # path runs child -> parent; show it in the direction work flows
                     cycle.reverse()
                     raise ValueError("Cyclic dependency: " + _cycle_text(cycle))
@@ -381,9 +376,7 @@ def get_ready_tasks(graph: Graph, reverse: bool = True) -> list:
     ready = [
         task
         for task, parents in graph.dependencies.items()
-        if task not in done
-        and task not in in_progress
-        and all(parent in done for parent in parents)
+        if task not in done and task not in in_progress and all(parent in done for parent in parents)
     ]
     first = [t for t in ready if t in io]
     last = [t for t in ready if t not in io]

@@ -108,14 +108,12 @@ def find_graph(module: ModuleType, name: str | None, path: Path) -> Graph:
         return next(iter(graphs.values()))
     if len(graphs) > 1:
         raise PipelineError(
-            f"{shown}: defines several graphs ({', '.join(sorted(graphs))}); "
-            f"choose one as {shown}:NAME"
+            f"{shown}: defines several graphs ({', '.join(sorted(graphs))}); choose one as {shown}:NAME"
         )
     funcs, deps = getattr(module, "funcs", None), getattr(module, "dependencies", None)
     if isinstance(funcs, dict) and isinstance(deps, dict):
         try:
-            return create_graph(funcs, deps, io_bound=getattr(module, "io_bound", None),
-                                name=path.stem)
+            return create_graph(funcs, deps, io_bound=getattr(module, "io_bound", None), name=path.stem)
         except (ValueError, TypeError) as exc:
             raise PipelineError(f"{shown}: invalid graph: {exc}") from exc
     raise PipelineError(

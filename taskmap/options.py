@@ -148,7 +148,10 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
         resources = check_limits_and_rates(graph.uses, given.get("limits"), given.get("rates"))
     names = list(graph.dependencies)
     limits = TaskLimits(
-        names, given.get("timeout"), given.get("retries", 0), given.get("retry_delay", 0.0),
+        names,
+        given.get("timeout"),
+        given.get("retries", 0),
+        given.get("retry_delay", 0.0),
         given.get("memory_limit"),
     )
     observers = build_observers(graph, given["progress"], given["trace"], given["observers"], given["summary"])

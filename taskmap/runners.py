@@ -39,9 +39,7 @@ def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> Sched
     state (:mod:`taskmap.scheduling.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
-    state = SchedulingState(
-        graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority
-    )
+    state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
     if resources is not None:
         from taskmap.scheduling.resources import build_gate
 
@@ -119,9 +117,7 @@ def _private_loop() -> asyncio.AbstractEventLoop:
     )
 
 
-def run_async(
-    graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **options: Unpack[RunnerOptions]
-) -> Graph:
+def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **options: Unpack[RunnerOptions]) -> Graph:
     """Run the graph on one asyncio event loop in this process.
 
     Coroutine functions run concurrently; io-bound plain functions run in
@@ -336,6 +332,13 @@ def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, op
 
     opts = resolve_options(runner, graph, raise_errors, options)
     return run_graph(
-        graph, ncores, raise_errors, opts.limits, opts.observers, runner, opts.shm_threshold, opts.keep,
+        graph,
+        ncores,
+        raise_errors,
+        opts.limits,
+        opts.observers,
+        runner,
+        opts.shm_threshold,
+        opts.keep,
         opts.resources,
     )

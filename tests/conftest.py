@@ -12,11 +12,7 @@ def _children() -> set[int]:
         import psutil
     except ImportError:  # pragma: no cover - psutil is a test dependency
         return set()
-    return {
-        p.pid
-        for p in psutil.Process(os.getpid()).children(recursive=True)
-        if p.status() != psutil.STATUS_ZOMBIE
-    }
+    return {p.pid for p in psutil.Process(os.getpid()).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
 
 
 def _is_pool_worker_or_helper(pid: int) -> bool:
@@ -40,9 +36,7 @@ def no_leaked_processes():
     """Fail a test that leaves a child process other than the warm pool."""
     before = _children()
     yield
-    leaked = {
-        pid for pid in _children() - before if not _is_pool_worker_or_helper(pid)
-    }
+    leaked = {pid for pid in _children() - before if not _is_pool_worker_or_helper(pid)}
     if leaked:
         import psutil
 
@@ -61,7 +55,5 @@ def pool_shuts_down_cleanly():
     from taskmap.runtime.pool import shutdown_pool
 
     shutdown_pool()
-    survivors = {
-        pid for pid in _children() if not _is_pool_worker_or_helper(pid)
-    }
+    survivors = {pid for pid in _children() if not _is_pool_worker_or_helper(pid)}
     assert not survivors, f"processes survived the pool's shutdown: {sorted(survivors)}"

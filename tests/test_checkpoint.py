@@ -110,11 +110,11 @@ def file_digest(path: Path) -> str:
 
 def test_fingerprint_ignores_name_position_and_docstring():
     one = _define(
-        '''
+        """
         def f(x):
             "one docstring"
             return x + 1
-        '''
+        """
     )
     moved = _define(
         '''
@@ -519,8 +519,9 @@ def test_a_result_too_big_for_the_store_is_not_stored(tmp_path):
     with open_checkpoint(tmp_path / "run.db") as store:
         store.max_payload = 1000  # (SQLite's real limit is about 1 GB)
         graph = taskmap.run_parallel_async(
-            taskmap.create_graph({"big": functools.partial(bytes, 5000), "small": plus(1)},
-                                 {"big": [], "small": []}, checkpoint=store),
+            taskmap.create_graph(
+                {"big": functools.partial(bytes, 5000), "small": plus(1)}, {"big": [], "small": []}, checkpoint=store
+            ),
             ncores=2,
         )
         assert graph.results["big"] == bytes(5000)
@@ -724,8 +725,7 @@ def test_an_interrupted_run_resumes_to_the_sequential_result(tmp_path, case):
         except taskmap.TaskFailedError:
             assert raise_errors
         succeeded = {
-            t for t in graph.done
-            if isinstance(graph.results[t], str) and not graph.results[t].startswith("Ancestor")
+            t for t in graph.done if isinstance(graph.results[t], str) and not graph.results[t].startswith("Ancestor")
         }
     # fix the broken tasks, change some functions, resume with a new graph
     BROKEN.clear()

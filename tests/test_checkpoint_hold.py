@@ -57,8 +57,7 @@ def two(x):
 
 
 def graph_on(store, name="second"):
-    return taskmap.create_graph({"one": one, "two": two}, {"one": [], "two": ["one"]},
-                                name=name, checkpoint=store)
+    return taskmap.create_graph({"one": one, "two": two}, {"one": [], "two": ["one"]}, name=name, checkpoint=store)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
@@ -82,8 +81,12 @@ def holding_run(tmp_path):
     script.write_text(HOLDER)
     store = tmp_path / "run.db"
     holding, release = tmp_path / "holding", tmp_path / "release"
-    proc = subprocess.Popen([sys.executable, str(script), str(store), str(holding), str(release)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(store), str(holding), str(release)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(holding, proc)
         yield proc, store, release
@@ -157,8 +160,7 @@ def test_a_run_that_ended_lets_go_and_the_next_takes_no_hold_over(tmp_path, capl
 def test_a_hold_from_another_host_is_taken_over_only_when_forced(tmp_path):
     store = tmp_path / "run.db"
     taskmap.open_checkpoint(store).close()
-    record = {"pid": 4242, "host": "elsewhere.example", "since": "2026-12-01T00:00:00+00:00",
-              "graph": "nightly"}
+    record = {"pid": 4242, "host": "elsewhere.example", "since": "2026-12-01T00:00:00+00:00", "graph": "nightly"}
     hold_path(store).write_text(json.dumps(record))
     with pytest.raises(taskmap.CheckpointError) as info:
         taskmap.run(graph_on(str(store)))
@@ -225,9 +227,22 @@ def test_the_cli_refuses_with_exit_status_2_naming_the_holder(command, tmp_path)
         assert held == store
         before = store.read_bytes()
         done = subprocess.run(
-            [sys.executable, "-m", "taskmap", command, str(pipeline), "--checkpoint", str(store),
-             "--runner", "sequential", "--no-summary"],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "taskmap",
+                command,
+                str(pipeline),
+                "--checkpoint",
+                str(store),
+                "--runner",
+                "sequential",
+                "--no-summary",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
         )
         assert done.returncode == 2, done
         assert f"pid {proc.pid}" in done.stderr and "another run is using this store" in done.stderr

@@ -21,7 +21,7 @@ from taskmap.loader import PipelineError, load_graph
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
-PIPE = '''\
+PIPE = """\
 import asyncio
 from pathlib import Path
 
@@ -57,10 +57,10 @@ funcs = {"fetch": fetch, "square": square, "boom": boom, "after": after,
 dependencies = {"fetch": [], "square": ["fetch"], "boom": ["fetch"], "after": ["boom"],
                 "tripled": ["fetch"], "save": ["square", "tripled"]}
 io_bound = ["fetch"]
-'''
+"""
 BOOM_LINE = PIPE.splitlines().index('    raise ValueError(f"bad {triple(x)}")') + 1
 
-GOOD = '''\
+GOOD = """\
 import taskmap
 
 
@@ -74,9 +74,9 @@ def two(x):
 
 graph = taskmap.create_graph({"one": one, "two": two}, {"one": [], "two": ["one"]}, name="good")
 other = taskmap.create_graph({"solo": one}, {"solo": []}, name="other")
-'''
+"""
 
-FLAKY = '''\
+FLAKY = """\
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -100,7 +100,7 @@ def final(x):
 
 funcs = {"source": source, "fragile": fragile, "final": final}
 dependencies = {"source": [], "fragile": ["source"], "final": ["fragile"]}
-'''
+"""
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -110,8 +110,7 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 
 def console_script() -> str:
-    for candidate in (Path(sysconfig.get_path("scripts")) / "taskmap",
-                      Path(sys.executable).parent / "taskmap"):
+    for candidate in (Path(sysconfig.get_path("scripts")) / "taskmap", Path(sys.executable).parent / "taskmap"):
         if candidate.is_file():
             return str(candidate)
     pytest.skip("the `taskmap` console script is not installed (pip install -e .)")
@@ -121,8 +120,7 @@ def cli(*args: str, cwd: Path, console: bool = False) -> subprocess.CompletedPro
     command = [console_script()] if console else [sys.executable, "-m", "taskmap"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 @pytest.fixture
@@ -160,8 +158,9 @@ def test_run_a_pipeline_on_worker_processes(tmp_path):
 
 def test_console_script_runs_a_named_graph_with_progress_and_trace(tmp_path):
     write(tmp_path, "good.py", GOOD)
-    proc = cli("run", "good.py:graph", "--runner", "async", "--progress", "--trace", "t.json",
-               cwd=tmp_path, console=True)
+    proc = cli(
+        "run", "good.py:graph", "--runner", "async", "--progress", "--trace", "t.json", cwd=tmp_path, console=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "good: 100%" in proc.stderr and "2/2" in proc.stderr  # --progress forces the bar
     assert "trace written to t.json" in proc.stderr
@@ -171,10 +170,13 @@ def test_console_script_runs_a_named_graph_with_progress_and_trace(tmp_path):
     assert "2 done, 0 failed, 0 skipped, 0 not run" in proc.stdout
 
 
-@pytest.mark.parametrize("source, where", [
-    ("x = 1\ndef f(:\n    pass\n", "syntax.py:2: SyntaxError: "),
-    ("import os\n\nvalue = 1 / 0\n", "syntax.py:3: ZeroDivisionError: division by zero"),
-])
+@pytest.mark.parametrize(
+    "source, where",
+    [
+        ("x = 1\ndef f(:\n    pass\n", "syntax.py:2: SyntaxError: "),
+        ("import os\n\nvalue = 1 / 0\n", "syntax.py:3: ZeroDivisionError: division by zero"),
+    ],
+)
 def test_errors_in_the_pipeline_file_give_file_and_line(tmp_path, source, where):
     write(tmp_path, "syntax.py", source)
     proc = cli("run", "syntax.py", cwd=tmp_path)
@@ -220,8 +222,7 @@ def test_rerun_failed_reruns_only_the_failed_tasks(tmp_path):
         assert line in proc.stdout, proc.stdout
     assert (tmp_path / "run.db").read_bytes() == before  # only read
 
-    proc = cli("rerun-failed", "flaky.py", "--checkpoint", "run.db", "--runner", "sequential",
-               cwd=tmp_path)
+    proc = cli("rerun-failed", "flaky.py", "--checkpoint", "run.db", "--runner", "sequential", cwd=tmp_path)
     assert proc.returncode == 1 and "rerunning 1 failed task" in proc.stderr
 
     (tmp_path / "fixed").touch()
@@ -257,18 +258,20 @@ def test_usage_errors_exit_2(tmp_path, capsys, isolated_imports):
     write(tmp_path, "good.py", GOOD)
     write(tmp_path, "two.py", GOOD.replace("graph = ", "first = "))
     write(tmp_path, "empty.py", "x = 1\n")
-    write(tmp_path, "cycle.py", "funcs = {'a': len, 'b': len}\n"
-                                "dependencies = {'a': ['b'], 'b': ['a']}\n")
+    write(tmp_path, "cycle.py", "funcs = {'a': len, 'b': len}\ndependencies = {'a': ['b'], 'b': ['a']}\n")
     cases = {
         ("run", str(tmp_path / "missing.py")): "no such file",
         ("run", str(tmp_path / "two.py")): "defines several graphs (first, other); choose one",
         ("run", str(tmp_path / "good.py") + ":nothing"): "defines no 'nothing' (its graphs: graph, other)",
         ("run", str(tmp_path / "empty.py")): "defines no taskmap graph",
         ("graph", str(tmp_path / "cycle.py")): "invalid graph: Cyclic dependency",
-        ("rerun-failed", str(tmp_path / "good.py"), "--checkpoint", str(tmp_path / "none.db")):
-            "no checkpoint store at",
-        ("run", str(tmp_path / "good.py"), "--trace", str(tmp_path / "no" / "t.json")):
-            "does not exist",
+        (
+            "rerun-failed",
+            str(tmp_path / "good.py"),
+            "--checkpoint",
+            str(tmp_path / "none.db"),
+        ): "no checkpoint store at",
+        ("run", str(tmp_path / "good.py"), "--trace", str(tmp_path / "no" / "t.json")): "does not exist",
         ("graph", str(tmp_path / "good.py"), "--format", "svg"): "give a file with -o FILE",
         ("run", str(tmp_path / "good.py"), "--ncores", "0"): "must be at least 1",
     }
@@ -288,15 +291,17 @@ def test_exit_status_and_output_of_a_run_in_process(tmp_path, capsys, isolated_i
     assert "taskmap summary: pipe (run, 1 worker)" in captured.out
 
     write(tmp_path, "good.py", GOOD)
-    assert main(["run", str(tmp_path / "good.py"), "--runner", "parallel", "--ncores", "1",
-                 "--no-summary"]) == 0
+    assert main(["run", str(tmp_path / "good.py"), "--runner", "parallel", "--ncores", "1", "--no-summary"]) == 0
     assert capsys.readouterr().out == ""
 
 
 def test_pipeline_functions_reach_workers_by_value(tmp_path, isolated_imports):
     # the workers cannot import the pipeline: its file is gone by the time they run
     taskmap.run_parallel_async(taskmap.create_graph({"warm": int}, {"warm": []}), ncores=2)
-    path = write(tmp_path, "gone.py", '''\
+    path = write(
+        tmp_path,
+        "gone.py",
+        """\
         class Box:
             def __init__(self, v):
                 self.v = v
@@ -309,7 +314,8 @@ def test_pipeline_functions_reach_workers_by_value(tmp_path, isolated_imports):
 
         funcs = {"make": make, "unbox": unbox}
         dependencies = {"make": [], "unbox": ["make"]}
-        ''')
+        """,
+    )
     graph = load_graph(str(path))
     path.unlink()
     taskmap.run_parallel_async(graph, ncores=2)
@@ -322,7 +328,7 @@ def test_load_graph_reports_errors_raised_by_a_graph_factory(tmp_path, isolated_
         load_graph(f"{path}:build")
 
 
-SHM_PIPE = '''\
+SHM_PIPE = """\
 from pathlib import Path
 
 import numpy as np
@@ -342,7 +348,7 @@ def look(a):
 funcs = {"make": make, "look": look}
 dependencies = {"make": [], "look": ["make"]}
 io_bound = ["look"]   # not pinned behind make: its argument crosses processes
-'''
+"""
 
 
 @pytest.mark.parametrize("flag, seen", [("512K", "read-only"), ("off", "own copy"), ("2M", "own copy")])

@@ -79,9 +79,7 @@ def assert_same(a, b) -> None:
             assert_same(ka, kb)
             assert_same(va, vb)
         if isinstance(a, collections.defaultdict):
-            assert a.default_factory is b.default_factory or (
-                type(a.default_factory) is type(b.default_factory)
-            )
+            assert a.default_factory is b.default_factory or (type(a.default_factory) is type(b.default_factory))
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), (a, b)
         for x, y in zip(a, b):
@@ -211,9 +209,30 @@ def module_function(x):
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, False, 0, 5, -1, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, -0.0, "", "abc", "é€😀",
-     b"", b"\x00\xff", [], [1, "a", 2.5, None], {}, {"a": 1}, {1: "x", b"k": [2], 2.5: None, None: True, False: 0},
-     [[[1]], {"x": {"y": [b"z"]}}]],
+    [
+        None,
+        True,
+        False,
+        0,
+        5,
+        -1,
+        2**63 - 1,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        -0.0,
+        "",
+        "abc",
+        "é€😀",
+        b"",
+        b"\x00\xff",
+        [],
+        [1, "a", 2.5, None],
+        {},
+        {"a": 1},
+        {1: "x", b"k": [2], 2.5: None, None: True, False: 0},
+        [[[1]], {"x": {"y": [b"z"]}}],
+    ],
 )
 def test_native_values_are_plain_msgpack(value):
     data = encode(value)
@@ -333,8 +352,16 @@ ROUNDTRIPS = {
     "numpy structured": np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "i4"), ("b", "f8")]),
     "numpy object": np.array([1, "x", (2, 3), None], dtype=object),
     "numpy in dict": {"x": np.ones(3), "n": 1},
-    "numpy scalars": [np.int64(5), np.float32(1.5), np.float64(np.nan), np.bool_(True), np.uint8(255),
-                      np.complex128(1j), np.str_("s"), np.datetime64("2020-01-01")],
+    "numpy scalars": [
+        np.int64(5),
+        np.float32(1.5),
+        np.float64(np.nan),
+        np.bool_(True),
+        np.uint8(255),
+        np.complex128(1j),
+        np.str_("s"),
+        np.datetime64("2020-01-01"),
+    ],
     "numpy float64 key": {np.float64(1.5): 1},
     "exception": ValueError("bad", 3),
     "exception subclass": MyError("mine"),
@@ -500,12 +527,19 @@ def test_property_roundtrip(value):
 
 
 _native = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=6),
-              st.binary(max_size=6)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=6),
+        st.binary(max_size=6),
+    ),
     lambda children: st.one_of(
         st.lists(children, max_size=4),
-        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-(2**63), 2**63), st.binary(max_size=4)),
-                        children, max_size=4),
+        st.dictionaries(
+            st.one_of(st.text(max_size=4), st.integers(-(2**63), 2**63), st.binary(max_size=4)), children, max_size=4
+        ),
     ),
     max_leaves=15,
 )
@@ -621,9 +655,20 @@ def test_decode_class_gone_from_this_process():
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"", b"\xc1", b"\x92\x01", b"\x01\x02", b"\xdd\xff\xff\xff\xff", b"\xa3ab", b"\xa2\xff\xfe",
-     b"\x81\x91\x01\x02",  # a list as a map key
-     _ext(b"not a pickle"), _ext(b""), _ext(b"\x80\x05K\x01", code=42), _ext(b"x", code=0)],
+    [
+        b"",
+        b"\xc1",
+        b"\x92\x01",
+        b"\x01\x02",
+        b"\xdd\xff\xff\xff\xff",
+        b"\xa3ab",
+        b"\xa2\xff\xfe",
+        b"\x81\x91\x01\x02",  # a list as a map key
+        _ext(b"not a pickle"),
+        _ext(b""),
+        _ext(b"\x80\x05K\x01", code=42),
+        _ext(b"x", code=0),
+    ],
 )
 def test_decode_garbage(garbage):
     with pytest.raises(CodecError) as info:

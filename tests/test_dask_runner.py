@@ -44,10 +44,7 @@ def children() -> set:
     tracker, which serves the whole session (as in conftest)."""
     import psutil
 
-    return {
-        p for p in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in " ".join(p.cmdline())
-    }
+    return {p for p in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())}
 
 
 @contextlib.contextmanager
@@ -594,16 +591,24 @@ def test_time_limits_and_retries(client, tmp_path):
         "fast": five,
     }
     deps = {
-        "slow_io": [], "slow_cpu": [], "flaky": [], "flaky2": [], "both": ["flaky", "flaky2"],
-        "always": [], "after": ["always"], "fast": [],
+        "slow_io": [],
+        "slow_cpu": [],
+        "flaky": [],
+        "flaky2": [],
+        "both": ["flaky", "flaky2"],
+        "always": [],
+        "after": ["always"],
+        "fast": [],
     }
     # flaky and flaky2 io-bound: they fail together, so their retries are due together
     graph = taskmap.create_graph(funcs, deps, io_bound=["slow_io", "flaky", "flaky2"])
     start = time.monotonic()
     taskmap.run_dask(
-        graph, client=client,
+        graph,
+        client=client,
         timeout={"slow_io": 0.5, "slow_cpu": 0.5},
-        retries={"flaky": 1, "flaky2": 1, "always": 2}, retry_delay=0.3,
+        retries={"flaky": 1, "flaky2": 1, "always": 2},
+        retry_delay=0.3,
     )
     took = time.monotonic() - start
     for name in ("slow_io", "slow_cpu"):
@@ -780,9 +785,7 @@ def _reload_on_worker(name: str) -> None:
     importlib.reload(sys.modules[name])
 
 
-def test_a_worker_holding_old_code_of_a_reloaded_module_fails_the_task_naming_it(
-    client, tmp_path, monkeypatch
-):
+def test_a_worker_holding_old_code_of_a_reloaded_module_fails_the_task_naming_it(client, tmp_path, monkeypatch):
     """Dask workers run tasks in threads, so taskmap does not reload a
     module under them: a task whose module the caller reloaded fails with a
     StaleCodeError naming the module, never with a stale result; once the
@@ -799,6 +802,7 @@ def test_a_worker_holding_old_code_of_a_reloaded_module_fails_the_task_naming_it
     client.run(_on_worker_path, str(tmp_path), True)
     module = importlib.import_module(name)
     try:
+
         def graph():
             return taskmap.create_graph({"a": module.version, "b": five}, {"a": [], "b": []})
 
@@ -839,8 +843,10 @@ def test_a_limit_holds_across_the_cluster_and_is_reached(client, io):
     would): never more run at once anywhere, and the limit is reached."""
     names = [f"t{k}" for k in range(8)]
     graph = taskmap.create_graph(
-        {t: _held_async if io else _held for t in names}, {t: [] for t in names},
-        io_bound=names if io else [], uses={t: "api" for t in names},
+        {t: _held_async if io else _held for t in names},
+        {t: [] for t in names},
+        io_bound=names if io else [],
+        uses={t: "api" for t in names},
     )
     graph = taskmap.run_dask(graph, client=client, limits={"api": 2 if io else 1})
     spans = sorted((s, e) for s, e, _ in graph.results.values())
@@ -864,8 +870,12 @@ def _stamp_cpu(*_):
 def test_a_rate_holds_across_the_cluster(client, io):
     rate, n = 20.0, 16
     names = [f"t{k}" for k in range(n)]
-    graph = taskmap.create_graph({t: _stamp if io else _stamp_cpu for t in names}, {t: [] for t in names},
-                                 io_bound=names if io else [], uses={t: "api" for t in names})
+    graph = taskmap.create_graph(
+        {t: _stamp if io else _stamp_cpu for t in names},
+        {t: [] for t in names},
+        io_bound=names if io else [],
+        uses={t: "api" for t in names},
+    )
     graph = taskmap.run_dask(graph, client=client, rates={"api": rate})
     starts = sorted(graph.results.values())
     for k in range(n):

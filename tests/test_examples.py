@@ -56,8 +56,7 @@ def truth():
         for order_id, day, store, sku, qty, price in t["clean"]:
             rate = rates[day[:7]][t["currency"]]
             lines.append((country, order_id, day, store, sku, qty, qty * price / rate))
-    return {"files": files, "by_country": truth, "lines": lines, "stores": stores,
-            "category": category}
+    return {"files": files, "by_country": truth, "lines": lines, "stores": stores, "category": category}
 
 
 def _run_example(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -66,7 +65,11 @@ def _run_example(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProces
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "etl.py"), "--db", str(db), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     return proc, db
 
@@ -87,7 +90,7 @@ def test_etl_end_to_end(tmp_path, truth, runner):
     assert f"wrote {db}" in proc.stdout
     # the run's summary table comes last: who ran what, for how long
     workers = "2 workers" if runner == "parallel_async" else "1 worker"
-    table = proc.stdout[proc.stdout.index("taskmap summary: etl"):]
+    table = proc.stdout[proc.stdout.index("taskmap summary: etl") :]
     assert table.startswith(f"taskmap summary: etl (run_{runner}, {workers})")
     for row in ("wall time", "core use", "critical path", "cpu busy", "slowest tasks"):
         assert row in table, row
@@ -111,8 +114,7 @@ def test_etl_end_to_end(tmp_path, truth, runner):
 
     # exactly the clean lines were kept, and each dirty line rejected for its defect
     assert set(q("SELECT country, order_id, qty FROM sales")) == {(c, o, n) for c, o, _, _, _, n, _ in lines}
-    expected_rejects = {(f"sales_{c}.csv", line, reason)
-                        for c, t in by_country.items() for line, reason in t["dirty"]}
+    expected_rejects = {(f"sales_{c}.csv", line, reason) for c, t in by_country.items() for line, reason in t["dirty"]}
     assert set(q("SELECT file, line, reason FROM rejects")) == expected_rejects
 
     # revenue in EUR per country and per store
@@ -123,8 +125,8 @@ def test_etl_end_to_end(tmp_path, truth, runner):
     got = dict(q("SELECT country, SUM(revenue_eur) FROM sales GROUP BY country"))
     assert got == pytest.approx(per_country, rel=1e-9)
     for store, orders, revenue, mean, low, high in q(
-            "SELECT store_id, orders, revenue_eur, mean_order_eur, ci95_low_eur, ci95_high_eur "
-            "FROM store_stats"):
+        "SELECT store_id, orders, revenue_eur, mean_order_eur, ci95_low_eur, ci95_high_eur FROM store_stats"
+    ):
         assert orders == len(per_store[store])
         assert revenue == pytest.approx(sum(per_store[store]), rel=1e-9)
         assert mean == pytest.approx(statistics.fmean(per_store[store]), rel=1e-9)
@@ -137,8 +139,9 @@ def test_etl_end_to_end(tmp_path, truth, runner):
     week = [(date(2024, 12, 24) - timedelta(d)).isoformat() for d in range(7)]
     [(rolling,)] = q("SELECT rolling_7d_eur FROM daily_revenue WHERE country='uk' AND date='2024-12-24'")
     assert rolling == pytest.approx(sum(daily["uk", d] for d in week) / 7, rel=1e-9)
-    [(rolling, revenue)] = q("SELECT rolling_7d_eur, revenue_eur FROM daily_revenue "
-                             "WHERE country='de' AND date='2024-01-01'")
+    [(rolling, revenue)] = q(
+        "SELECT rolling_7d_eur, revenue_eur FROM daily_revenue WHERE country='de' AND date='2024-01-01'"
+    )
     assert rolling == pytest.approx(revenue) and revenue == pytest.approx(daily["de", "2024-01-01"])
 
     # percentiles of the order-line value per category (statistics' own interpolation)

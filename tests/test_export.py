@@ -33,17 +33,36 @@ def ok(*args):
 def build_and_run() -> tuple[taskmap.Graph, dict]:
     """A run leaving every status: done, failed, skipped and not run."""
     n = NAMES
-    funcs = {n["plain"]: ok, n["quote"]: ok, n["backslash"]: boom, n["newline"]: ok,
-             n["unicode"]: ok, n["markup"]: ok, n["tuple"]: ok}
-    deps = {n["plain"]: [], n["quote"]: [n["plain"]], n["backslash"]: [n["plain"]],
-            n["newline"]: [n["backslash"]], n["unicode"]: [n["quote"]],
-            n["markup"]: [n["unicode"]], n["tuple"]: [n["plain"], n["quote"]]}
+    funcs = {
+        n["plain"]: ok,
+        n["quote"]: ok,
+        n["backslash"]: boom,
+        n["newline"]: ok,
+        n["unicode"]: ok,
+        n["markup"]: ok,
+        n["tuple"]: ok,
+    }
+    deps = {
+        n["plain"]: [],
+        n["quote"]: [n["plain"]],
+        n["backslash"]: [n["plain"]],
+        n["newline"]: [n["backslash"]],
+        n["unicode"]: [n["quote"]],
+        n["markup"]: [n["unicode"]],
+        n["tuple"]: [n["plain"], n["quote"]],
+    }
     graph = taskmap.create_graph(funcs, deps, io_bound=[n["quote"], n["tuple"]])
     taskmap.run(graph)
     taskmap.reset_tasks(graph, [n["unicode"]])  # it and its child: not run
-    expected = {n["plain"]: "done", n["quote"]: "done", n["backslash"]: "failed",
-                n["newline"]: "skipped", n["unicode"]: "not run", n["markup"]: "not run",
-                n["tuple"]: "done"}
+    expected = {
+        n["plain"]: "done",
+        n["quote"]: "done",
+        n["backslash"]: "failed",
+        n["newline"]: "skipped",
+        n["unicode"]: "not run",
+        n["markup"]: "not run",
+        n["tuple"]: "done",
+    }
     return graph, expected
 
 

@@ -200,9 +200,7 @@ def test_coordinator_cannot_serialise_an_argument():
     # a done task's given result that cannot be encoded, fed to a child
     funcs = {"given": a, "child": lambda x: x, "grandchild": lambda x: x, "other": a, "other2": plus}
     deps = {"given": [], "child": ["given"], "grandchild": ["child"], "other": [], "other2": ["other"]}
-    graph = taskmap.create_graph(
-        funcs, deps, done=["given"], results={"given": WontPickle("coordinator refuses")}
-    )
+    graph = taskmap.create_graph(funcs, deps, done=["given"], results={"given": WontPickle("coordinator refuses")})
     run(taskmap.run_parallel, graph, seconds=5, ncores=2)
     err = graph.results["child"]
     assert isinstance(err, taskmap.SerializationError), repr(err)
@@ -900,9 +898,7 @@ def big_argument_graph(size, tmp_path, use=len):
         "child": lambda x=None: x,
     }
     deps = {"crash": [], "gate": [], "big": [], "use": ["big", "gate"], "child": ["crash"]}
-    return taskmap.create_graph(
-        funcs, deps, io_bound=["gate", "use"], done=["big"], results={"big": b"a" * size}
-    )
+    return taskmap.create_graph(funcs, deps, io_bound=["gate", "use"], done=["big"], results={"big": b"a" * size})
 
 
 def test_crash_while_a_big_argument_is_being_sent_to_the_worker(tmp_path):
@@ -1108,7 +1104,10 @@ def test_raise_errors_with_a_crash_raises_promptly_and_leaves_no_process(tmp_pat
 
 def test_raise_errors_names_the_task_that_was_running_when_its_worker_died(tmp_path):
     path = str(tmp_path / "pids")
-    funcs = {"crash": lambda: exit_after_pid(path, 0.1, wait_for=("io",)), "io_slow": lambda: io_with_pid(path, 30, "io")}
+    funcs = {
+        "crash": lambda: exit_after_pid(path, 0.1, wait_for=("io",)),
+        "io_slow": lambda: io_with_pid(path, 30, "io"),
+    }
     graph = taskmap.create_graph(funcs, {"crash": [], "io_slow": []}, io_bound=["io_slow"])
     with bounded(20), pytest.raises(taskmap.TaskFailedError) as info:
         taskmap.run_parallel(graph, ncores=1, raise_errors=True)

@@ -210,7 +210,9 @@ def test_interrupt_stops_every_worker_and_keeps_results(tmp_path, how):
     assert all(f'"q{i}"' in done for i in range(5)), out  # finished results kept
     assert time.monotonic() - sent < 5
     gone_by = time.monotonic() + 1.0
-    while time.monotonic() < gone_by and any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers):
+    while time.monotonic() < gone_by and any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
+    ):
         time.sleep(0.05)
     alive = [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"workers survived the interrupt: {alive}"

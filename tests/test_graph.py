@@ -36,9 +36,7 @@ def assert_is_cycle_path(path: list, deps: dict) -> None:
     assert len(path) >= 2
     assert path[0] == path[-1]
     for before, after in zip(path, path[1:]):
-        assert before in [str(p) for p in deps[after]], (
-            f"{after} does not depend on {before} in {path}"
-        )
+        assert before in [str(p) for p in deps[after]], f"{after} does not depend on {before} in {path}"
 
 
 # -- create_graph: validation ----------------------------------------------
@@ -511,4 +509,3 @@ def test_million_task_chain_validates_without_recursion(no_gc):
     shown = path[:10] + path[11:]
     assert len(shown) == 20 and shown[0] == shown[-1] == "0"
     assert shown[:3] == ["0", str(N - 1), str(N - 2)]  # in the direction work flows
-

@@ -157,7 +157,9 @@ def compare(before: dict, after: dict, same_workers: bool) -> None:
         for pid, (fds, threads) in after["workers"].items():
             fds0, threads0 = before["workers"][pid]
             assert fds == fds0, f"worker {pid}: {fds0} fds before, {fds} after"
-            assert threads <= threads0 + WORKER_THREAD_SLACK, f"worker {pid}: {threads0} threads before, {threads} after"
+            assert threads <= threads0 + WORKER_THREAD_SLACK, (
+                f"worker {pid}: {threads0} threads before, {threads} after"
+            )
     else:
         assert len(after["workers"]) == len(before["workers"])
         assert not set(after["workers"]) & set(before["workers"]), "crashed workers still in the pool"

@@ -103,8 +103,16 @@ class Harness:
     followed by ``validate()`` and every record kept."""
 
     def __init__(
-        self, deps: dict, io=(), workers: int = 2, retries=0, timeout=None, retry_delay=0.0,
-        done=(), given=None, stop_on_failure=False,
+        self,
+        deps: dict,
+        io=(),
+        workers: int = 2,
+        retries=0,
+        timeout=None,
+        retry_delay=0.0,
+        done=(),
+        given=None,
+        stop_on_failure=False,
     ) -> None:
         self.state = SchedulingState(deps, io, done)
         self.state.start()
@@ -112,7 +120,11 @@ class Harness:
         self.ix = self.state.index
         limits = TaskLimits(self.names, timeout=timeout, retries=retries, retry_delay=retry_delay)
         self.ledger = Ledger(
-            self.state, limits, [0] * len(self.names), FakeValues(self.state, given or {}), {},
+            self.state,
+            limits,
+            [0] * len(self.names),
+            FakeValues(self.state, given or {}),
+            {},
             stop_on_failure=stop_on_failure,
         )
         self.records: dict[int, list] = {}  # task -> its records (Done, Failed, "skipped")
@@ -151,14 +163,16 @@ class Harness:
         return self.state.state[self.ix[name]]
 
     def ok(self, w, *names, value=None) -> list:
-        return self.do(ResultsArrived(w, [
-            [self.ix[n], True, codec.encode(value if value is not None else n), 0.0, 0.001] for n in names
-        ]))
+        return self.do(
+            ResultsArrived(
+                w, [[self.ix[n], True, codec.encode(value if value is not None else n), 0.0, 0.001] for n in names]
+            )
+        )
 
     def fail(self, w, name, message="boom") -> list:
-        return self.do(ResultsArrived(w, [
-            [self.ix[name], False, [None, "RuntimeError", message, "", Stage.RUN], 0.0, 0.001]
-        ]))
+        return self.do(
+            ResultsArrived(w, [[self.ix[name], False, [None, "RuntimeError", message, "", Stage.RUN], 0.0, 0.001]])
+        )
 
     def die(self, w, running=None, last=None, began=None) -> list:
         """w died; its slot says ``running``/``last`` (names or None) and,
@@ -169,9 +183,15 @@ class Harness:
             for n in began:
                 ring[n] = 1
             flags = bytes(ring)
-        return self.do(WorkerDied(
-            w, -9, self.ix[running] if running else -1, self.ix[last] if last else -1, flags,
-        ))
+        return self.do(
+            WorkerDied(
+                w,
+                -9,
+                self.ix[running] if running else -1,
+                self.ix[last] if last else -1,
+                flags,
+            )
+        )
 
     def error_of(self, name):
         recs = self.records[self.ix[name]]
@@ -384,10 +404,15 @@ def test_a_retry_after_a_delay_waits_for_its_timer():
 def test_stop_on_failure_stops_at_the_first_recorded_failure():
     h = Harness({"a": [], "b": []}, io=["a", "b"], workers=1, stop_on_failure=True)
     h.dispatch()
-    out = h.do(ResultsArrived("w0", [
-        [h.t("a"), False, [None, "RuntimeError", "x", "", Stage.RUN], 0.0, 0.1],
-        [h.t("b"), True, codec.encode(1), 0.0, 0.1],
-    ]))
+    out = h.do(
+        ResultsArrived(
+            "w0",
+            [
+                [h.t("a"), False, [None, "RuntimeError", "x", "", Stage.RUN], 0.0, 0.1],
+                [h.t("b"), True, codec.encode(1), 0.0, 0.1],
+            ],
+        )
+    )
     assert [type(i) for i in out] == [Failed]
     assert h.status("b") == RUNNING  # the run stops here: b is in progress
 
@@ -605,10 +630,26 @@ def test_random_event_sequences_keep_the_invariants_and_finish_every_task_once(g
     h = world.h
     deaths = 0
     for _ in range(data.draw(st.integers(0, 100), label="steps")):
-        action = data.draw(st.sampled_from(
-            ["dispatch", "dispatch", "cpu", "cpu", "cpu", "io", "io", "flush", "flush", "die", "timer",
-             "hello", "sendfail"]
-        ), label="action")
+        action = data.draw(
+            st.sampled_from(
+                [
+                    "dispatch",
+                    "dispatch",
+                    "cpu",
+                    "cpu",
+                    "cpu",
+                    "io",
+                    "io",
+                    "flush",
+                    "flush",
+                    "die",
+                    "timer",
+                    "hello",
+                    "sendfail",
+                ]
+            ),
+            label="action",
+        )
         keys = list(world.workers)
         key = data.draw(st.sampled_from(keys), label="worker") if keys else None
         ok = data.draw(st.booleans(), label="ok")

@@ -66,7 +66,11 @@ def test_every_runner_reports_each_task_once_with_its_outcome(runner):
     ev = rec.events
     assert sorted(ev) == list("abcde")
     assert {n: e.status for n, e in ev.items()} == {
-        "a": "done", "b": "done", "c": "failed", "d": "skipped", "e": "done"
+        "a": "done",
+        "b": "done",
+        "c": "failed",
+        "d": "skipped",
+        "e": "done",
     }
     assert ev["b"].lane == "io" and ev["a"].lane == "cpu"
     assert ev["e"].value == 3 and graph.results["e"] == 3

@@ -85,8 +85,15 @@ def _run(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
 
 def _download(into: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-        REQUIREMENT, "-d", str(into),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        REQUIREMENT,
+        "-d",
+        str(into),
     ]
     try:
         proc = _run(cmd, DOWNLOAD_TIMEOUT)
@@ -153,8 +160,15 @@ def original_suite(tmp_path_factory) -> SuiteRun:
         return result
 
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(test_file), "-q",
-        f"--junitxml={report}", "--timeout=30",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        str(test_file),
+        "-q",
+        f"--junitxml={report}",
+        "--timeout=30",
     ]
     try:
         proc = _run(cmd, SUITE_TIMEOUT, cwd=cwd, env=env)

@@ -22,7 +22,7 @@ from taskmap.runtime.pool import get_pool
 
 RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
 
-MODULE = '''
+MODULE = """
 import asyncio, os
 
 VERSION = {version!r}
@@ -33,7 +33,7 @@ async def where(*_):
 
 def plain(*_):
     return {version!r}  # (in the code, so the checkpoint's fingerprint sees it)
-'''
+"""
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_a_reload_keeps_class_identity_and_module_globals(runner, tmp_path, monk
     one per worker, not reset per task."""
     name = f"usermod_{uuid.uuid4().hex[:8]}"
     path = tmp_path / f"{name}.py"
-    source = '''
+    source = """
 CALLS = []
 
 class Point:
@@ -129,7 +129,7 @@ def check(p):
 
 def make():
     return Point(3)
-'''
+"""
     path.write_text(source.format(factor=1))
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module(name)
@@ -139,9 +139,7 @@ def make():
         path.write_text(source.format(factor=100))
         importlib.reload(module)
         graph = taskmap.create_graph({"c": module.check}, {"c": []}, done=[], results=None)
-        graph = taskmap.create_graph(
-            {"p": module.make, "c": module.check}, {"p": [], "c": ["p"]}
-        )
+        graph = taskmap.create_graph({"p": module.make, "c": module.check}, {"p": [], "c": ["p"]})
         ok, value, _ = runner(graph, ncores=2).results["c"]
         assert (ok, value) == (True, 300)
     finally:
@@ -153,9 +151,7 @@ def test_the_checkpoint_never_holds_a_result_of_old_code(runner, user_module, tm
     store = str(tmp_path / "run.db")
 
     def graph():
-        return taskmap.create_graph(
-            {"a": user_module.plain}, {"a": []}, checkpoint=store
-        )
+        return taskmap.create_graph({"a": user_module.plain}, {"a": []}, checkpoint=store)
 
     assert run(runner, graph()).results["a"] == "v1"
     user_module.write("v22")
@@ -177,9 +173,7 @@ def test_cwd_and_environment_changed_between_runs_reach_warm_workers(runner, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TASKMAP_TEST_SETUP", "set after the pool started")
     graph = run(runner, spread_graph(where_am_i))
-    assert {(cwd, env) for cwd, env, _ in graph.results.values()} == {
-        (str(tmp_path), "set after the pool started")
-    }
+    assert {(cwd, env) for cwd, env, _ in graph.results.values()} == {(str(tmp_path), "set after the pool started")}
     assert len({pid for _, _, pid in graph.results.values()}) == 2
     monkeypatch.delenv("TASKMAP_TEST_SETUP")
     graph = run(runner, spread_graph(where_am_i))
@@ -249,7 +243,8 @@ def test_a_task_changing_directory_does_not_move_later_tasks(runner, io, tmp_pat
     monkeypatch.chdir(tmp_path)
     names = ["move", "after"]
     graph = taskmap.create_graph(
-        {"move": move_away, "after": cpu_where}, {"move": [], "after": ["move"]},
+        {"move": move_away, "after": cpu_where},
+        {"move": [], "after": ["move"]},
         io_bound=names if io else [],
     )
     graph = runner(graph, ncores=1)
@@ -266,7 +261,8 @@ def test_a_reload_that_fails_in_the_worker_fails_that_modules_tasks(runner, user
     with open(path, "a") as f:
         f.write("\nraise RuntimeError('half-edited module')\n")
     graph = taskmap.create_graph(
-        {"stale": user_module.where, "other": where_am_i}, {"stale": [], "other": []},
+        {"stale": user_module.where, "other": where_am_i},
+        {"stale": [], "other": []},
         io_bound=["stale"],
     )
     graph = run(runner, graph)
@@ -277,9 +273,7 @@ def test_a_reload_that_fails_in_the_worker_fails_that_modules_tasks(runner, user
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
-def test_a_module_edited_without_reload_is_refused_where_a_worker_would_import_the_edit(
-    runner, user_module
-):
+def test_a_module_edited_without_reload_is_refused_where_a_worker_would_import_the_edit(runner, user_module):
     # the caller has v1 loaded; no worker has imported the module yet
     run(runner, spread_graph(where_am_i))
     os.utime(user_module.__file__, ns=(1, 1))  # (a known, different stat)

@@ -139,8 +139,9 @@ def test_a_task_that_ends_however_gives_its_units_back_once():
     n=st.integers(1, 12),
     limit=st.integers(1, 3),
     rate=st.one_of(st.none(), st.sampled_from([5.0, 20.0, 100.0])),
-    script=st.lists(st.tuples(st.sampled_from(["pop", "finish", "fail", "requeue", "tick"]), st.integers(0, 20)),
-                    max_size=80),
+    script=st.lists(
+        st.tuples(st.sampled_from(["pop", "finish", "fail", "requeue", "tick"]), st.integers(0, 20)), max_size=80
+    ),
     prio=st.dictionaries(st.integers(0, 11), st.integers(-3, 3)),
 )
 def test_random_event_sequences_keep_the_gate_true(n, limit, rate, script, prio):
@@ -244,8 +245,9 @@ def test_a_limit_holds_and_is_reached_on_every_runner(runner):
     names = [f"t{k}" for k in range(n)]
     free = [f"free{k}" for k in range(4)]
     funcs = {t: hold_async(0.08) for t in names} | {t: hold_async(0.08) for t in free}
-    graph = taskmap.create_graph(funcs, {t: [] for t in names + free}, io_bound=names + free,
-                                 uses={t: "api" for t in names})
+    graph = taskmap.create_graph(
+        funcs, {t: [] for t in names + free}, io_bound=names + free, uses={t: "api" for t in names}
+    )
     graph = RUNNERS[runner](graph, limits={"api": limit})
     used = max_overlap(spans(graph.results[t] for t in names))
     if runner == "run":
@@ -260,8 +262,9 @@ def test_a_limit_holds_and_is_reached_on_every_runner(runner):
 def test_rated_starts_are_spaced_on_every_runner(runner):
     rate, n = 20.0, 16
     names = [f"t{k}" for k in range(n)]
-    graph = taskmap.create_graph({t: hold_async(0.0) for t in names}, {t: [] for t in names},
-                                 io_bound=names, uses={t: "api" for t in names})
+    graph = taskmap.create_graph(
+        {t: hold_async(0.0) for t in names}, {t: [] for t in names}, io_bound=names, uses={t: "api" for t in names}
+    )
     graph = RUNNERS[runner](graph, rates={"api": rate})
     starts = sorted(s for s, _, _ in graph.results.values())
     # in any window of t seconds at most rate*t + 1 starts, give or take one
@@ -277,8 +280,12 @@ def test_rated_starts_are_spaced_on_every_runner(runner):
 @pytest.mark.parametrize("runner", list(RUNNERS))
 def test_priorities_order_starts_under_a_limit_of_one(runner):
     names = [f"t{k}" for k in range(6)]
-    graph = taskmap.create_graph({t: hold(0.02) for t in names}, {t: [] for t in names},
-                                 uses={t: "db" for t in names}, priority={"t4": 10, "t1": 5, "t5": -1})
+    graph = taskmap.create_graph(
+        {t: hold(0.02) for t in names},
+        {t: [] for t in names},
+        uses={t: "db" for t in names},
+        priority={"t4": 10, "t1": 5, "t5": -1},
+    )
     graph = RUNNERS[runner](graph, limits={"db": 1})
     order = [t for t, _ in sorted(graph.results.items(), key=lambda kv: kv[1][0])]
     assert order[:2] == ["t4", "t1"] and order[-1] == "t5"
@@ -322,8 +329,7 @@ def test_crashes_timeouts_and_retries_under_a_limit_leak_no_unit(runner, tmp_pat
     funcs["slow"] = too_slow
     every = [*names, "crash", "flaky", "slow"]
     graph = taskmap.create_graph(funcs, {t: [] for t in every}, uses={t: "db" for t in every})
-    graph = RUNNERS[runner](graph, limits={"db": 2}, retries={None: 1, "slow": 0},
-                            timeout={"slow": 0.3})
+    graph = RUNNERS[runner](graph, limits={"db": 2}, retries={None: 1, "slow": 0}, timeout={"slow": 0.3})
     assert isinstance(graph.results["slow"], taskmap.TaskTimeoutError)
     ok = [t for t in every if t != "slow"]
     for t in ok:
@@ -336,8 +342,7 @@ def test_crashes_timeouts_and_retries_under_a_limit_leak_no_unit(runner, tmp_pat
 
 def test_the_summary_shows_each_resources_peak_and_wait():
     names = [f"t{k}" for k in range(6)]
-    graph = taskmap.create_graph({t: hold(0.03) for t in names}, {t: [] for t in names},
-                                 uses={t: "api" for t in names})
+    graph = taskmap.create_graph({t: hold(0.03) for t in names}, {t: [] for t in names}, uses={t: "api" for t in names})
     graph = taskmap.run_parallel_async(graph, ncores=2, limits={"api": 1}, rates={"api": 100})
     summary = taskmap.summarize(graph)
     api = summary.resources["api"]
@@ -348,7 +353,7 @@ def test_the_summary_shows_each_resources_peak_and_wait():
     assert "resource" in text and "api" in text
 
 
-PIPELINE = '''
+PIPELINE = """
 import time
 
 def call(*_):
@@ -360,27 +365,47 @@ funcs = {f"t{k}": call for k in range(6)}
 dependencies = {t: [] for t in funcs}
 io_bound = list(funcs)
 uses = {t: "api" for t in funcs}
-'''
+"""
 
 
 def test_the_cli_takes_limits_and_rates(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "pipe.py").write_text(PIPELINE + '''
+    (tmp_path / "pipe.py").write_text(
+        PIPELINE
+        + """
 import taskmap
 graph = taskmap.create_graph(funcs, dependencies, io_bound=io_bound, uses=uses)
-''')
+"""
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "taskmap", "run", "pipe.py:graph", "--runner", "async",
-         "--limit", "api=2", "--rate", "api=50"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "taskmap",
+            "run",
+            "pipe.py:graph",
+            "--runner",
+            "async",
+            "--limit",
+            "api=2",
+            "--rate",
+            "api=50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert "api" in done.stdout and "peak" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "taskmap", "run", "pipe.py:graph", "--runner", "async", "--limit", "apj=2"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert bad.returncode == 2 and "'apj'" in bad.stderr
 
@@ -401,8 +426,9 @@ def test_the_progress_bar_counts_tasks_waiting_for_a_resource():
 
     names = [f"t{k}" for k in range(4)]
     bar = ProgressBar(file=_io.StringIO())
-    graph = taskmap.create_graph({t: hold(0.01) for t in names}, {t: [] for t in names},
-                                 io_bound=names, uses={t: "db" for t in names})
+    graph = taskmap.create_graph(
+        {t: hold(0.01) for t in names}, {t: [] for t in names}, io_bound=names, uses={t: "db" for t in names}
+    )
     taskmap.run_async(graph, limits={"db": 1}, observers=[Peek(), bar])
     assert seen[0] >= 1 and seen[-1] == 0  # the others waited behind the first
     assert "waiting=0" in bar.postfix()

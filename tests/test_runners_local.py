@@ -345,7 +345,14 @@ def test_wrong_argument_count_is_that_tasks_type_error(runner):
     async def one_arg_async(x):
         return x
 
-    deps = {"a": [], "takes_none": ["a"], "async_one": ["a", "a"], "io_none": ["a"], "child": ["takes_none"], "fine": ["a"]}
+    deps = {
+        "a": [],
+        "takes_none": ["a"],
+        "async_one": ["a", "a"],
+        "io_none": ["a"],
+        "child": ["takes_none"],
+        "fine": ["a"],
+    }
     funcs = {
         "a": a,
         "takes_none": lambda: 1,
@@ -516,9 +523,10 @@ def test_stderr_option_prints_the_original_lines(runner, log_name, capfd):
     lines = err.splitlines()
     pid = os.getpid()
     for task in ("a", "b", "bad"):
-        assert any(
-            line.endswith(f"{log_name}-worker - INFO - pid {pid}: starting task {task}") for line in lines
-        ), (task, err)
+        assert any(line.endswith(f"{log_name}-worker - INFO - pid {pid}: starting task {task}") for line in lines), (
+            task,
+            err,
+        )
     for task in ("a", "b"):
         assert any(line.endswith(f"{log_name}-worker - INFO - pid {pid}: finished task {task}") for line in lines)
     assert any(line.endswith(f"{log_name}-manager - INFO - pid {pid}: queueing task b") for line in lines)
@@ -768,7 +776,6 @@ def test_runners_agree_with_topological_evaluation(case):
         graph = taskmap.create_graph(funcs, deps, io_bound=io_bound)
         runner(graph)
         _check_against_reference(graph, deps, specs)
-
 
 
 # -- one definition of the runners' options (taskmap/options.py) -----------------

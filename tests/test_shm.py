@@ -292,7 +292,13 @@ def identity(a):
 
 
 def test_arguments_are_read_only_and_returning_them_copies_nothing():
-    funcs = {"t0": lambda: make(MiB), "w": writeable, "same": identity, "view": lambda a: a[::2], "sum": lambda a: float(a.sum())}
+    funcs = {
+        "t0": lambda: make(MiB),
+        "w": writeable,
+        "same": identity,
+        "view": lambda a: a[::2],
+        "sum": lambda a: float(a.sum()),
+    }
     deps = {"t0": [], "w": ["t0"], "same": ["t0"], "view": ["same"], "sum": ["view"]}
     graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
     assert graph.results["w"] is False

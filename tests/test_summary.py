@@ -26,6 +26,7 @@ def busy(seconds: float):
         while time.perf_counter() < end:
             pass
         return 1
+
     return task
 
 
@@ -34,10 +35,15 @@ def build() -> taskmap.Graph:
     failing `bad` and its skipped child are off it.  (Nothing else runs while
     the io task `fetch` does: in run_async an io task's end is noticed only
     when the loop is free of inline cpu tasks.)"""
-    funcs = {"slow": busy(0.05), "slower": busy(0.1), "fetch": busy(0.01), "quick": busy(0.01),
-             "bad": boom, "skipped": busy(0.01)}
-    deps = {"slow": [], "slower": ["slow"], "fetch": ["slower"], "quick": [], "bad": ["quick"],
-            "skipped": ["bad"]}
+    funcs = {
+        "slow": busy(0.05),
+        "slower": busy(0.1),
+        "fetch": busy(0.01),
+        "quick": busy(0.01),
+        "bad": boom,
+        "skipped": busy(0.01),
+    }
+    deps = {"slow": [], "slower": ["slow"], "fetch": ["slower"], "quick": [], "bad": ["quick"], "skipped": ["bad"]}
     return taskmap.create_graph(funcs, deps, io_bound=["fetch"])
 
 
@@ -136,8 +142,7 @@ def test_tasks_running_when_the_run_is_interrupted_are_listed():
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    graph = taskmap.create_graph({"a": busy(0), "b": interrupted, "c": busy(0)},
-                                 {"a": [], "b": ["a"], "c": ["b"]})
+    graph = taskmap.create_graph({"a": busy(0), "b": interrupted, "c": busy(0)}, {"a": [], "b": ["a"], "c": ["b"]})
     with pytest.raises(KeyboardInterrupt):
         taskmap.run(graph, summary=True)
     s = taskmap.summarize(graph)

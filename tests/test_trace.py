@@ -50,10 +50,17 @@ def build() -> taskmap.Graph:
     for k in range(1, 4):
         funcs[f"parse {k}"] = spin
         deps[f"parse {k}"] = [f"fetch {k}"]
-    funcs.update({"join": spin, "report": wait, "bad": boom, "after bad": spin, "later": spin,
-                  "solo": spin})
-    deps.update({"join": ["parse 1", "parse 2", "parse 3", 'say "hi"'], "report": ["join", "grün"],
-                 "bad": ["parse 1"], "after bad": ["bad"], "later": ["after bad"], "solo": []})
+    funcs.update({"join": spin, "report": wait, "bad": boom, "after bad": spin, "later": spin, "solo": spin})
+    deps.update(
+        {
+            "join": ["parse 1", "parse 2", "parse 3", 'say "hi"'],
+            "report": ["join", "grün"],
+            "bad": ["parse 1"],
+            "after bad": ["bad"],
+            "later": ["after bad"],
+            "solo": [],
+        }
+    )
     return taskmap.create_graph(funcs, deps, io_bound=IO_TASKS + ["report"])
 
 
@@ -66,11 +73,7 @@ def load(path) -> dict:
 def overlaps(slices: list[dict]) -> list[tuple[str, str]]:
     """Pairs of X events whose intervals overlap (beyond the jitter)."""
     slices = sorted(slices, key=lambda e: e["ts"])
-    return [
-        (a["name"], b["name"])
-        for a, b in itertools.pairwise(slices)
-        if b["ts"] < a["ts"] + a["dur"] - JITTER_US
-    ]
+    return [(a["name"], b["name"]) for a, b in itertools.pairwise(slices) if b["ts"] < a["ts"] + a["dur"] - JITTER_US]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -90,15 +93,19 @@ def test_trace_matches_the_format_and_the_run(tmp_path, runner):
             assert isinstance(e["ts"], (int, float)) and isinstance(e["dur"], (int, float))
             assert e["ts"] >= 0 and e["dur"] >= 0 and isinstance(e["args"], dict)
         elif e["ph"] == "M":
-            assert e["name"] in {"process_name", "thread_name", "process_sort_index",
-                                 "thread_sort_index"}
+            assert e["name"] in {"process_name", "thread_name", "process_sort_index", "thread_sort_index"}
         else:
             assert isinstance(e["ts"], (int, float)) and isinstance(e["args"], dict)
 
     # every task that ran is exactly one X event, with its status in args
-    status = {name: "failed" if isinstance(r, Exception) else
-              "skipped" if isinstance(r, str) and r.startswith("Ancestor task") else "done"
-              for name, r in graph.results.items()}
+    status = {
+        name: "failed"
+        if isinstance(r, Exception)
+        else "skipped"
+        if isinstance(r, str) and r.startswith("Ancestor task")
+        else "done"
+        for name, r in graph.results.items()
+    }
     assert status["bad"] == "failed" and status["later"] == "skipped"
     tasks = [e for e in events if e["ph"] == "X" and e["cat"] in ("io", "cpu")]
     names = [e["name"] for e in tasks]
@@ -179,8 +186,7 @@ def test_a_task_cut_off_by_an_interrupt_is_drawn_as_unfinished(tmp_path):
         raise KeyboardInterrupt
 
     path = tmp_path / "interrupted.json"
-    graph = taskmap.create_graph({"a": spin, "b": interrupted, "c": spin},
-                                 {"a": [], "b": ["a"], "c": ["b"]})
+    graph = taskmap.create_graph({"a": spin, "b": interrupted, "c": spin}, {"a": [], "b": ["a"], "c": ["b"]})
     with pytest.raises(KeyboardInterrupt):
         taskmap.run(graph, trace=path)
     doc = load(path)
@@ -214,9 +220,14 @@ def test_rows_are_coloured_greedily_and_cpu_overlap_spills_into_extra_rows():
     # row (free at 3); d reuses a's row.  cpu: x [0,2) y [1,3) overlap (a cpu
     # coroutine that awaits, in run_async) -> y goes to a second cpu row.
     ms = 1e-3
-    tasks = [_task("a", "io", 100 + 0 * ms, 100 + 4 * ms), _task("b", "io", 100 + 1 * ms, 100 + 3 * ms),
-             _task("c", "io", 100 + 3 * ms, 100 + 5 * ms), _task("d", "io", 100 + 4 * ms, 100 + 6 * ms),
-             _task("x", "cpu", 100 + 0 * ms, 100 + 2 * ms), _task("y", "cpu", 100 + 1 * ms, 100 + 3 * ms)]
+    tasks = [
+        _task("a", "io", 100 + 0 * ms, 100 + 4 * ms),
+        _task("b", "io", 100 + 1 * ms, 100 + 3 * ms),
+        _task("c", "io", 100 + 3 * ms, 100 + 5 * ms),
+        _task("d", "io", 100 + 4 * ms, 100 + 6 * ms),
+        _task("x", "cpu", 100 + 0 * ms, 100 + 2 * ms),
+        _task("y", "cpu", 100 + 1 * ms, 100 + 3 * ms),
+    ]
     events = trace_events(_record(tasks), "g")
     tid = {e["name"]: e["tid"] for e in events if e["ph"] == "X" and e["cat"] != "run"}
     rows = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}

@@ -41,9 +41,7 @@ def check_file(path: Path) -> None:
     except OSError as exc:
         raise CheckpointError(str(path), f"cannot read: {exc}") from exc
     if not header.startswith(_SQLITE_MAGIC) and not _SQLITE_MAGIC.startswith(header):
-        raise CheckpointError(
-            str(path), f"not an SQLite database (it starts with {header[:16]!r}); {HINT}"
-        )
+        raise CheckpointError(str(path), f"not an SQLite database (it starts with {header[:16]!r}); {HINT}")
     if len(header) < _HEADER_SIZE:
         raise CheckpointError(
             str(path), f"truncated: {size} bytes, shorter than an SQLite header ({_HEADER_SIZE}); {HINT}"

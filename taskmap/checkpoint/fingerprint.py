@@ -105,9 +105,7 @@ def task_fingerprints(
     is about twice as fast as a call per task."""
     blake2b = hashlib.blake2b
     return {
-        task: blake2b(
-            function_digests[task] + b"".join([keys[p] for p in parents]), digest_size=DIGEST_SIZE
-        ).digest()
+        task: blake2b(function_digests[task] + b"".join([keys[p] for p in parents]), digest_size=DIGEST_SIZE).digest()
         for task, parents in dependencies.items()
     }
 
@@ -333,9 +331,7 @@ class Fingerprinter:
                 h.update(b"R")
                 # (callable, args, state, list items, dict items, setter);
                 # the iterators of items are consumed into tuples
-                parts = list(reduced[:3]) + [
-                    tuple(part) if part is not None else None for part in reduced[3:5]
-                ]
+                parts = list(reduced[:3]) + [tuple(part) if part is not None else None for part in reduced[3:5]]
                 for part in parts:
                     self._value(part, h, active)
             else:
@@ -403,11 +399,7 @@ def _same_module_helpers(func: types.FunctionType) -> list[types.FunctionType]:
         space = f.__globals__
         for name in _global_names(f.__code__):
             g = _unwrap(space.get(name))
-            if (
-                isinstance(g, types.FunctionType)
-                and g.__module__ == module
-                and id(g) not in seen
-            ):
+            if isinstance(g, types.FunctionType) and g.__module__ == module and id(g) not in seen:
                 seen.add(id(g))
                 helpers.append(g)
                 stack.append(g)

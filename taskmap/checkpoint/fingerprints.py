@@ -42,9 +42,14 @@ class TaskFingerprints:
                 except Exception as exc:  # noqa: BLE001 - never stop a run over this
                     # a digest that matches nothing: the task reruns every time
                     digest = os.urandom(DIGEST_SIZE)
-                    log(graph.name, logging.WARNING,
-                         "checkpoint: cannot fingerprint the function of task %r (%s: %s); "
-                         "it will rerun every time", task, type(exc).__name__, exc)
+                    log(
+                        graph.name,
+                        logging.WARNING,
+                        "checkpoint: cannot fingerprint the function of task %r (%s: %s); it will rerun every time",
+                        task,
+                        type(exc).__name__,
+                        exc,
+                    )
                 by_id[id(func)] = digest
             function_of[task] = digest
         self._function_of = function_of
@@ -84,7 +89,5 @@ class TaskFingerprints:
         found = self.entries.get(task)
         if found is None:
             parent_keys = [self.key(p) for p in self.graph.dependencies[task]]
-            found = self.entries[task] = (
-                self.key(task), self._combine(self._function_of.get(task, b""), parent_keys)
-            )
+            found = self.entries[task] = (self.key(task), self._combine(self._function_of.get(task, b""), parent_keys))
         return found

@@ -87,9 +87,13 @@ class RunHold:
                         "cannot tell alive or dead; if it is gone, take its hold over "
                         "(open_checkpoint(path, take_over=True), or taskmap run --take-over)",
                     )
-                log(graph_name, logging.WARNING,
+                log(
+                    graph_name,
+                    logging.WARNING,
                     "checkpoint %s: taking over the hold of a run that ended without letting go: %s",
-                    self.store_path, describe(holder))
+                    self.store_path,
+                    describe(holder),
+                )
         except BaseException:
             os.close(fd)  # (and with it the lock, if we had it)
             raise

@@ -78,8 +78,7 @@ class CheckpointObserver(Observer):
                 )
             if error_text is not None:
                 status, payload = NOT_STORED, None
-                log(self.graph_name, logging.WARNING,
-                     "checkpoint: result of task %r %s", event.name, error_text)
+                log(self.graph_name, logging.WARNING, "checkpoint: result of task %r %s", event.name, error_text)
         elif status == FAILED:
             error = event.value
             error_text = _traceback_text(error)
@@ -92,8 +91,9 @@ class CheckpointObserver(Observer):
         name = event.name
         # (set with the writer: not None here)
         key, fp = self.entries.get(name) or cast("TaskFingerprints", self.fingerprints).entry(name)
-        writer.put((key, fp, status, payload, row_checksum(key, fp, status, payload),
-                    error_text, time.time(), event.attempts))
+        writer.put(
+            (key, fp, status, payload, row_checksum(key, fp, status, payload), error_text, time.time(), event.attempts)
+        )
 
     def run_finished(self, graph: Any, error: BaseException | None) -> None:
         self.writer = None
@@ -194,9 +194,13 @@ class Writer:
                 self.store._write(batch)
             except Exception as exc:  # noqa: BLE001 - reported by flush()
                 self.error = exc
-                log(self.graph_name, logging.ERROR,
-                     "checkpoint %s: recording outcomes failed, no more will be stored: %s",
-                     self.store.path, exc)
+                log(
+                    self.graph_name,
+                    logging.ERROR,
+                    "checkpoint %s: recording outcomes failed, no more will be stored: %s",
+                    self.store.path,
+                    exc,
+                )
             except BaseException:
                 # Ctrl-C while the coordinator commits: the transaction rolled
                 # back; the rows go back, for the flush at the end of the run

@@ -91,9 +91,7 @@ class CheckpointStore:
     one is recorded as not stored, like a result the codec cannot encode.
     """
 
-    def __init__(
-        self, path: str | os.PathLike, *, synchronous: str = "normal", take_over: bool = False
-    ) -> None:
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "normal", take_over: bool = False) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}")
         self.path = Path(os.fspath(path))
@@ -125,7 +123,10 @@ class CheckpointStore:
             # check_same_thread=False: the writer thread commits, under _lock;
             # cached_statements: an INSERT per batch size, 1-256 rows
             conn = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0,
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
                 cached_statements=512,
             )
         except sqlite3.Error as exc:
@@ -254,9 +255,7 @@ class CheckpointStore:
             # damaged is left as it was
             try:
                 owner = conn.execute("SELECT value FROM meta WHERE name = 'graph_name'").fetchone()
-                rows = conn.execute(
-                    "SELECT key, fingerprint, status, payload, checksum FROM tasks"
-                ).fetchall()
+                rows = conn.execute("SELECT key, fingerprint, status, payload, checksum FROM tasks").fetchall()
             except sqlite3.DatabaseError as exc:
                 raise self._error(f"damaged: cannot read its rows ({exc}); {HINT}") from exc
             plan = plan_restore(graph, rows, fingerprints)
@@ -267,8 +266,14 @@ class CheckpointStore:
             if renamed or plan.delete:
                 self._update(conn, str(graph.name) if renamed else None, plan.delete)
         if owner is not None and owner[0] != str(graph.name):
-            log(graph.name, logging.INFO,
-                 "checkpoint %s: last used by graph %r, now by graph %r", self.path, owner[0], graph.name)
+            log(
+                graph.name,
+                logging.INFO,
+                "checkpoint %s: last used by graph %r, now by graph %r",
+                self.path,
+                owner[0],
+                graph.name,
+            )
         done, results = graph.done, graph.results
         if plan.report.rerun:
             done.remove_many(set(plan.report.rerun))
@@ -279,13 +284,22 @@ class CheckpointStore:
             done.append(task)
         self._fingerprints = fingerprints
         self.last_restore = plan.report
-        log(graph.name, logging.INFO,
-             "checkpoint %s: %d results restored, %d tasks to rerun",
-             self.path, len(plan.report.restored), len(plan.report.rerun))
+        log(
+            graph.name,
+            logging.INFO,
+            "checkpoint %s: %d results restored, %d tasks to rerun",
+            self.path,
+            len(plan.report.restored),
+            len(plan.report.rerun),
+        )
         if plan.report.damaged:
-            log(graph.name, logging.WARNING,
-                 "checkpoint %s: unusable rows, rerunning these tasks: %s",
-                 self.path, plan.report.damaged)
+            log(
+                graph.name,
+                logging.WARNING,
+                "checkpoint %s: unusable rows, rerunning these tasks: %s",
+                self.path,
+                plan.report.damaged,
+            )
         return plan.report
 
     def _update(self, conn: sqlite3.Connection, owner: str | None, delete: list[bytes]) -> None:
@@ -345,7 +359,7 @@ class CheckpointStore:
             for size in self._chunk_sizes:
                 sql = insert_sql(size)
                 while n - i >= size:
-                    conn.execute(sql, list(chain.from_iterable(rows[i:i + size])))
+                    conn.execute(sql, list(chain.from_iterable(rows[i : i + size])))
                     i += size
             conn.execute("COMMIT")
         except BaseException:
@@ -429,8 +443,7 @@ class CheckpointStore:
     def entry(self, task: Any) -> StoredEntry | None:
         """What the store holds for ``task``, or None."""
         rows = self._query(
-            "SELECT status, fingerprint, finished, attempts, error, payload IS NOT NULL "
-            "FROM tasks WHERE key = ?",
+            "SELECT status, fingerprint, finished, attempts, error, payload IS NOT NULL FROM tasks WHERE key = ?",
             (encode_key(task),),
         )
         if not rows:

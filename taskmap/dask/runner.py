@@ -116,7 +116,6 @@ __all__ = ["DaskWorkerCrashedError", "run_dask"]
 CPU_RESOURCE = "taskmap-cpu"
 
 
-
 # -- errors ---------------------------------------------------------------------
 
 
@@ -229,9 +228,7 @@ def run_dask(
     return graph
 
 
-def _check_options(
-    graph: Graph, client: Any, address: str | None, ncores: int | None, gather: Any
-) -> None:
+def _check_options(graph: Graph, client: Any, address: str | None, ncores: int | None, gather: Any) -> None:
     if client is not None and address is not None:
         raise ValueError("pass client= or address=, not both")
     if ncores is not None and (client is not None or address is not None):
@@ -245,8 +242,7 @@ def _check_options(
         raise ValueError(f"gather names tasks that are not in the graph: {unknown[:10]!r}")
     if client is None:
         raise ValueError(
-            "results left on the cluster (gather= other than True) need a client that "
-            "outlives the run: pass client="
+            "results left on the cluster (gather= other than True) need a client that outlives the run: pass client="
         )
     if graph.checkpoint is not None:
         raise ValueError("a checkpoint store records every result: use gather=True")
@@ -268,19 +264,25 @@ def _connect(client: Client | None, address: str | None, ncores: int | None) -> 
             yield own
         return
     n = ncores or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=n, processes=True, host="127.0.0.1",
-        # one cpu slot per worker, and a second thread through which io
-        # tasks start (each leaves the pool at once: see CPU_RESOURCE)
-        threads_per_worker=2, resources={CPU_RESOURCE: 1},
-        dashboard_address=None,
-        # the scheduler's HTTP endpoints (health, metrics) on a free loopback
-        # port: its default, 8787, warns when another cluster holds it
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        # taskmap prints nothing unless asked: a task's failure is in the
-        # graph, not in a "Compute Failed" log line on stderr
-        silence_logs=logging.CRITICAL,
-    ) as cluster, Client(cluster) as own:
+    with (
+        LocalCluster(
+            n_workers=n,
+            processes=True,
+            host="127.0.0.1",
+            # one cpu slot per worker, and a second thread through which io
+            # tasks start (each leaves the pool at once: see CPU_RESOURCE)
+            threads_per_worker=2,
+            resources={CPU_RESOURCE: 1},
+            dashboard_address=None,
+            # the scheduler's HTTP endpoints (health, metrics) on a free loopback
+            # port: its default, 8787, warns when another cluster holds it
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            # taskmap prints nothing unless asked: a task's failure is in the
+            # graph, not in a "Compute Failed" log line on stderr
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as own,
+    ):
         try:
             yield own
         finally:
@@ -305,8 +307,14 @@ class _DaskRun:
     """One run of a graph on a Dask client (see the module docstring)."""
 
     def __init__(
-        self, graph: Graph, client: Client, raise_errors: bool, limits: TaskLimits,
-        observers: Observers, wanted: set | None, unit_limits: dict[str, int] | None = None,
+        self,
+        graph: Graph,
+        client: Client,
+        raise_errors: bool,
+        limits: TaskLimits,
+        observers: Observers,
+        wanted: set | None,
+        unit_limits: dict[str, int] | None = None,
         rates: dict[str, float] | None = None,
     ) -> None:
         state = state_for(graph)
@@ -363,9 +371,7 @@ class _DaskRun:
         # the current future of each task of the run; a finished task's stays
         # while a child that might be submitted again (a retry) still needs it
         self.live: dict[int, Future] = {}
-        self.unfinished_children = [
-            sum(1 for c in state.children[i] if self.in_run[c]) for i in range(n)
-        ]
+        self.unfinished_children = [sum(1 for c in state.children[i] if self.in_run[c]) for i in range(n)]
         self.given: dict[int, Any] = {}  # futures of the results of tasks done before the run
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # (task, future) as Dask finishes them
         self.early: dict[int, Future] = {}  # finished before the state let them start
@@ -505,8 +511,11 @@ class _DaskRun:
         module = function_module(func)
         version = self.code_versions.get(module) if module else None
         call = TaskCall(
-            repr(name), func, bool(self.state.is_io[i]),
-            self.limits.timeout[i], self.wanted is None or name in self.wanted,
+            repr(name),
+            func,
+            bool(self.state.is_io[i]),
+            self.limits.timeout[i],
+            self.wanted is None or name in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
             self.leases.get(name, ()),
             self.rate_slots.get(name, ()),
@@ -516,7 +525,12 @@ class _DaskRun:
         needs = {CPU_RESOURCE: 1} if self.cpu_resource and not call.io else None
         try:
             future = self.client.submit(
-                run_task, call, *args, key=key, pure=False, priority=self.dask_priority[i],
+                run_task,
+                call,
+                *args,
+                key=key,
+                pure=False,
+                priority=self.dask_priority[i],
                 resources=needs,
             )
         except Exception as error:  # the function (or the name) cannot be pickled
@@ -631,7 +645,9 @@ class _DaskRun:
                 values[i] = future.result()
             except Exception as error:  # noqa: BLE001 - the result's own failure
                 failure = SerializationError(
-                    self.names[i], "result", self.value_type(future),
+                    self.names[i],
+                    "result",
+                    self.value_type(future),
                     f"it could not be brought to the caller: {_brief(error)}",
                 )
                 failure.__cause__ = error
@@ -659,8 +675,12 @@ class _DaskRun:
         self.release_futures(i)
 
     def failed(
-        self, i: int, error: BaseException, pid: int | None = None,
-        start: float | None = None, end: float | None = None,
+        self,
+        i: int,
+        error: BaseException,
+        pid: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> None:
         self.running.discard(i)
         self.live.pop(i, None)

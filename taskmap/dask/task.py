@@ -37,8 +37,16 @@ class TaskFailure(Exception):
     time limit, and the worker's pid and wall-clock start/end."""
 
     def __init__(
-        self, task: str, blob: bytes | None, type_name: str, message: str,
-        traceback_text: str, timed_out: bool, pid: int, start: float, end: float,
+        self,
+        task: str,
+        blob: bytes | None,
+        type_name: str,
+        message: str,
+        traceback_text: str,
+        timed_out: bool,
+        pid: int,
+        start: float,
+        end: float,
     ) -> None:
         super().__init__(task, type_name, message[:_SHORT_MESSAGE])
         self.task = task
@@ -50,10 +58,20 @@ class TaskFailure(Exception):
         self.pid, self.start, self.end = pid, start, end
 
     def __reduce__(self):
-        return (type(self), (
-            self.task, self.blob, self.type_name, self.message, self.traceback_text,
-            self.timed_out, self.pid, self.start, self.end,
-        ))
+        return (
+            type(self),
+            (
+                self.task,
+                self.blob,
+                self.type_name,
+                self.message,
+                self.traceback_text,
+                self.timed_out,
+                self.pid,
+                self.start,
+                self.end,
+            ),
+        )
 
     def __str__(self) -> str:
         what = "ran past its time limit" if self.timed_out else "failed"
@@ -293,9 +311,7 @@ class _IoLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="taskmap-io-loop", daemon=True
-        )
+        self.thread = threading.Thread(target=self.loop.run_forever, name="taskmap-io-loop", daemon=True)
         self.thread.start()
 
     def run(self, awaitable: Any, limit: float | None) -> Any:

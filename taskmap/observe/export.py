@@ -47,9 +47,7 @@ def dot_quote(text: object) -> str:
     return f'"{s}"'
 
 
-def to_dot(
-    graph: Graph, *, rankdir: str = "LR", legend: bool = True, status: Mapping | None = None
-) -> str:
+def to_dot(graph: Graph, *, rankdir: str = "LR", legend: bool = True, status: Mapping | None = None) -> str:
     """The graph in Graphviz DOT, coloured by status, shaped by lane.
 
     ``rankdir``: DOT's layout direction (``LR`` left to right, ``TB`` top
@@ -82,19 +80,16 @@ def to_dot(
         for parent in parents:
             lines.append(f"  {ids[parent]} -> {ids[task]};")
     if legend:
-        lines.append('  subgraph cluster_legend {')
+        lines.append("  subgraph cluster_legend {")
         lines.append('    label="legend"; fontsize=10; color="#bbbbbb";')
         for st in STATUSES:
             fill, border = COLOURS[st]
             key = st.replace(" ", "_")
             dashed = ', style="filled,dashed"' if st == NOT_RUN else ""
             lines.append(
-                f'    legend_{key} [label="{st}", shape=box, fillcolor="{fill}", '
-                f'color="{border}", fontsize=9{dashed}];'
+                f'    legend_{key} [label="{st}", shape=box, fillcolor="{fill}", color="{border}", fontsize=9{dashed}];'
             )
-        lines.append(
-            '    legend_io [label="io-bound", shape=parallelogram, fillcolor="#eeeeee", fontsize=9];'
-        )
+        lines.append('    legend_io [label="io-bound", shape=parallelogram, fillcolor="#eeeeee", fontsize=9];')
         lines.append('    legend_cpu [label="cpu-bound", shape=box, fillcolor="#eeeeee", fontsize=9];')
         # invisible edges line the legend up along the layout direction
         keys = [f"legend_{st.replace(' ', '_')}" for st in STATUSES] + ["legend_io", "legend_cpu"]

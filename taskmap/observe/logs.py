@@ -87,9 +87,7 @@ class RunLog:
 
     def failed(self, task, error: BaseException, pid: int | None = None) -> None:
         if self.errors_on:
-            self.worker.error(
-                "pid %s: failed task %s", pid or self.pid, task, exc_info=error
-            )
+            self.worker.error("pid %s: failed task %s", pid or self.pid, task, exc_info=error)
 
     def skipped(self, task, children: Iterable) -> None:
         if self.worker_on:

@@ -107,10 +107,7 @@ class ProgressBar(Observer):
 
     def postfix(self, stopped: BaseException | None = None) -> str:
         """The counts shown after the bar."""
-        text = (
-            f"done={self.done} failed={self.failed} skipped={self.skipped} "
-            f"running={len(self.running)}"
-        )
+        text = f"done={self.done} failed={self.failed} skipped={self.skipped} running={len(self.running)}"
         if self.waiting is not None:
             text += f" waiting={self.waiting()}"  # (for a unit or a rate slot)
         if stopped is not None:

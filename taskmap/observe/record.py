@@ -136,20 +136,21 @@ class RunRecorder(Observer):
         value = event.value
         handed = self.handed.pop(event.name, None)
         # positional: a keyword call of the dataclass costs 4x as much
-        self.tasks.append(TaskRecord(
-            event.name,
-            event.status,
-            event.lane,
-            event.worker,
-            event.start,
-            event.end,
-            None if handed is None else handed[0],  # handed
-            time.monotonic(),  # received
-            event.attempts,
-            describe_error(value) if event.status == FAILED
-            and isinstance(value, BaseException) else None,  # error
-            event.failed_ancestor,
-        ))
+        self.tasks.append(
+            TaskRecord(
+                event.name,
+                event.status,
+                event.lane,
+                event.worker,
+                event.start,
+                event.end,
+                None if handed is None else handed[0],  # handed
+                time.monotonic(),  # received
+                event.attempts,
+                describe_error(value) if event.status == FAILED and isinstance(value, BaseException) else None,  # error
+                event.failed_ancestor,
+            )
+        )
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         record = self.record

@@ -49,4 +49,3 @@ def task_status(graph: Graph, task: Hashable) -> str:
 def statuses(graph: Graph) -> dict:
     """Every task of the graph -> its status, in graph order."""
     return {task: task_status(graph, task) for task in graph.dependencies}
-

@@ -166,8 +166,7 @@ def _task_times(
     """Per-task times of the run, busy time per worker, the detail level and
     how many tasks needed more than one attempt."""
     if record.tasks is not None:
-        return (*_from_records(record.tasks), PER_TASK,
-                sum(1 for t in record.tasks if t.attempts > 1))
+        return (*_from_records(record.tasks), PER_TASK, sum(1 for t in record.tasks if t.attempts > 1))
     # (a record pickled before the flag existed has none: counts only)
     if not getattr(record, "measures_durations", False):
         return [], [], COUNTS_ONLY, None
@@ -176,7 +175,7 @@ def _task_times(
     # fresh measurement)
     io = set(graph.io_bound)
     durations = graph.durations
-    ran = graph.done[record.done_before:]
+    ran = graph.done[record.done_before :]
     times = [
         TaskTime(name, durations[name], IO if name in io else CPU, DONE)
         for name in ran
@@ -247,7 +246,7 @@ def _seconds(x: float | None) -> str:
 def _chain_text(chain: list, limit: int = 12, sep: str = " -> ") -> str:
     names = [str(n) for n in chain]
     if len(names) > limit:
-        names = [*names[:limit // 2], f"... {len(names) - limit} more ...", *names[-limit // 2:]]
+        names = [*names[: limit // 2], f"... {len(names) - limit} more ...", *names[-limit // 2 :]]
     return sep.join(names)
 
 
@@ -255,8 +254,7 @@ def format_summary(s: Summary) -> str:
     """The table ``str(summary)`` prints."""
     where = f"{s.runner}, {s.ncores} {'worker' if s.ncores == 1 else 'workers'}" if s.runner else "not run"
     c = s.counts
-    tasks = (f"{c[DONE]} done, {c[FAILED]} failed, {c[SKIPPED]} skipped, "
-             f"{c[NOT_RUN]} not run")
+    tasks = f"{c[DONE]} done, {c[FAILED]} failed, {c[SKIPPED]} skipped, {c[NOT_RUN]} not run"
     extra = []
     if s.finished is not None:
         extra.append(f"{s.finished} finished in this run")
@@ -268,8 +266,11 @@ def format_summary(s: Summary) -> str:
         f"taskmap summary: {s.graph} ({where})",
         f"  tasks          {tasks}",
         f"  wall time      {_seconds(s.wall)}"
-        + (f" (the first task started at {_seconds(s.first_start)})"
-           if s.first_start is not None and s.wall and s.first_start > 0.1 * s.wall else ""),
+        + (
+            f" (the first task started at {_seconds(s.first_start)})"
+            if s.first_start is not None and s.wall and s.first_start > 0.1 * s.wall
+            else ""
+        ),
     ]
     if s.error:
         rows.append(f"  run stopped by {s.error}")
@@ -286,15 +287,18 @@ def format_summary(s: Summary) -> str:
         if s.runner:
             rows.append("  task times     not recorded (run with summary=True to record them)")
         return "\n".join(rows) + "\n"
-    rows.append(f"  task time      cpu {_seconds(s.cpu_seconds)}, io {_seconds(s.io_seconds)} "
-                "(summed over tasks)")
+    rows.append(f"  task time      cpu {_seconds(s.cpu_seconds)}, io {_seconds(s.io_seconds)} (summed over tasks)")
     if s.utilisation is not None:
-        rows.append(f"  core use       {s.utilisation:.0%} of {s.ncores} "
-                    f"{'core' if s.ncores == 1 else 'cores'} (cpu task time / (wall time x cores))")
+        rows.append(
+            f"  core use       {s.utilisation:.0%} of {s.ncores} "
+            f"{'core' if s.ncores == 1 else 'cores'} (cpu task time / (wall time x cores))"
+        )
     if s.critical_path:
         n = len(s.critical_path)
-        rows.append(f"  critical path  {_seconds(s.critical_path_seconds)}, "
-                    f"{n} {'task' if n == 1 else 'tasks'}: {_chain_text(s.critical_path)}")
+        rows.append(
+            f"  critical path  {_seconds(s.critical_path_seconds)}, "
+            f"{n} {'task' if n == 1 else 'tasks'}: {_chain_text(s.critical_path)}"
+        )
     if s.workers:
         rows += ["", f"  {'worker':<10} {'cpu s':>8} {'io s':>8} {'tasks':>6} {'cpu busy':>9}"]
         for w in s.workers:

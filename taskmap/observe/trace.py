@@ -107,10 +107,7 @@ def write_trace(graph: Graph, path: str | os.PathLike[str]) -> None:
     """
     record = graph.last_run
     if not isinstance(record, RunRecord) or record.tasks is None:
-        raise ValueError(
-            "the last run of this graph was not recorded per task; "
-            "run it with trace=PATH or summary=True"
-        )
+        raise ValueError("the last run of this graph was not recorded per task; run it with trace=PATH or summary=True")
     document = {
         "traceEvents": trace_events(record, str(graph.name)),
         "displayTimeUnit": "ms",
@@ -234,17 +231,22 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
         events.append(event)
 
     # -- the coordinator's scheduler row -----------------------------------
-    end = record.ended if record.ended is not None else max(
-        (t.received for t in tasks), default=t0
-    )
+    end = record.ended if record.ended is not None else max((t.received for t in tasks), default=t0)
     run_args: dict[str, Any] = {"runner": record.runner, "ncores": record.ncores, "tasks": len(tasks)}
     if record.error is not None:
         run_args["error"] = record.error
-    events.append({
-        "name": f"run {graph_name}", "cat": "run", "ph": "X", "ts": 0.0,
-        "dur": round((end - t0) * 1e6, 3), "pid": coordinator, "tid": scheduler_tid,
-        "args": run_args,
-    })
+    events.append(
+        {
+            "name": f"run {graph_name}",
+            "cat": "run",
+            "ph": "X",
+            "ts": 0.0,
+            "dur": round((end - t0) * 1e6, 3),
+            "pid": coordinator,
+            "tid": scheduler_tid,
+            "args": run_args,
+        }
+    )
     ran_ids = {id(t) for t in ran}
     for rec in tasks:
         if id(rec) in ran_ids:
@@ -256,10 +258,18 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
             args["failed_ancestor"] = str(rec.failed_ancestor)
         if rec.error is not None:
             args["error"] = rec.error
-        events.append({
-            "name": f"{rec.status} {rec.name}", "cat": rec.status, "ph": "i", "s": "t",
-            "ts": us(rec.received), "pid": coordinator, "tid": scheduler_tid, "args": args,
-        })
+        events.append(
+            {
+                "name": f"{rec.status} {rec.name}",
+                "cat": rec.status,
+                "ph": "i",
+                "s": "t",
+                "ts": us(rec.received),
+                "pid": coordinator,
+                "tid": scheduler_tid,
+                "args": args,
+            }
+        )
     events.extend(_counter_events(tasks, record.unfinished or [], coordinator, scheduler_tid, us))
     return events
 
@@ -303,8 +313,14 @@ def _counter_events(
     for when, d_flight, d_done in changes:
         in_flight += d_flight
         finished += d_done
-        sample = {"name": "tasks", "ph": "C", "ts": us(when), "pid": pid, "tid": tid,
-                  "args": {"in flight": in_flight, "finished": finished}}
+        sample = {
+            "name": "tasks",
+            "ph": "C",
+            "ts": us(when),
+            "pid": pid,
+            "tid": tid,
+            "args": {"in flight": in_flight, "finished": finished},
+        }
         if out and out[-1]["ts"] == sample["ts"]:
             out[-1] = sample  # same instant: keep the last value
         else:

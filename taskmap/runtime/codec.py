@@ -225,10 +225,7 @@ def _encode_error(obj: Any, exc: BaseException) -> CodecError:
     except Exception:  # noqa: BLE001 - the message is best effort
         pass
     where = "" if culprit is obj else f" (inside a value of type {_type_name(obj)!r})"
-    return CodecError(
-        f"cannot serialise value of type {_type_name(culprit)!r}{where}: "
-        f"{_exc_text(exc)}"
-    )
+    return CodecError(f"cannot serialise value of type {_type_name(culprit)!r}{where}: {_exc_text(exc)}")
 
 
 # -- encoding -------------------------------------------------------------
@@ -457,9 +454,7 @@ def _ext_hook(code: int, data: bytes, writable: bool = False) -> Any:
         try:
             return _loads(data)
         except Exception as exc:
-            raise DecodeError(
-                f"cannot unpickle a value ({len(data)} bytes): {_exc_text(exc)}"
-            ) from exc
+            raise DecodeError(f"cannot unpickle a value ({len(data)} bytes): {_exc_text(exc)}") from exc
     if code == EXT_SHM:
         return _load_out_of_band(data, writable)
     if code == EXT_HANDED_OVER:
@@ -494,9 +489,7 @@ def _load_out_of_band(data: bytes, writable: bool) -> Any:
         del mapped
         return _loads(pickled, buffers=buffers)
     except Exception as exc:
-        raise DecodeError(
-            f"cannot load a value from shared memory: {_exc_text(exc)}"
-        ) from exc
+        raise DecodeError(f"cannot load a value from shared memory: {_exc_text(exc)}") from exc
 
 
 def _ext_code(data: bytes | bytearray | memoryview) -> int | None:
@@ -587,8 +580,7 @@ class FunctionPickler:
         except Exception as exc:
             name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
             raise CodecError(
-                f"cannot serialise function {name!r} of type {_type_name(func)!r}: "
-                f"{_exc_text(exc)}"
+                f"cannot serialise function {name!r} of type {_type_name(func)!r}: {_exc_text(exc)}"
             ) from exc
         finally:
             pickler.clear_memo()
@@ -606,17 +598,13 @@ def loads_function(data: bytes | bytearray | memoryview) -> Callable[..., Any]:
     try:
         func = _loads(data)
     except Exception as exc:
-        raise DecodeError(
-            f"cannot load function from {_describe(data)}: {_exc_text(exc)}"
-        ) from exc
+        raise DecodeError(f"cannot load function from {_describe(data)}: {_exc_text(exc)}") from exc
     if not callable(func):
         raise DecodeError(f"the loaded object, of type {_type_name(func)!r}, is not callable")
     return func
 
 
-def decode_exception(
-    blob: bytes | None, type_name: str, message: str, traceback_text: str
-) -> BaseException:
+def decode_exception(blob: bytes | None, type_name: str, message: str, traceback_text: str) -> BaseException:
     """An exception raised in another process, rebuilt here.
 
     ``blob`` is the exception as :func:`encode` wrote it (None when it did not

@@ -116,8 +116,16 @@ def run_graph(
         # ~0.2 s) while the coordinator pickles the functions and prepares
         pool.resize(ncores)
         Coordinator(
-            graph, state, pool, ncores, raise_errors, limits, observers, runner,
-            shm_threshold if pool.shm_prefix is not None else None, gather,
+            graph,
+            state,
+            pool,
+            ncores,
+            raise_errors,
+            limits,
+            observers,
+            runner,
+            shm_threshold if pool.shm_prefix is not None else None,
+            gather,
         ).run()
     return graph
 
@@ -172,9 +180,16 @@ class Coordinator:
         self.func_of = self.functions.func_of
         keep = None if gather is None else {state.index[name] for name in gather}
         self.ledger = Ledger(
-            state, limits, self.func_of, CodecValues(graph, state, limits), graph.durations,
-            keep, shm=shm_threshold is not None, stop_on_failure=raise_errors,
-            validating=bool(os.environ.get("TASKMAP_VALIDATE")), code_of=self.functions.code_of,
+            state,
+            limits,
+            self.func_of,
+            CodecValues(graph, state, limits),
+            graph.durations,
+            keep,
+            shm=shm_threshold is not None,
+            stop_on_failure=raise_errors,
+            validating=bool(os.environ.get("TASKMAP_VALIDATE")),
+            code_of=self.functions.code_of,
         )
         self.book.attempts = self.ledger.attempts
         # armed timers (cpu time limits, delayed retries): (when, seq, kind,

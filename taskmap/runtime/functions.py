@@ -50,8 +50,10 @@ try:  # whether cloudpickle would pickle a function by reference (honours
     # cloudpickle.register_pickle_by_value)
     from cloudpickle.cloudpickle import _should_pickle_by_reference
 except ImportError:  # pragma: no cover - another cloudpickle: by name when importable
+
     def _should_pickle_by_reference(obj: Any, name: str | None = None) -> bool:
         return True
+
 
 REF, PARTIAL, CLOSURE = 0, 1, 2
 
@@ -354,7 +356,9 @@ class FunctionTable:
         cells = codec.decode(entry[2])
         defaults = codec.decode(entry[3])
         made = types.FunctionType(
-            func.__code__, func.__globals__, func.__name__,
+            func.__code__,
+            func.__globals__,
+            func.__name__,
             tuple(defaults) if defaults else None,
             tuple(types.CellType(v) for v in cells),
         )

@@ -78,8 +78,9 @@ SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES, SUBMIT_DROP
 RESULTS_OUTCOMES = 1
 
 # Submission
-(SUB_TASK, SUB_FUNC, SUB_IO, SUB_ARGS, SUB_AFTER, SUB_SLOTS, SUB_TIMEOUT,
- SUB_RELEASE, SUB_DIRECT, SUB_FIRST) = range(10)
+(SUB_TASK, SUB_FUNC, SUB_IO, SUB_ARGS, SUB_AFTER, SUB_SLOTS, SUB_TIMEOUT, SUB_RELEASE, SUB_DIRECT, SUB_FIRST) = range(
+    10
+)
 # Outcome (OUT_TYPE is optional: present only for a pickled result)
 OUT_TASK, OUT_OK, OUT_PAYLOAD, OUT_START, OUT_END, OUT_TYPE = range(6)
 # Failure
@@ -121,13 +122,19 @@ def pack_hello(pid: int) -> bytes:
 
 
 def pack_submit(
-    run_id: int, funcs: dict[int, list[Any]], submissions: list[list[Any]],
-    shm_threshold: int | None = None, codes: dict[int, list[Any]] | None = None,
+    run_id: int,
+    funcs: dict[int, list[Any]],
+    submissions: list[list[Any]],
+    shm_threshold: int | None = None,
+    codes: dict[int, list[Any]] | None = None,
     drop: list[bytes] | None = None,
 ) -> bytes:
-    return cast(bytes, msgpack.packb(
-        (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}, drop or []), use_bin_type=True
-    ))
+    return cast(
+        bytes,
+        msgpack.packb(
+            (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}, drop or []), use_bin_type=True
+        ),
+    )
 
 
 def pack_results(outcomes: list[list[Any]]) -> bytes:

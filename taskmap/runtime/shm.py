@@ -389,8 +389,7 @@ def attach(name: str, writable: bool = False) -> Attached:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"shared memory segment {name!r} is gone: its run ended or its last "
-            "reader already released it"
+            f"shared memory segment {name!r} is gone: its run ended or its last reader already released it"
         ) from None
     try:
         size = os.fstat(fd).st_size

@@ -67,8 +67,11 @@ class CodecValues:
     def unreadable(self, i: int, outcome: list, error: Exception) -> BaseException:
         failure = SerializationError(
             # the worker names the type of every pickled result
-            self.names[i], "result", outcome[OUT_TYPE] if len(outcome) > OUT_TYPE else None,
-            str(error), "deserialised in the coordinator",
+            self.names[i],
+            "result",
+            outcome[OUT_TYPE] if len(outcome) > OUT_TYPE else None,
+            str(error),
+            "deserialised in the coordinator",
         )
         failure.__cause__ = error
         return failure

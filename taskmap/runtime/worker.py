@@ -339,9 +339,11 @@ class Worker:
             raise _StageError(Stage.FUNCTION, error)
         encoded_args = sub[SUB_ARGS]
         parent_encoded = parent_value[1] if parent_value is not None else None
-        release = [
-            name for k in sub[SUB_RELEASE] for name in codec.segment_names(encoded_args[k])
-        ] if sub[SUB_RELEASE] else []
+        release = (
+            [name for k in sub[SUB_RELEASE] for name in codec.segment_names(encoded_args[k])]
+            if sub[SUB_RELEASE]
+            else []
+        )
         args = []
         for k, blob in enumerate(encoded_args):
             try:

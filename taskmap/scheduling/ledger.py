@@ -496,11 +496,7 @@ class Ledger:
                 if self._fail(i, values.error(i, payload), pid, start, end, out) and self.stop_on_failure:
                     return
                 continue
-            segs = (
-                codec.segment_names(payload)
-                if shm_on and payload and payload[0] in codec.EXT_HEADS
-                else ()
-            )
+            segs = codec.segment_names(payload) if shm_on and payload and payload[0] in codec.EXT_HEADS else ()
             for segment in segs:
                 segments.users.setdefault(segment, []).append(i)
             try:
@@ -530,8 +526,14 @@ class Ledger:
             out.append(Succeeded(rows))
 
     def _fail(
-        self, i: int, error: BaseException, pid: int | None, start: float | None,
-        end: float | None, out: list[Instruction], retry: bool = True,
+        self,
+        i: int,
+        error: BaseException,
+        pid: int | None,
+        start: float | None,
+        end: float | None,
+        out: list[Instruction],
+        retry: bool = True,
     ) -> bool:
         """Task i failed; tasks pinned behind it wait again first, so that
         the failure skips them like any other descendant.  Another attempt
@@ -670,8 +672,7 @@ class Ledger:
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 raise TaskmapError(
-                    f"worker processes die while starting (last exit code {ev.exitcode}); "
-                    "see their stderr"
+                    f"worker processes die while starting (last exit code {ev.exitcode}); see their stderr"
                 )
         out.append(StartWorker())
         state, attempts, retries = self.state, self.attempts, self.limits.retries
@@ -813,8 +814,13 @@ class Dispatcher:
         return None
 
     def _assign(
-        self, held: Held, i: int, io: bool, batches: dict[Worker, list[list[Any]]],
-        out: list[Instruction], first: bool = False,
+        self,
+        held: Held,
+        i: int,
+        io: bool,
+        batches: dict[Worker, list[list[Any]]],
+        out: list[Instruction],
+        first: bool = False,
     ) -> None:
         state, segments, encoded = self.state, self.segments, self.encoded
         args: list[bytes] = []
@@ -892,12 +898,7 @@ class Dispatcher:
                     if segments.users and segments.may_release(best, blob):
                         release.append(len(args))
                     args.append(blob)
-            if (
-                self.shm
-                and len(children[parent]) == 1
-                and not segments.keeps(parent)
-                and limits.retries[best] == 0
-            ):
+            if self.shm and len(children[parent]) == 1 and not segments.keeps(parent) and limits.retries[best] == 0:
                 # only best reads parent's value: a big one is handed over in
                 # the worker, never copied (batch[-1] is parent's submission)
                 batch[-1][SUB_DIRECT] = True
@@ -1022,4 +1023,3 @@ def _least_cpu_loaded(ready: list[Held]) -> tuple[Held, int]:
         if k < n:
             best, n = held, k
     return best, n
-

@@ -68,8 +68,7 @@ def check_limits_and_rates(
         unknown = sorted(str(n) for n in spec if n not in used)
         if unknown:
             raise ValueError(
-                f"{what} names resources no task uses: {unknown[:10]!r} "
-                f"(resources used: {sorted(used)[:10]!r})"
+                f"{what} names resources no task uses: {unknown[:10]!r} (resources used: {sorted(used)[:10]!r})"
             )
     for name, n in limits.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -83,8 +82,7 @@ def check_limits_and_rates(
             need = names.count(name)
             if name in limits and need > limits[name]:
                 raise ValueError(
-                    f"task {task!r} uses {need} units of {name!r} but its limit is {limits[name]}: "
-                    "it could never start"
+                    f"task {task!r} uses {need} units of {name!r} but its limit is {limits[name]}: it could never start"
                 )
     return limits, rates
 
@@ -277,8 +275,12 @@ class ResourceGate:
     def report(self) -> dict[str, dict[str, float | None]]:
         """Per resource: peak units in use and seconds tasks waited for it."""
         return {
-            name: {"peak": self.peak[r], "waited": self.waited[r], "limit": self.limit[r],
-                   "rate": (1.0 / interval) if (interval := self.interval[r]) else None}
+            name: {
+                "peak": self.peak[r],
+                "waited": self.waited[r],
+                "limit": self.limit[r],
+                "rate": (1.0 / interval) if (interval := self.interval[r]) else None,
+            }
             for r, name in enumerate(self.names)
         }
 
