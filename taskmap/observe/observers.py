@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from taskmap.graph import Graph
 
-# task_finished statuses (TaskState names, lower case)
-DONE = "done"
-FAILED = "failed"
-SKIPPED = "skipped"
+# task_finished statuses: the one vocabulary of a task's outcome
+# (taskmap.observe.status, re-exported here; "not run" never reaches task_finished)
+from taskmap.observe.status import DONE as DONE
+from taskmap.observe.status import FAILED as FAILED
+from taskmap.observe.status import SKIPPED as SKIPPED
 
 # lanes a task runs in
 IO = "io"

@@ -20,6 +20,10 @@ from taskmap.scheduling.state import ancestor_failed_message
 if TYPE_CHECKING:
     from taskmap.graph import Graph
 
+# The one vocabulary of a task's outcome, used by the observers' events, the
+# summary, the trace, the exports and the checkpoint store.  (The scheduling
+# state's TaskState is another thing: where a task is during a run; its
+# final members DONE, FAILED and SKIPPED end as these statuses.)
 DONE = "done"
 FAILED = "failed"
 SKIPPED = "skipped"
