@@ -164,13 +164,21 @@ def _pickled_by_value(func: Any, pickler: codec.FunctionPickler) -> bytes:
             return cached[2]
     blob = pickler.dumps(func)
     if fingerprint is not None:
+        key = id(func)
+
+        def forget(ref: Any, key: int = key) -> None:
+            # the function is gone: its id may name another one next
+            entry = _BY_VALUE.get(key)
+            if entry is not None and entry[0] is ref:
+                del _BY_VALUE[key]
+
         try:
-            ref = weakref.ref(func)
+            ref = weakref.ref(func, forget)
         except TypeError:
             return blob
         if len(_BY_VALUE) >= _BY_VALUE_MAX:
             _BY_VALUE.clear()
-        _BY_VALUE[id(func)] = (ref, fingerprint, blob)
+        _BY_VALUE[key] = (ref, fingerprint, blob)
     return blob
 
 
