@@ -126,6 +126,8 @@ class Bookkeeper:
             gate = self.state.gate
             if gate is not None:
                 self.record.resources = gate.report()
+                names = self.state.names
+                self.record.resource_waits = [(names[i], gate.names[r], start, end) for i, r, start, end in gate.spans]
             self.record.finish(error)
         if self.observers:
             self.observers.run_finished(self.graph, error)

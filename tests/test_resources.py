@@ -432,3 +432,24 @@ def test_the_progress_bar_counts_tasks_waiting_for_a_resource():
     taskmap.run_async(graph, limits={"db": 1}, observers=[Peek(), bar])
     assert seen[0] >= 1 and seen[-1] == 0  # the others waited behind the first
     assert "waiting=0" in bar.postfix()
+
+
+def test_the_trace_shows_each_wait_for_a_resource(tmp_path):
+    import json
+
+    names = [f"t{k}" for k in range(4)]
+    graph = taskmap.create_graph(
+        {t: hold(0.03) for t in names}, {t: [] for t in names}, uses={t: "db" for t in names}
+    )
+    path = tmp_path / "trace.json"
+    taskmap.run_parallel_async(graph, ncores=2, limits={"db": 1}, trace=str(path))
+    events = json.loads(path.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    begins = [e for e in events if e.get("cat") == "resource wait" and e["ph"] == "b"]
+    ends = {e["id"]: e for e in events if e.get("cat") == "resource wait" and e["ph"] == "e"}
+    # three tasks waited behind the first (under a limit of one), each once
+    assert len(begins) == 3 and {e["args"]["resource"] for e in begins} == {"db"}
+    for b in begins:
+        assert ends[b["id"]]["ts"] >= b["ts"]
+    waits = graph.last_run.resource_waits
+    assert sorted(t for t, *_ in waits) == sorted(e["args"]["task"] for e in begins)

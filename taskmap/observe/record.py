@@ -83,6 +83,9 @@ class RunRecord:
     # per resource with a limit or a rate: {"peak", "waited" (seconds, all
     # tasks), "limit", "rate"} (taskmap.scheduling.resources); None: nothing was bounded
     resources: dict | None = None
+    # each wait for a unit or a rate slot: (task, resource, from, to), in
+    # time.monotonic() seconds (drawn by the trace)
+    resource_waits: list | None = None
 
     @property
     def wall(self) -> float | None:

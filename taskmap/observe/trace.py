@@ -271,6 +271,15 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
             }
         )
     events.extend(_counter_events(tasks, record.unfinished or [], coordinator, scheduler_tid, us))
+    # waits for a unit or a rate slot (limits=, rates=): async slices, one
+    # track per resource, on the coordinator (the task was sent nowhere yet)
+    for k, (task, resource, start, end) in enumerate(record.resource_waits or ()):
+        common = {"cat": "resource wait", "id": k, "pid": coordinator, "tid": scheduler_tid}
+        name = f"{task} waits for {resource}"
+        events.append(
+            {"name": name, "ph": "b", "ts": us(start), **common, "args": {"task": str(task), "resource": resource}}
+        )
+        events.append({"name": name, "ph": "e", "ts": us(end), **common})
     return events
 
 

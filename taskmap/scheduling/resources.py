@@ -112,6 +112,7 @@ class ResourceGate:
         "rated",
         "seq",
         "since",
+        "spans",
         "unrated",
         "uses",
         "waited",
@@ -156,6 +157,8 @@ class ResourceGate:
         self.held: set[int] = set()  # tasks holding their units now
         self.peak = [0] * len(names)
         self.waited = [0.0] * len(names)  # total seconds tasks waited, by the resource they waited in
+        # each wait in a line: (task, resource, from, to), for the trace
+        self.spans: list[tuple[int, int, float, float]] = []
         self.seq = 0
 
     # -- events in --------------------------------------------------------
@@ -208,7 +211,9 @@ class ResourceGate:
             r = self.waits_on.pop(i)
             self.waiting[r] = [e for e in self.waiting[r] if e[2] != i]
             heapq.heapify(self.waiting[r])
-            self.waited[r] += now - self.since.pop(i)
+            since = self.since.pop(i)
+            self.waited[r] += now - since
+            self.spans.append((i, r, since, now))
             return []
         if i not in self.held:
             return []
@@ -248,7 +253,9 @@ class ResourceGate:
         while heap and len(out) < n:
             _, _, i = heapq.heappop(heap)
             del self.waits_on[i]
-            self.waited[r] += now - self.since.pop(i)
+            since = self.since.pop(i)
+            self.waited[r] += now - since
+            self.spans.append((i, r, since, now))
             out.append(i)
         return out
 
