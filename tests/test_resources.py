@@ -438,9 +438,7 @@ def test_the_trace_shows_each_wait_for_a_resource(tmp_path):
     import json
 
     names = [f"t{k}" for k in range(4)]
-    graph = taskmap.create_graph(
-        {t: hold(0.03) for t in names}, {t: [] for t in names}, uses={t: "db" for t in names}
-    )
+    graph = taskmap.create_graph({t: hold(0.03) for t in names}, {t: [] for t in names}, uses={t: "db" for t in names})
     path = tmp_path / "trace.json"
     taskmap.run_parallel_async(graph, ncores=2, limits={"db": 1}, trace=str(path))
     events = json.loads(path.read_text())
