@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from taskmap.checkpoint.schema import NOT_STORED, row_checksum
-from taskmap.observe.observers import DONE
+from taskmap.observe.status import DONE, FAILED, NOT_RUN, SKIPPED
 from taskmap.scheduling.state import topological_order
 
 if TYPE_CHECKING:
@@ -103,6 +103,27 @@ def plan_restore(graph: Any, rows: list, fingerprints: TaskFingerprints) -> _Pla
     # report them all, in graph order
     report.rerun = [t for t in deps if t in rerun]
     return _Plan(report, values, delete)
+
+
+def plan_statuses(graph: Any, rows: list, fingerprints: TaskFingerprints) -> dict:
+    """What ``rows`` (key, fingerprint, status) say of each task of
+    ``graph``, as :meth:`CheckpointStore.statuses` documents: ``done`` (a
+    stored result a run would keep), ``failed``, ``skipped`` (below a
+    failure) or ``not run`` (no row, or one a run would not keep)."""
+    stored = {bytes(key): (bytes(fp), status) for key, fp, status in rows}
+    deps = graph.dependencies
+    out: dict = {}
+    for task in topological(deps):
+        parents = [out[p] for p in deps[task]]
+        key, fingerprint = fingerprints.entry(task)
+        row = stored.get(key)
+        if any(p in (FAILED, SKIPPED) for p in parents):
+            out[task] = SKIPPED
+        elif row is None or row[0] != fingerprint or any(p != DONE for p in parents):
+            out[task] = NOT_RUN
+        else:
+            out[task] = FAILED if row[1] == FAILED else DONE if row[1] == DONE else NOT_RUN
+    return out
 
 
 def topological(deps: Mapping) -> list:

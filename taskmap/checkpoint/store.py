@@ -17,10 +17,10 @@ from taskmap.checkpoint.fingerprints import TaskFingerprints
 from taskmap.checkpoint.hold import RunHold
 from taskmap.checkpoint.log import log
 from taskmap.checkpoint.recorder import CheckpointObserver, Writer
-from taskmap.checkpoint.restore import RestoreReport, plan_restore, topological
+from taskmap.checkpoint.restore import RestoreReport, plan_restore, plan_statuses
 from taskmap.checkpoint.schema import CHUNK_SIZES, COLUMNS, SCHEMA, SCHEMA_VERSION, encode_key, insert_sql
 from taskmap.errors import CheckpointError
-from taskmap.observe.observers import DONE, FAILED, Observer
+from taskmap.observe.observers import FAILED, Observer
 
 # sqlite3, the codec (msgpack, cloudpickle) and hashlib load with the first
 # store, not with ``import taskmap``: every worker process imports the
@@ -417,28 +417,8 @@ class CheckpointStore:
         or ``"not run"`` (no row, or a row a run would not keep: its function
         or a parent changed, or a parent will rerun).  For pictures of a
         pipeline's state (``taskmap graph --checkpoint``)."""
-        from taskmap.observe.status import DONE as S_DONE
-        from taskmap.observe.status import FAILED as S_FAILED
-        from taskmap.observe.status import NOT_RUN, SKIPPED
-
-        fingerprints = TaskFingerprints(graph)
-        rows = {
-            bytes(key): (bytes(fp), status)
-            for key, fp, status in self._query("SELECT key, fingerprint, status FROM tasks")
-        }
-        deps = graph.dependencies
-        out: dict = {}
-        for task in topological(deps):
-            parents = [out[p] for p in deps[task]]
-            key, fingerprint = fingerprints.entry(task)
-            row = rows.get(key)
-            if any(p in (S_FAILED, SKIPPED) for p in parents):
-                out[task] = SKIPPED
-            elif row is None or row[0] != fingerprint or any(p != S_DONE for p in parents):
-                out[task] = NOT_RUN
-            else:
-                out[task] = S_FAILED if row[1] == FAILED else S_DONE if row[1] == DONE else NOT_RUN
-        return out
+        rows = self._query("SELECT key, fingerprint, status FROM tasks")
+        return plan_statuses(graph, rows, TaskFingerprints(graph))
 
     def entry(self, task: Any) -> StoredEntry | None:
         """What the store holds for ``task``, or None."""

@@ -303,31 +303,21 @@ def _kill_workers(client: Client) -> None:
 # -- the coordinator ------------------------------------------------------------------
 
 
-class _DaskRun:
-    """One run of a graph on a Dask client (see the module docstring)."""
+class _ClusterResources:
+    """A run's limits and rates across the cluster (carried out on the
+    workers by :mod:`taskmap.dask.task`): one ``distributed.Semaphore`` per
+    limited resource, whose leases a task holds while it runs, and per rated
+    resource the next free start slot in a ``distributed.Variable``, taken
+    under a ``distributed.Lock``.  ``leases[task]`` and ``rate_slots[task]``
+    are what each task's call carries."""
 
-    def __init__(
-        self,
-        graph: Graph,
-        client: Client,
-        raise_errors: bool,
-        limits: TaskLimits,
-        observers: Observers,
-        wanted: set | None,
-        unit_limits: dict[str, int] | None = None,
-        rates: dict[str, float] | None = None,
-    ) -> None:
-        state = state_for(graph)
-        # limits= across the cluster: one distributed.Semaphore per limited
-        # resource; a task holds its leases while it runs (taskmap.dask.task)
+    def __init__(self, graph: Graph, client: Client, unit_limits: dict[str, int], rates: dict[str, float]) -> None:
         self.semaphores: dict[str, Any] = {}
+        self.variables: list[Any] = []
         self.leases: dict[Any, tuple] = {}
         self.rate_slots: dict[Any, tuple] = {}
-        self.variables: list[Any] = []
         token = uuid.uuid4().hex[:8]
         if rates:
-            # rates= across the cluster: the next free start slot of each
-            # rated resource in a distributed.Variable (taskmap.dask.task)
             from distributed import Variable
 
             slots = {}
@@ -350,6 +340,33 @@ class _DaskRun:
                 held = sorted(name for name in set(used) if name in self.semaphores)
                 if held:
                     self.leases[task] = tuple((self.semaphores[n], used.count(n)) for n in held)
+
+    def close(self) -> None:
+        """Unregister them from the scheduler (the run is over)."""
+        for semaphore in self.semaphores.values():
+            with contextlib.suppress(Exception):
+                semaphore.close()
+        for variable in self.variables:
+            with contextlib.suppress(Exception):
+                variable.delete()
+
+
+class _DaskRun:
+    """One run of a graph on a Dask client (see the module docstring)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        client: Client,
+        raise_errors: bool,
+        limits: TaskLimits,
+        observers: Observers,
+        wanted: set | None,
+        unit_limits: dict[str, int] | None = None,
+        rates: dict[str, float] | None = None,
+    ) -> None:
+        state = state_for(graph)
+        self.resources = _ClusterResources(graph, client, unit_limits or {}, rates or {})
         self.graph = graph
         self.client = client
         self.state = state
@@ -410,12 +427,7 @@ class _DaskRun:
             self.finish(run_error)
 
     def finish(self, error: BaseException | None) -> None:
-        for semaphore in self.semaphores.values():
-            with contextlib.suppress(Exception):
-                semaphore.close()
-        for variable in self.variables:
-            with contextlib.suppress(Exception):
-                variable.delete()
+        self.resources.close()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -440,7 +452,7 @@ class _DaskRun:
     def submit_all(self) -> None:
         """Submit every task of the run, parents first."""
         self.check_functions()
-        self.given = self.scatter_given_results()
+        self.given = _scatter_given_results(self.client, self.graph, self.state, self.in_run)
         order = sorted((i for i in range(len(self.names)) if self.in_run[i]), key=self.rank.__getitem__)
         try:
             for i in order:
@@ -466,39 +478,6 @@ class _DaskRun:
             except Exception as error:
                 raise SerializationError(name, "function", type(func).__qualname__, str(error)) from error
 
-    def scatter_given_results(self) -> dict[int, Any]:
-        """Futures of the results of tasks done before the run that a task of
-        the run takes as an argument, sent to the cluster once each (a big
-        value feeding many children travels once, not once per child)."""
-        from distributed import Future
-
-        state, results, names = self.state, self.graph.results, self.names
-        in_run = self.in_run
-        needed = sorted({p for i in range(len(names)) if in_run[i] for p in state.parents[i] if not in_run[p]})
-        given: dict[int, Any] = {}
-        to_send: list[int] = []
-        for p in needed:
-            value = results.get(names[p])
-            if value is None:
-                continue  # left out of the arguments anyway
-            if isinstance(value, Future):
-                if value.client is not self.client:
-                    raise ValueError(
-                        f"the result of task {names[p]!r} is a future of another Dask client; "
-                        "run with that client, or reset the task"
-                    )
-                given[p] = value
-            else:
-                to_send.append(p)
-        if to_send:
-            values = [results[names[p]] for p in to_send]
-            try:
-                futures = self.client.scatter(values, hash=False)
-            except Exception as error:
-                raise _unsendable(to_send, values, names, error) from error
-            given.update(zip(to_send, futures))
-        return given
-
     def submit(self, i: int) -> Future:
         name = self.names[i]
         args = []
@@ -517,8 +496,8 @@ class _DaskRun:
             self.limits.timeout[i],
             self.wanted is None or name in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
-            self.leases.get(name, ()),
-            self.rate_slots.get(name, ()),
+            self.resources.leases.get(name, ()),
+            self.resources.rate_slots.get(name, ()),
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"
@@ -783,6 +762,39 @@ def _skipped_by(state: SchedulingState, i: int) -> set[int]:
         found.add(c)
         stack.extend(state.children[c])
     return {c for c in found if state.state[c] in (TaskState.WAITING, TaskState.READY)}
+
+
+def _scatter_given_results(client: Client, graph: Graph, state: SchedulingState, in_run: bytearray) -> dict[int, Any]:
+    """Futures of the results of tasks done before the run that a task of
+    the run takes as an argument, sent to the cluster once each (a big
+    value feeding many children travels once, not once per child)."""
+    from distributed import Future
+
+    results, names = graph.results, state.names
+    needed = sorted({p for i in range(len(names)) if in_run[i] for p in state.parents[i] if not in_run[p]})
+    given: dict[int, Any] = {}
+    to_send: list[int] = []
+    for p in needed:
+        value = results.get(names[p])
+        if value is None:
+            continue  # left out of the arguments anyway
+        if isinstance(value, Future):
+            if value.client is not client:
+                raise ValueError(
+                    f"the result of task {names[p]!r} is a future of another Dask client; "
+                    "run with that client, or reset the task"
+                )
+            given[p] = value
+        else:
+            to_send.append(p)
+    if to_send:
+        values = [results[names[p]] for p in to_send]
+        try:
+            futures = client.scatter(values, hash=False)
+        except Exception as error:
+            raise _unsendable(to_send, values, names, error) from error
+        given.update(zip(to_send, futures))
+    return given
 
 
 def _submission_order(state: SchedulingState) -> list[int]:

@@ -385,7 +385,7 @@ class Coordinator:
             held.move_to_end(digest)
             return [digest, None]
         held[digest] = None
-        if len(held) > CODES_HELD:
+        while len(held) > CODES_HELD:
             drop.append(held.popitem(last=False)[0])
         return [digest, self.functions.codes[n]]
 

@@ -138,7 +138,6 @@ class _Codes:
         n = self.numbers.get(key)
         if n is None:
             n = self.number(key)
-            self.keep.append(func)
             self.blobs[n] = _pickled_by_value(func, self.pickler)
         return n, n
 
