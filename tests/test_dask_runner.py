@@ -885,6 +885,95 @@ def test_a_rate_holds_across_the_cluster(client, io):
     assert achieved == pytest.approx(rate, rel=0.15)
 
 
+def _held_short(*_):
+    start = time.time()
+    time.sleep(0.03)
+    return start, time.time(), os.getpid()
+
+
+def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_shows_the_wait(client):
+    names = [f"t{k}" for k in range(6)]
+    graph = taskmap.create_graph(
+        {t: _held_short for t in names},
+        {t: [] for t in names},
+        uses={t: "db" for t in names},
+        priority={"t4": 10, "t1": 5, "t5": -1},
+    )
+    graph = taskmap.run_dask(graph, client=client, limits={"db": 1})
+    order = [t for t, _ in sorted(graph.results.items(), key=lambda kv: kv[1][0])]
+    assert order[:2] == ["t4", "t1"] and order[-1] == "t5"
+    starts_and_ends = sorted((s, e) for s, e, _ in graph.results.values())
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(starts_and_ends, starts_and_ends[1:]))
+    db = taskmap.summarize(graph).resources["db"]
+    assert db["peak"] == 1 and db["limit"] == 1
+    assert 5 * 0.03 < db["waited"] < 30  # five tasks waited behind the first ones
+    assert "db" in str(taskmap.summarize(graph))
+
+
+def _keys_on_the_scheduler(*_):
+    """The task keys the scheduler holds, from inside a running task."""
+    start = time.time()
+    keys = distributed.get_client().run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+    time.sleep(0.02)
+    return start, sorted(keys)
+
+
+def test_a_task_waiting_for_a_unit_is_not_sent_to_the_cluster(client):
+    """While a task holds the one unit, the tasks that start after it are
+    nowhere on the cluster (no key on the scheduler, no thread on a worker);
+    a free task and the child of a gated task are sent as ever."""
+    names = [f"gated{k}" for k in range(4)]
+    graph = taskmap.create_graph(
+        {t: _keys_on_the_scheduler for t in names} | {"child": lambda *_: 5},
+        {t: [] for t in names} | {"child": ["gated0"]},
+        uses={t: "db" for t in names},
+    )
+    graph = taskmap.run_dask(graph, client=client, limits={"db": 1})
+    assert graph.results["child"] == 5
+    starts = {t: graph.results[t][0] for t in names}
+    for t in names:
+        later = {u for u in names if starts[u] > starts[t]}
+        on_cluster = {k.split("-")[0] for k in graph.results[t][1]}
+        assert t in on_cluster and not (later & on_cluster), (t, on_cluster, later)
+
+
+async def _too_slow_async(*_):
+    await asyncio.sleep(5)
+
+
+def _fail_once(marker):
+    start = time.time()
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt")
+    time.sleep(0.05)
+    return start, time.time(), os.getpid()
+
+
+def test_timeouts_and_retries_under_a_limit_leak_no_unit(client, tmp_path):
+    names = [f"t{k}" for k in range(6)]
+    funcs = {t: _held_short for t in names}
+    funcs["flaky"] = functools.partial(_fail_once, str(tmp_path / "failed"))
+    funcs["slow"] = _too_slow_async
+    every = [*names, "flaky", "slow"]
+    graph = taskmap.create_graph(funcs, {t: [] for t in every}, io_bound=["slow"], uses={t: "db" for t in every})
+    graph = taskmap.run_dask(
+        graph, client=client, limits={"db": 2}, retries={None: 1, "slow": 0}, timeout={"slow": 0.3}
+    )
+    assert isinstance(graph.results["slow"], taskmap.TaskTimeoutError)
+    ok = [t for t in every if t != "slow"]
+    assert all(not isinstance(graph.results[t], BaseException) for t in ok), graph.results
+    assert graph.attempts["flaky"] == 2
+    spans = sorted((s, e) for s, e, _ in (graph.results[t] for t in ok))
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = now = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    assert peak <= 2  # every task after the faults still got a unit: none leaked, none extra
+    assert taskmap.summarize(graph).resources["db"]["peak"] == 2
+
+
 def test_gather_false_without_a_client_is_refused_saying_why():
     """(It raised "'bool' object is not iterable" before reaching this check.)"""
     graph = taskmap.create_graph({"a": five}, {"a": []})
