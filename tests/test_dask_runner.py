@@ -891,7 +891,7 @@ def _held_short(*_):
     return start, time.time(), os.getpid()
 
 
-def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_shows_the_wait(client):
+def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_and_trace_show_the_wait(client, tmp_path):
     names = [f"t{k}" for k in range(6)]
     graph = taskmap.create_graph(
         {t: _held_short for t in names},
@@ -899,7 +899,7 @@ def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_shows_the_
         uses={t: "db" for t in names},
         priority={"t4": 10, "t1": 5, "t5": -1},
     )
-    graph = taskmap.run_dask(graph, client=client, limits={"db": 1})
+    graph = taskmap.run_dask(graph, client=client, limits={"db": 1}, trace=str(tmp_path / "trace.json"))
     order = [t for t, _ in sorted(graph.results.items(), key=lambda kv: kv[1][0])]
     assert order[:2] == ["t4", "t1"] and order[-1] == "t5"
     starts_and_ends = sorted((s, e) for s, e, _ in graph.results.values())
@@ -908,6 +908,10 @@ def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_shows_the_
     assert db["peak"] == 1 and db["limit"] == 1
     assert 5 * 0.03 < db["waited"] < 30  # five tasks waited behind the first ones
     assert "db" in str(taskmap.summarize(graph))
+    events = json.loads((tmp_path / "trace.json").read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    waited = {e["name"].split()[0] for e in events if e.get("name", "").endswith("waits for db")}
+    assert waited == set(names) - {"t4"}  # all but the first to start
 
 
 def _keys_on_the_scheduler(*_):
