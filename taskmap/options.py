@@ -42,9 +42,8 @@ their own).
     run at once; ``{resource: r}``: at most r of them start a second, spaced
     1/r apart.  A waiting task is not sent anywhere (see
     :mod:`taskmap.scheduling.resources`).  A name no task uses is a ``ValueError``.
-    Every runner.  On Dask both hold across the cluster (a
-    ``distributed.Semaphore`` per limited resource, a grid of start slots in a
-    ``distributed.Variable`` per rated one).
+    Every runner.  On Dask both hold across the cluster (a task is submitted
+    only when it may start).
 ``shm_threshold``
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
