@@ -167,26 +167,34 @@ def test_cancel_stops_an_in_process_run_at_its_io_task(runner, tmp_path):
 
 
 @pytest.mark.parametrize("runner", LOCAL)
-def test_cancelling_the_awaiting_task_cancels_the_run(runner, tmp_path):
+def test_cancelling_the_awaiting_task_cancels_the_run_and_leaks_nothing(runner, tmp_path):
+    use_every_worker()
+    before = snapshot()
     mark = str(tmp_path / "m")
-    funcs = {"io": functools.partial(started_then_nap, mark, 60), "after": ok}
-    graph = taskmap.create_graph(funcs, {"io": [], "after": ["io"]}, io_bound=["io"])
-    kwargs = {"ncores": 1} if runner in PARALLEL else {}
+    funcs = {"quick": ok, "io": functools.partial(started_then_nap, mark, 60), "after": ok}
+    graph = taskmap.create_graph(funcs, {"quick": [], "io": [], "after": ["io"]}, io_bound=["io"])
+    kwargs = {"ncores": 2} if runner in PARALLEL else {}
     run = taskmap.start(graph, runner, **kwargs)
 
     async def main():
         waiting = asyncio.create_task(_await(run))
+        await asyncio.sleep(0)  # it awaits the run (a task cancelled before its first step never runs)
         while not os.path.exists(mark):
             await asyncio.sleep(0.005)
+        cancelled_at = time.monotonic()
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        return run.done()
+        return run.done(), time.monotonic() - cancelled_at
 
-    assert asyncio.run(main()) is True  # the CancelledError came once the run had stopped
+    stopped, took = asyncio.run(main())
+    assert stopped  # the CancelledError came once the run had stopped
+    assert took < 1.0
     with pytest.raises(taskmap.RunCancelled):
         run.wait()
     assert graph.in_progress == ["io"] and "after" not in graph.results
+    use_every_worker()
+    compare(before, snapshot(), same_workers=None)  # (the io task's worker was replaced)
 
 
 async def _await(run):
