@@ -328,6 +328,11 @@ def _kill_workers(client: Client) -> None:
 # -- the coordinator ------------------------------------------------------------------
 
 
+# seconds a rated task's start is shifted after its slot, so that starts on
+# the workers are spaced as the slots are (see TaskCall.start_at)
+RATE_SHIFT = 0.1
+
+
 class _DaskRun:
     """One run of a graph on a Dask client (see the module docstring)."""
 
@@ -488,6 +493,7 @@ class _DaskRun:
             self.limits.timeout[i],
             self.wanted is None or name in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
+            self.start_at(i),
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"
@@ -506,6 +512,14 @@ class _DaskRun:
             raise SerializationError(name, "function", type(call.func).__qualname__, str(error)) from error
         future.add_done_callback(functools.partial(self._on_done, i))
         return future
+
+    def start_at(self, i: int) -> float | None:
+        """A rated task's start on the workers' wall clock: the slot the gate
+        gave it, plus RATE_SHIFT (longer than Dask's usual latency from
+        submit to start, which varies from task to task)."""
+        gate = self.state.gate
+        slot = gate.slot_taken(i) if gate is not None and self.gated[i] else None
+        return None if slot is None else slot + self.clock_offset + RATE_SHIFT
 
     def _on_done(self, i: int, future: Future) -> None:
         # called in Dask's callback thread: only hand over

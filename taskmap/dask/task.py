@@ -92,6 +92,9 @@ class TaskCall(NamedTuple):
     # the caller's version of the user module whose code func runs (None: not
     # a user module): a worker holding another version fails the task
     code: tuple[str, tuple] | None = None
+    # a rated task's start on the worker's wall clock: the slot the caller's
+    # gate gave it, shifted by RATE_SHIFT (see run_task)
+    start_at: float | None = None
 
 
 class Outcome:
@@ -132,7 +135,26 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
         # leave the worker's thread pool: the wait holds a thread, not one of
         # the worker's nthreads slots, so io tasks overlap and cpu tasks run
         secede()
+    if call.start_at is not None:
+        _start_on_its_slot(call)
     return _run(call, args)
+
+
+def _start_on_its_slot(call: TaskCall) -> None:
+    """A rated task starts at its slot (shifted): submitted at the slot, it
+    arrives after Dask's latency, which varies from one task to the next; a
+    fixed shift longer than that latency keeps the starts as far apart as
+    the slots.  A cpu task waits out of the worker's thread slots."""
+    delay = call.start_at - time.time() if call.start_at is not None else 0.0
+    if delay <= 0:
+        return
+    from distributed import rejoin, secede
+
+    if not call.io:
+        secede()
+    time.sleep(delay)
+    if not call.io:
+        rejoin()
 
 
 def _run(call: TaskCall, args: list) -> Any:
