@@ -56,10 +56,11 @@ async def started_then_nap(mark, seconds, *_):
 
 
 def staggered_graph():
-    """io tasks that end 0.05 s apart in a known order, a failure and the
+    """io tasks that end 0.15 s apart in a known order, a failure and the
     task it skips, and a task that depends on two of them."""
     order = ["d", "b", "e", "a", "c"]  # finishing order of the naps
-    funcs = {t: functools.partial(nap, 0.05 * (k + 1)) for k, t in enumerate(order)}
+    # (0.15 s apart: a busy machine may delay a result by tens of ms)
+    funcs = {t: functools.partial(nap, 0.15 * (k + 1)) for k, t in enumerate(order)}
     funcs |= {"bad": fails, "skipped": ok, "sum": ok}
     deps = {t: [] for t in order} | {"bad": [], "skipped": ["bad"], "sum": ["a", "c"]}
     return taskmap.create_graph(funcs, deps, io_bound=order)
