@@ -7,6 +7,12 @@ runtime (:mod:`taskmap.runtime.coordinator`).  All four share the scheduling sta
 their semantics are the same: arguments are the parents' results in order with
 ``None`` left out, a failed task's result is its exception and its descendants
 get the ancestor string, ``raise_errors`` stops at the first failure.
+
+Task output (:mod:`taskmap.runtime.capture`): ``run`` and ``run_async``
+capture this process's streams and root logger for the run, and each task
+runs with the context variable ``capture.owner`` naming it (set around its
+call; a coroutine's asyncio task copies it when created; a plain io
+function's thread sets it itself), so the run's collector gets its lines.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from taskmap.bookkeeping import Bookkeeper
 from taskmap.errors import TASK_ERRORS
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
+from taskmap.observe.output import DEFAULT, OutputOptions
 from taskmap.options import RunnerOptions
 from taskmap.options import resolve as resolve_options
+from taskmap.runtime import capture
 from taskmap.scheduling.state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -57,16 +65,19 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     first failure raises :class:`taskmap.TaskFailedError` (its message holds
     the original one; the original is its ``__cause__``).
 
-    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers``,
+    ``limits``, ``rates``, ``output``, ``capture_level`` (see
     :mod:`taskmap.options`).
     """
     opts = resolve_options("run", graph, raise_errors, options)
     state = state_for(graph, opts.resources)
-    book = Bookkeeper(graph, state, raise_errors, opts.observers, "run")
+    book = Bookkeeper(graph, state, raise_errors, opts.observers, "run", output=opts.output)
     loop: asyncio.AbstractEventLoop | None = None
     funcs = graph.funcs
     names = state.names
+    sink = book.collector
     run_error: BaseException | None = None
+    capture.install(sink.level, sink.skip)
     book.start()
     try:
         while True:
@@ -82,6 +93,7 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
             name = names[i]
             state.started(i)
             book.starting(i)
+            owned = capture.owner.set((sink, i))
             try:
                 value = funcs[name](*book.args(i))
                 if inspect.isawaitable(value):
@@ -89,17 +101,29 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
                         loop = _private_loop()
                     value = loop.run_until_complete(_await(value))
             except TASK_ERRORS as error:
+                _task_ended(owned, sink, i)
                 book.failed(i, error)
             else:
+                _task_ended(owned, sink, i)
                 book.succeeded(i, value)
     except BaseException as exc:
         run_error = exc
         raise
     finally:
+        if capture.owner.get() is not None:  # (interrupted inside a task)
+            capture.owner.set(None)
+        capture.uninstall(sink.level, sink.skip)
         if loop is not None:
             loop.close()
         book.finish(run_error)
     return graph
+
+
+def _task_ended(owned, sink: capture.Sink, i: int) -> None:
+    """The task's output is no longer owned; its last line is completed."""
+    capture.owner.reset(owned)
+    if sink.open:
+        sink.finish(i)
 
 
 async def _await(awaitable):
@@ -126,12 +150,13 @@ def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **o
     ``sleep`` is accepted for compatibility and ignored: nothing polls.
     Returns the graph.  With ``raise_errors`` the first failure cancels what
     is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
-    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers``,
+    ``limits``, ``rates``, ``output``, ``capture_level`` (see
     :mod:`taskmap.options`).
     """
     del sleep
     opts = resolve_options("run_async", graph, raise_errors, options)
-    _run_coroutine(lambda: _run_async(graph, raise_errors, opts.observers, opts.resources))
+    _run_coroutine(lambda: _run_async(graph, raise_errors, opts.observers, opts.resources, opts.output))
     return graph
 
 
@@ -165,14 +190,20 @@ def _run_coroutine(make_coro):
 
 
 async def _run_async(
-    graph: Graph, raise_errors: bool, observers: Observers, resources: tuple[dict, dict] | None = None
+    graph: Graph,
+    raise_errors: bool,
+    observers: Observers,
+    resources: tuple[dict, dict] | None = None,
+    output: OutputOptions = DEFAULT,
 ) -> None:
     state = state_for(graph, resources)
-    book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
+    book = Bookkeeper(graph, state, raise_errors, observers, "run_async", output=output)
     loop = asyncio.get_running_loop()
     funcs, names, is_io = graph.funcs, state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
     running: dict[asyncio.Future, int] = {}
+    sink = book.collector
+    owner = capture.owner
 
     def launch(i: int) -> None:
         """Start task i; returns after a plain cpu task has run inline."""
@@ -181,21 +212,31 @@ async def _run_async(
         book.starting(i)
         func = funcs[name]
         args = book.args(i)
+        # (an asyncio task created here copies the owner: a coroutine's, and
+        # the one awaiting a thread, which may return an awaitable)
+        owned = owner.set((sink, i))
         if is_io[i] and not inspect.iscoroutinefunction(func):
-            running[asyncio.ensure_future(_in_thread(loop, threads, func, args))] = i
+            call = _in_thread(loop, threads, capture.call_owned, (sink, i, func, args))
+            running[asyncio.ensure_future(call)] = i
+            owner.reset(owned)
             return
         try:
             value = func(*args)
+            if inspect.isawaitable(value):
+                running[asyncio.ensure_future(value)] = i
+                owner.reset(owned)
+                return
         except TASK_ERRORS as error:
+            _task_ended(owned, sink, i)
             book.failed(i, error)
             return
-        if inspect.isawaitable(value):
-            running[asyncio.ensure_future(value)] = i
-        else:
-            book.succeeded(i, value)
+        _task_ended(owned, sink, i)
+        book.succeeded(i, value)
 
     def collect(fut: asyncio.Future) -> None:
         i = running.pop(fut)
+        if sink.open:
+            sink.finish(i)
         if fut.cancelled():  # the task raised CancelledError itself
             try:
                 fut.result()
@@ -211,6 +252,7 @@ async def _run_async(
             raise error
 
     run_error: BaseException | None = None
+    capture.install(sink.level, sink.skip)
     try:
         book.start()
         while not state.all_finished:
@@ -248,6 +290,7 @@ async def _run_async(
             await asyncio.gather(*running, return_exceptions=True)
             graph.in_progress[:] = [names[i] for i in running.values()]
         threads.shutdown(wait=False, cancel_futures=True)
+        capture.uninstall(sink.level, sink.skip)
         book.finish(run_error)
 
 
@@ -341,4 +384,5 @@ def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, op
         opts.shm_threshold,
         opts.keep,
         opts.resources,
+        opts.output,
     )

@@ -11,6 +11,7 @@ LIGHT = {
     "taskmap",
     "taskmap.errors",
     "taskmap.runtime",
+    "taskmap.runtime.capture",
     "taskmap.runtime.codec",
     "taskmap.runtime.functions",
     "taskmap.runtime.messages",

@@ -29,6 +29,12 @@ result it keeps (``gather``), unlinks a segment when the ledger says nobody
 reads it any more, and removes every segment of its prefix when the run ends,
 however it ends.  On Ctrl-C or an abort it kills the busy workers (all
 workers on Ctrl-C) before the exception leaves the runner.
+
+Task output: workers send what tasks write in ``OUTPUT`` messages, each
+before the outcomes of the tasks that wrote it; the coordinator hands them to
+the bookkeeper's collector (:mod:`taskmap.observe.output`), which shows the
+lines and keeps each task's text until its outcome is recorded.  A task sent
+again (a retry) starts its text afresh.
 """
 
 from __future__ import annotations
@@ -48,8 +54,18 @@ from typing import Any, cast
 from taskmap.bookkeeping import Bookkeeper
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
+from taskmap.observe.output import DEFAULT, OutputOptions
 from taskmap.runtime import messages, process_setup, shm
-from taskmap.runtime.messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
+from taskmap.runtime.messages import (
+    HELLO_PID,
+    MSG_KIND,
+    OUTPUT_CHUNKS,
+    RESULTS_OUTCOMES,
+    SUB_AFTER,
+    SUB_FUNC,
+    SUB_TASK,
+    Kind,
+)
 from taskmap.runtime.pool import WorkerHandle, WorkerPool, get_pool
 from taskmap.runtime.values import CodecValues, ship_functions
 from taskmap.scheduling.ledger import (
@@ -90,13 +106,15 @@ def run_graph(
     shm_threshold: int | None = None,
     gather: frozenset | None = None,
     resources: tuple[dict, dict] | None = None,
+    output: OutputOptions = DEFAULT,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
     ``observers`` hear the run's events (:mod:`taskmap.observe.observers`).
     ``shm_threshold``: bytes from which a result's buffers go through shared
     memory (None: never); ``gather``: names of the results to keep (None:
     all; the others become :class:`taskmap.NotKept`); ``resources``: the
-    run's (limits, rates), enforced where tasks are dispatched."""
+    run's (limits, rates), enforced where tasks are dispatched; ``output``:
+    what is shown of the tasks' output, and the capture level."""
     from taskmap.runners import state_for  # (runners imports this module lazily)
 
     state = state_for(graph, resources)
@@ -105,7 +123,7 @@ def run_graph(
     if state.all_finished:
         # nothing to run, but it is a run all the same: graph.last_run and
         # the observers say so (no worker is started for it)
-        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
+        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, True, output)
         book.start()
         book.finish(None)
         return graph
@@ -126,6 +144,7 @@ def run_graph(
             runner,
             shm_threshold if pool.shm_prefix is not None else None,
             gather,
+            output,
         ).run()
     return graph
 
@@ -165,13 +184,15 @@ class Coordinator:
         runner: str = "run_parallel_async",
         shm_threshold: int | None = None,
         gather: frozenset | None = None,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.graph = graph
         self.state = state
         self.pool = pool
         self.ncores = ncores
         self.shm_threshold = shm_threshold
-        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
+        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, True, output)
+        self.output = self.book.collector
         self.run_id = next(_run_ids)
         # cwd, environment, sys.path and user modules, as of the run's start
         self.setup = process_setup.snapshot()
@@ -323,6 +344,8 @@ class Coordinator:
             kind = msg[MSG_KIND]
             if kind == Kind.RESULTS:
                 self.apply(self.ledger.handle(ResultsArrived(w, msg[RESULTS_OUTCOMES])))
+            elif kind == Kind.OUTPUT:
+                self.output.arrived(msg[OUTPUT_CHUNKS])
             elif kind == Kind.HELLO:
                 w.ready = True
                 w.pid = msg[HELLO_PID]
@@ -355,6 +378,9 @@ class Coordinator:
         drop: list[bytes] = []
         functions, funcs_sent = self.functions, w.funcs_sent
         starting, pid = self.book.starting, w.pid
+        if self.output.kept:  # (an attempt's text starts afresh: a retry's too)
+            for sub in subs:
+                self.output.restart(sub[SUB_TASK])
         for sub in subs:
             fid = sub[SUB_FUNC]
             if fid not in funcs_sent:
@@ -369,7 +395,9 @@ class Coordinator:
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)
-            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes, drop))
+            w.conn.send_bytes(
+                messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes, drop, self.output.level)
+            )
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back
             self.apply(self.ledger.handle(SendFailed(w, subs)))
@@ -402,6 +430,8 @@ class Coordinator:
                 msg = messages.unpack(w.conn.recv_bytes())
                 if msg[MSG_KIND] == Kind.RESULTS:
                     self.apply(self.ledger.handle(ResultsArrived(w, msg[RESULTS_OUTCOMES])))
+                elif msg[MSG_KIND] == Kind.OUTPUT:
+                    self.output.arrived(msg[OUTPUT_CHUNKS])
         except (EOFError, OSError):
             pass
         exitcode = w.exitcode()
