@@ -41,11 +41,13 @@ def test_only_complete_lines_are_passed_on_and_the_last_is_completed_at_the_end(
 
 def test_a_line_longer_than_line_max_is_passed_on_in_pieces():
     sink = Recorder()
-    for _ in range(3):
-        sink.write("a", STDOUT, "x" * (LINE_MAX // 2 + 1))
-    assert [len(t) for _, _, t in sink.got] == [LINE_MAX + 2]
+    sink.write("a", STDOUT, "x" * (2 * LINE_MAX))  # one long write: at once
+    assert [len(t) for _, _, t in sink.got] == [2 * LINE_MAX]
+    for _ in range(100):  # many small ones: once they hold more than LINE_MAX
+        sink.write("a", STDOUT, "y" * 1000)
+    assert [len(t) for _, _, t in sink.got] == [2 * LINE_MAX, 66_000]
     sink.finish("a")
-    assert "".join(t for _, _, t in sink.got) == "x" * (3 * (LINE_MAX // 2 + 1)) + "\n"
+    assert "".join(t for _, _, t in sink.got) == "x" * (2 * LINE_MAX) + "y" * 100_000 + "\n"
 
 
 def test_kept_text_is_whole_below_the_cap():

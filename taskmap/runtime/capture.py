@@ -72,18 +72,15 @@ class Sink:
 
     def write(self, key: Any, stream: int, text: str) -> None:
         """A task wrote ``text`` to ``stream``: pass on what completes a line."""
-        newline = text.rfind("\n")
         partial = self.open.get(key)
-        if newline < 0:
+        newline = text.rfind("\n")
+        if newline < 0:  # (print writes its text, then "\n": the common case)
             if partial is None:
                 partial = self.open[key] = [[], []]
             pieces = partial[stream - 1]
             pieces.append(text)
-            if len(pieces) > 1 and sum(map(len, pieces)) > LINE_MAX:
+            if len(text) > LINE_MAX or (len(pieces) > 64 and sum(map(len, pieces)) > LINE_MAX):
                 self.lines(key, stream, "".join(pieces))
-                pieces.clear()
-            elif len(text) > LINE_MAX:
-                self.lines(key, stream, text)
                 pieces.clear()
             return
         if partial is not None and partial[stream - 1]:
@@ -152,9 +149,14 @@ class KeptText:
             self.head.append(text[:room])
             self.head_size += room
             text = text[room:]
-        tail = self.tail
-        tail.append(text)
+        self.tail.append(text)
         self.tail_size += len(text)
+        if self.tail_size > 2 * self.TAIL:
+            self._trim()  # (amortised: the tail holds at most twice what it keeps)
+
+    def _trim(self) -> None:
+        """Cut the tail down to ``TAIL`` characters, counting what goes."""
+        tail = self.tail
         over = self.tail_size - self.TAIL
         while over > 0:
             first = tail[0]
@@ -170,6 +172,8 @@ class KeptText:
                 over = 0
 
     def text(self) -> str:
+        if self.tail_size > self.TAIL:
+            self._trim()
         head = "".join(self.head)
         tail = "".join(self.tail)
         if not self.cut:
