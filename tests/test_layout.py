@@ -13,6 +13,7 @@ LIGHT = {
     "taskmap.runtime",
     "taskmap.runtime.capture",
     "taskmap.runtime.codec",
+    "taskmap.runtime.fd_output",
     "taskmap.runtime.functions",
     "taskmap.runtime.messages",
     "taskmap.runtime.process_setup",

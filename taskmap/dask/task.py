@@ -201,7 +201,7 @@ class _TaskText(capture.Sink):
         if self.kept is None:
             self.kept = capture.KeptText()
         self.kept.add(text)
-        if stream and self.worker is not None:
+        if stream in capture.SHOWN and self.worker is not None:
             with contextlib.suppress(Exception):  # (the worker is closing: the text is still kept)
                 self.worker.log_event(self.topic, [key, stream, text])
 

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from taskmap.runtime.capture import STDOUT, KeptText, Sink, original
+from taskmap.runtime.capture import SHOWN, KeptText, Sink, original
 
 PASS, PREFIX, CAPTURE = "pass", "prefix", "capture"
 MODES = (PASS, PREFIX, CAPTURE)
@@ -79,7 +79,7 @@ class OutputCollector(Sink):
         if kept is None:
             kept = self.kept[key] = KeptText()
         kept.add(text)
-        if stream and self.mode != CAPTURE:
+        if stream in SHOWN and self.mode != CAPTURE:
             self.show(key, stream, text)
 
     def show(self, key: Any, stream: int, text: str) -> None:
@@ -96,14 +96,14 @@ class OutputCollector(Sink):
         """An OUTPUT message from a worker: ``[task, stream, text, ...]``.
         What was shown is flushed at once (the caller's stream may be a
         pipe, block-buffered)."""
-        shown = 0
+        shown = set()
         for k in range(0, len(chunks), 3):
             stream = chunks[k + 1]
             self.lines(chunks[k], stream, chunks[k + 2])
-            shown |= stream
-        if shown and self.mode != CAPTURE:
-            for stream in (STDOUT, 2):
-                if shown & stream:
+            shown.add(stream)
+        if self.mode != CAPTURE:
+            for stream in SHOWN:
+                if stream in shown:
                     try:
                         original(stream).flush()
                     except (OSError, ValueError):

@@ -45,8 +45,11 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TextIO
 
-LOG, STDOUT, STDERR = 0, 1, 2  # what a chunk of text is: a log record, or which stream
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
+# what a chunk of text is: a log record, a stream; or what reached the
+# descriptor 1 or 2 straight (taskmap.runtime.fd_output: it was shown
+# already, so it is kept only, like a log record)
+LOG, STDOUT, STDERR, FD_STDOUT, FD_STDERR = 0, 1, 2, 3, 4
+SHOWN = (STDOUT, STDERR)  # the kinds of text taskmap shows (output='pass'/'prefix')
 
 # a line longer than this is passed on in pieces (no line is held back unbounded)
 LINE_MAX = 1 << 16
@@ -64,7 +67,7 @@ class Sink:
     have not finished: a task that writes nothing never appears in it."""
 
     def __init__(self) -> None:
-        # key -> [partial stdout line pieces, partial stderr line pieces]
+        # key -> partial line pieces of stdout, stderr, fd 1, fd 2
         self.open: dict[Any, list[list[str]]] = {}
 
     def lines(self, key: Any, stream: int, text: str) -> None:
@@ -76,7 +79,7 @@ class Sink:
         newline = text.rfind("\n")
         if newline < 0:  # (print writes its text, then "\n": the common case)
             if partial is None:
-                partial = self.open[key] = [[], []]
+                partial = self.open[key] = [[], [], [], []]
             pieces = partial[stream - 1]
             pieces.append(text)
             if len(text) > LINE_MAX or (len(pieces) > 64 and sum(map(len, pieces)) > LINE_MAX):
@@ -93,7 +96,7 @@ class Sink:
         self.lines(key, stream, complete)
         if newline < len(text) - 1:
             if partial is None:
-                partial = self.open[key] = [[], []]
+                partial = self.open[key] = [[], [], [], []]
             partial[stream - 1].append(text[newline + 1 :])
 
     def write_log(self, key: Any, text: str) -> None:
@@ -105,7 +108,7 @@ class Sink:
         ``if sink.open`` first: a run whose tasks write nothing pays only that)."""
         partial = self.open.pop(key, None)
         if partial is not None:
-            for stream, pieces in ((STDOUT, partial[0]), (STDERR, partial[1])):
+            for stream, pieces in enumerate(partial, 1):
                 if pieces:
                     self.lines(key, stream, "".join(pieces) + "\n")
 

@@ -55,8 +55,10 @@ from taskmap.bookkeeping import Bookkeeper
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
 from taskmap.observe.output import DEFAULT, OutputOptions
-from taskmap.runtime import messages, process_setup, shm
+from taskmap.runtime import fd_output, messages, process_setup, shm
+from taskmap.runtime.capture import FD_STDERR, FD_STDOUT
 from taskmap.runtime.messages import (
+    HELLO_FD_PIPES,
     HELLO_PID,
     MSG_KIND,
     OUTPUT_CHUNKS,
@@ -349,6 +351,8 @@ class Coordinator:
             elif kind == Kind.HELLO:
                 w.ready = True
                 w.pid = msg[HELLO_PID]
+                if len(msg) > HELLO_FD_PIPES and msg[HELLO_FD_PIPES]:
+                    w.fd_pipes = fd_output.open_remote(w.pid, msg[HELLO_FD_PIPES])
                 self.apply(self.ledger.handle(Hello(w, w.pid)))
             if w not in self.pool.workers or not self.pipe_pollers[w].poll(0):
                 return  # (a hang-up reads as readable: recv_bytes sees the EOF)
@@ -443,8 +447,27 @@ class Coordinator:
             exitcode = w.process.exitcode
         slot = w.slot  # (None once kill() closed it)
         flags = bytes(slot.io_flags()) if slot is not None else None
+        if w.fd_pipes:
+            self.left_in_pipes(w, running)
         w.close()
         self.apply(self.ledger.handle(WorkerDied(w, exitcode, running, last_finished, flags)))
+
+    def left_in_pipes(self, w: WorkerHandle, running: int) -> None:
+        """What C code or a subprocess wrote to the dead worker's fds 1 and 2
+        that its forwarder had not passed on: to where it was going (this
+        process's fds 1 and 2, which the worker inherited), and to the cpu
+        task the crash interrupted when that was all the worker ran."""
+        pipes, w.fd_pipes = w.fd_pipes, []
+        held = self.ledger.workers.get(w)
+        owner = running if running >= 0 and held is not None and not held.io_tasks else -1
+        for fd, kind, data in zip((1, 2), (FD_STDOUT, FD_STDERR), fd_output.drain(pipes), strict=False):
+            if not data:
+                continue
+            fd_output.write_all(fd, data)
+            if owner >= 0:
+                self.output.write(owner, kind, data.decode("utf-8", "replace"))
+        if owner >= 0 and self.output.open:
+            self.output.finish(owner)
 
     def _abort(self, exc: BaseException) -> None:
         """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.

@@ -33,7 +33,10 @@ coordinator -> worker
                  changed (see :mod:`taskmap.runtime.process_setup`).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
-    ``HELLO``    the worker is up and ready for tasks; carries its pid.
+    ``HELLO``    the worker is up and ready for tasks; carries its pid, and
+                 the numbers of its descriptors reading what reaches its fds
+                 1 and 2 (:mod:`taskmap.runtime.fd_output`; empty when not
+                 redirected), which the coordinator opens too.
     ``RESULTS``  a batch of :class:`Outcome` ``[task, ok, payload, start, end(, type)]``
                  (``type`` names a pickled result's type, for error messages);
                  ``payload`` is the encoded value when ``ok``, else a
@@ -80,7 +83,7 @@ class Stage(IntEnum):
 # bookkeeping); everything else may use the NamedTuples below, whose fields
 # are in the same order.
 MSG_KIND = 0  # every message
-HELLO_PID = 1
+HELLO_PID, HELLO_FD_PIPES = 1, 2
 SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES, SUBMIT_DROP, SUBMIT_CAPTURE_LEVEL = range(1, 8)
 RESULTS_OUTCOMES = 1
 OUTPUT_CHUNKS = 1
@@ -125,8 +128,8 @@ class Outcome(NamedTuple):
     # optional 6th element: the type name of a pickled result
 
 
-def pack_hello(pid: int) -> bytes:
-    return cast(bytes, msgpack.packb((Kind.HELLO, pid)))
+def pack_hello(pid: int, fd_pipes: list[int] | None = None) -> bytes:
+    return cast(bytes, msgpack.packb((Kind.HELLO, pid, fd_pipes or [])))
 
 
 def pack_submit(

@@ -41,6 +41,7 @@ class WorkerHandle:
         "codes_held",
         "codes_sent",
         "conn",
+        "fd_pipes",
         "funcs_sent",
         "io_sent",
         "pid",
@@ -68,6 +69,8 @@ class WorkerHandle:
         self.run_id: int | None = None
         # the caller's setup this worker last heard
         self.setup_heard: CallerSetup | None = None
+        # our descriptors on the pipes its fds 1 and 2 write to (drained when it dies)
+        self.fd_pipes: list[int] = []
 
     @property
     def sentinel(self):
@@ -108,6 +111,12 @@ class WorkerHandle:
             self.conn.close()
         except OSError:
             pass
+        for fd in self.fd_pipes:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fd_pipes = []
         if self.slot is not None:
             self.slot.close()
             self.slot = None

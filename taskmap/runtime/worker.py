@@ -32,6 +32,9 @@ coordinator in an ``OUTPUT`` message as soon as the loop thread gets to it.
 Every send of results first drains the outbox under the send lock, so a
 task's lines always arrive before its outcome.  A task that writes nothing
 costs a context variable set and reset, and one test of an empty dict.
+What reaches the fds 1 and 2 themselves (C code, subprocesses) goes through
+pipes (:mod:`taskmap.runtime.fd_output`): forwarded to the original
+descriptors as it arrives, and the running cpu task's when no io task runs.
 
 Big results (:mod:`taskmap.runtime.shm`): with the run's threshold set, a result's
 big buffers go into a shared memory segment and only a handle is sent.  A
@@ -56,7 +59,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from taskmap.runtime import capture, codec, messages, shm
+from taskmap.runtime import capture, codec, fd_output, messages, shm
 from taskmap.runtime.functions import FunctionTable
 from taskmap.runtime.messages import (
     MSG_KIND,
@@ -155,11 +158,14 @@ class Worker:
         self.outbox_size = 0
         self.outbox_lock = threading.Lock()
         self.log_handler: logging.Handler | None = None
+        # fds 1 and 2 through pipes, for what C code and subprocesses write
+        self.tee: fd_output.DescriptorTee | None = None
+        self.fd_pipes: list[int] = []
 
     # -- threads ----------------------------------------------------------
 
     def serve(self) -> None:
-        self.conn.send_bytes(messages.pack_hello(os.getpid()))
+        self.conn.send_bytes(messages.pack_hello(os.getpid(), self.fd_pipes))
         threading.Thread(target=self.read, name="taskmap-reader", daemon=True).start()
         threading.Thread(target=self.run_cpu, name="taskmap-cpu", daemon=True).start()
         asyncio.set_event_loop(self.loop)
@@ -237,7 +243,9 @@ class Worker:
                 box += (task, stream, [text])
             first = self.outbox_size == 0
             self.outbox_size += len(text)
-            full = self.outbox_size > OUTBOX_MAX
+            # (what reached fds 1 and 2 goes at once: it is often a dying
+            # process's last words, and the process may not live to the loop)
+            full = self.outbox_size > OUTBOX_MAX or stream >= capture.FD_STDOUT
         if full:
             self.send_output()  # (the writer waits for the pipe: backpressure)
         elif first:
@@ -476,7 +484,11 @@ class Worker:
         start = time.monotonic()
         release: list[str] = []
         output = self.output
-        owned = capture.owner.set((output, sub[SUB_TASK]))
+        mine = (output, sub[SUB_TASK])
+        owned = capture.owner.set(mine)
+        tee = self.tee
+        if tee is not None:
+            tee.owner = mine  # (bytes reaching fds 1 and 2 are this task's now)
         try:
             func, args, release = self.prepare(sub, parent_value)
             value = func(*args)
@@ -491,6 +503,11 @@ class Worker:
             return failure(sub[SUB_TASK], error, Stage.RUN, start), None
         finally:
             capture.owner.reset(owned)
+            if tee is not None:
+                if tee.maybe:
+                    tee.end()
+                else:
+                    tee.owner = None
             if output.open:
                 output.finish(sub[SUB_TASK])
         writer = self.shm_writer
@@ -702,12 +719,17 @@ def failure(
     return [task, False, [blob, type_name, message, text, int(stage)], start, end]
 
 
+_tee: fd_output.DescriptorTee | None = None
+
+
 def _exit_now() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
+    if _tee is not None:
+        _tee.flush()
     os._exit(0)
 
 
@@ -746,4 +768,10 @@ def worker_main(conn, progress, memory_limit: int | None = None, shm_prefix: str
     # streams are still put back after each task)
     worker.log_handler = capture.install_for_process(logging.INFO)
     worker.setup.stdout, worker.setup.stderr = sys.stdout, sys.stderr
+    global _tee
+    if os.environ.get("TASKMAP_FD_OUTPUT", "1") != "0":
+        _tee = worker.tee = fd_output.DescriptorTee(lambda: bool(worker.io_tasks))
+        worker.fd_pipes = worker.tee.start()
+        if not worker.fd_pipes:
+            _tee = worker.tee = None
     worker.serve()
