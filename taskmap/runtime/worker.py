@@ -106,7 +106,7 @@ class _RunOutput(capture.Sink):
     def lines(self, key: Any, stream: int, text: str) -> None:
         if self.current:
             self.worker.output_lines(key, stream, text)
-        elif stream:
+        elif stream in capture.SHOWN:  # (what reached fds 1 and 2 was forwarded already)
             capture.original(stream).write(text)
 
 
