@@ -78,6 +78,9 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     sink = book.collector
     run_error: BaseException | None = None
     capture.install(sink.level, sink.skip)
+    # one task at a time: the owner is set once, its key per task
+    held: list = [sink, None]
+    owned = capture.owner.set(held)
     book.start()
     try:
         while True:
@@ -93,7 +96,7 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
             name = names[i]
             state.started(i)
             book.starting(i)
-            owned = capture.owner.set((sink, i))
+            held[1] = i  # (a coroutine's asyncio task sees the same list)
             try:
                 value = funcs[name](*book.args(i))
                 if inspect.isawaitable(value):
@@ -101,29 +104,25 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
                         loop = _private_loop()
                     value = loop.run_until_complete(_await(value))
             except TASK_ERRORS as error:
-                _task_ended(owned, sink, i)
+                held[1] = None
+                if sink.open:
+                    sink.finish(i)
                 book.failed(i, error)
             else:
-                _task_ended(owned, sink, i)
+                held[1] = None
+                if sink.open:
+                    sink.finish(i)
                 book.succeeded(i, value)
     except BaseException as exc:
         run_error = exc
         raise
     finally:
-        if capture.owner.get() is not None:  # (interrupted inside a task)
-            capture.owner.set(None)
+        capture.owner.reset(owned)
         capture.uninstall(sink.level, sink.skip)
         if loop is not None:
             loop.close()
         book.finish(run_error)
     return graph
-
-
-def _task_ended(owned, sink: capture.Sink, i: int) -> None:
-    """The task's output is no longer owned; its last line is completed."""
-    capture.owner.reset(owned)
-    if sink.open:
-        sink.finish(i)
 
 
 async def _await(awaitable):
@@ -204,6 +203,10 @@ async def _run_async(
     running: dict[asyncio.Future, int] = {}
     sink = book.collector
     owner = capture.owner
+    # plain functions run inline one at a time: the loop's owner is set
+    # once, its key per task; an asyncio task gets an owner of its own
+    held: list = [sink, None]
+    owner.set(held)  # (this coroutine's own context)
 
     def launch(i: int) -> None:
         """Start task i; returns after a plain cpu task has run inline."""
@@ -212,25 +215,31 @@ async def _run_async(
         book.starting(i)
         func = funcs[name]
         args = book.args(i)
-        # (an asyncio task created here copies the owner: a coroutine's, and
-        # the one awaiting a thread, which may return an awaitable)
-        owned = owner.set((sink, i))
         if is_io[i] and not inspect.iscoroutinefunction(func):
+            # (the asyncio task awaiting the thread, which may return an
+            # awaitable, copies the owner set around its creation)
+            owned = owner.set((sink, i))
             call = _in_thread(loop, threads, capture.call_owned, (sink, i, func, args))
             running[asyncio.ensure_future(call)] = i
             owner.reset(owned)
             return
+        held[1] = i
         try:
             value = func(*args)
-            if inspect.isawaitable(value):
-                running[asyncio.ensure_future(value)] = i
-                owner.reset(owned)
-                return
         except TASK_ERRORS as error:
-            _task_ended(owned, sink, i)
+            held[1] = None
+            if sink.open:
+                sink.finish(i)
             book.failed(i, error)
             return
-        _task_ended(owned, sink, i)
+        held[1] = None
+        if inspect.isawaitable(value):
+            owned = owner.set((sink, i))
+            running[asyncio.ensure_future(value)] = i
+            owner.reset(owned)
+            return
+        if sink.open:
+            sink.finish(i)
         book.succeeded(i, value)
 
     def collect(fut: asyncio.Future) -> None:

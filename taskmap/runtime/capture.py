@@ -2,7 +2,11 @@
 log records emitted while it runs, attributed to the task that wrote them.
 
 How a write finds its task: a context variable (:data:`owner`) holds
-``(sink, key)`` while a task runs.  A coroutine's asyncio task copies the
+``(sink, key)`` while a task runs.  A thread that runs one task at a time
+(the worker's cpu thread, ``run``'s caller) sets it once to a list
+``[sink, key]`` and changes ``key`` per task (None between tasks): setting
+and resetting a context variable per task cost more than a tiny task's
+other bookkeeping.  A coroutine's asyncio task copies the
 context it was created in, so coroutines interleaving on one loop each see
 their own owner; a plain function run in a thread gets it set by the runner
 around the call (:func:`call_owned`).  Threads a task starts itself do not
@@ -54,7 +58,8 @@ SHOWN = (STDOUT, STDERR)  # the kinds of text taskmap shows (output='pass'/'pref
 # a line longer than this is passed on in pieces (no line is held back unbounded)
 LINE_MAX = 1 << 16
 
-owner: ContextVar[tuple[Sink, Any] | None] = ContextVar("taskmap_output_owner", default=None)
+# (sink, key), or [sink, key] where key None means no task owns the output now
+owner: ContextVar[tuple[Sink, Any] | list[Any] | None] = ContextVar("taskmap_output_owner", default=None)
 
 
 class Sink:
@@ -211,7 +216,7 @@ class OwnedStream:
 
     def write(self, text: str) -> int:
         current = owner.get()
-        if current is None:
+        if current is None or current[1] is None:
             return self.inner.write(text)
         if type(text) is not str:
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -223,7 +228,8 @@ class OwnedStream:
             self.write(line)
 
     def flush(self) -> None:
-        if owner.get() is None:
+        current = owner.get()
+        if current is None or current[1] is None:
             self.inner.flush()
 
     def close(self) -> None:
@@ -291,7 +297,7 @@ class OutputLogHandler(logging.Handler):
                 last.handle(record)  # (what logging does when no handler exists)
                 return
         current = owner.get()
-        if current is None or written or record.name in self.skip:
+        if current is None or current[1] is None or written or record.name in self.skip:
             return
         try:
             text = self.format(record)

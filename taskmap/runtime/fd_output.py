@@ -49,13 +49,13 @@ _SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "o
 
 class DescriptorTee:
     """Routes this process's fds 1 and 2 through pipes (see the module
-    docstring).  ``owner`` is ``(sink, key)`` of the cpu task to which
-    bytes arriving now belong, or None; ``io_running()`` says whether an io
-    task runs (then they belong to nobody known)."""
+    docstring).  ``owner`` is the cpu thread's ``[sink, key]``: bytes
+    arriving while ``key`` is not None belong to that task, unless
+    ``io_running()`` says an io task runs (then to nobody known)."""
 
     def __init__(self, io_running: Callable[[], bool]) -> None:
         self.io_running = io_running
-        self.owner: tuple[Any, Any] | None = None
+        self.owner: list[Any] | None = None
         self.lock = threading.Lock()
         self.pipes: list[tuple[int, int, int, Any]] = []  # (read end, original copy, kind, decoder)
         self.maybe = False  # bytes may be waiting: a task's end drains them
@@ -118,27 +118,22 @@ class DescriptorTee:
                 return
             write_all(original, data)
             owner = self.owner
-            if owner is not None and not self.io_running():
+            if owner is None:
+                continue
+            sink, key = owner[0], owner[1]
+            if key is not None and not self.io_running():
                 text = decoder.decode(data)
                 if text:
-                    owner[0].write(owner[1], kind, text)
-
-    def begin(self, owner: tuple[Any, Any]) -> None:
-        """A cpu task starts: bytes arriving from now on are its."""
-        self.owner = owner
+                    sink.write(key, kind, text)
 
     def end(self) -> None:
-        """The cpu task ended: what it wrote and the pipe still holds is
-        its; then bytes belong to nobody."""
-        if self.maybe:
-            with self.lock:
-                for read_end, original, kind, decoder in self.pipes:
-                    self._pass_on(read_end, original, kind, decoder)
-                    # (a character cut at the end is not carried to the next task)
-                    decoder.reset()
-                self.owner = None
-        else:
-            self.owner = None
+        """The cpu task is ending (its key still set): what it wrote and
+        the pipe still holds is its."""
+        with self.lock:
+            for read_end, original, kind, decoder in self.pipes:
+                self._pass_on(read_end, original, kind, decoder)
+                # (a character cut at the end is not carried to the next task)
+                decoder.reset()
 
     def flush(self) -> None:
         """Forward what is waiting (the worker is exiting)."""

@@ -161,6 +161,7 @@ class Worker:
         # fds 1 and 2 through pipes, for what C code and subprocesses write
         self.tee: fd_output.DescriptorTee | None = None
         self.fd_pipes: list[int] = []
+        self.cpu_owner: list[Any] = [None, None]
 
     # -- threads ----------------------------------------------------------
 
@@ -354,6 +355,10 @@ class Worker:
         task and reruns the finished ones whose results were still batched."""
         cpu_queue, waiting = self.cpu_queue, self.cpu_waiting
         coroutine_loop = asyncio.new_event_loop()
+        # this thread's output owner: [sink, the task running or None]
+        capture.owner.set(self.cpu_owner)
+        if self.tee is not None:
+            self.tee.owner = self.cpu_owner
         while True:
             cpu_queue.get()  # (a task was put in the deque before its token)
             self.execute_chain(waiting.popleft(), coroutine_loop)
@@ -484,11 +489,9 @@ class Worker:
         start = time.monotonic()
         release: list[str] = []
         output = self.output
-        mine = (output, sub[SUB_TASK])
-        owned = capture.owner.set(mine)
-        tee = self.tee
-        if tee is not None:
-            tee.owner = mine  # (bytes reaching fds 1 and 2 are this task's now)
+        cpu_owner = self.cpu_owner
+        cpu_owner[0] = output
+        cpu_owner[1] = sub[SUB_TASK]  # (and bytes reaching fds 1 and 2 are its now)
         try:
             func, args, release = self.prepare(sub, parent_value)
             value = func(*args)
@@ -502,12 +505,10 @@ class Worker:
             shm.unlink(release)
             return failure(sub[SUB_TASK], error, Stage.RUN, start), None
         finally:
-            capture.owner.reset(owned)
-            if tee is not None:
-                if tee.maybe:
-                    tee.end()
-                else:
-                    tee.owner = None
+            tee = self.tee
+            if tee is not None and tee.maybe:
+                tee.end()  # (what it wrote to fds 1 and 2 and the pipe still holds)
+            cpu_owner[1] = None
             if output.open:
                 output.finish(sub[SUB_TASK])
         writer = self.shm_writer
