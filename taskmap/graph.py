@@ -409,7 +409,7 @@ def mark_as_done_except(graph: Graph, tasks) -> Graph:
 
 def reset_tasks(graph: Graph, tasks) -> Graph:
     """Mark ``tasks`` and all their descendants as not done and clear their
-    results, so the next run reruns exactly them.  With a checkpoint store,
+    results and output, so the next run reruns exactly them.  With a checkpoint store,
     their stored outcomes are deleted too."""
     tasks = set(_as_list(tasks))
     rerun = descendants(children_index(graph), tasks) | tasks
@@ -417,6 +417,7 @@ def reset_tasks(graph: Graph, tasks) -> Graph:
     for task in rerun:
         if task in graph.results:
             graph.results[task] = None
+        graph.output.pop(task, None)
     if graph.checkpoint is not None:
         graph.checkpoint.clear(rerun)
     return graph
