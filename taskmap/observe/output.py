@@ -71,6 +71,7 @@ class OutputCollector(Sink):
         self.mode = options.mode
         self.level = options.level
         self.kept: dict[int, KeptText] = {}
+        self.prefixes: dict[Any, str] = {}  # key -> "[task] "
         # taskmap's own loggers: their records are not task output
         self.skip = {f"{graph_name}-manager", f"{graph_name}-worker"}
 
@@ -85,8 +86,13 @@ class OutputCollector(Sink):
     def show(self, key: Any, stream: int, text: str) -> None:
         """Write whole lines to the caller's stream (prefixed in prefix mode)."""
         if self.mode == PREFIX:
-            prefix = f"[{self.names[key]}] "
-            text = "".join([prefix + line for line in text.splitlines(True)])
+            prefix = self.prefixes.get(key)
+            if prefix is None:
+                prefix = self.prefixes[key] = f"[{self.names[key]}] "
+            if text.count("\n") == 1 and text[-1] == "\n":  # (one line: the common case)
+                text = prefix + text
+            else:
+                text = "".join([prefix + line for line in text.splitlines(True)])
         try:
             original(stream).write(text)
         except (OSError, ValueError):
