@@ -340,3 +340,20 @@ def test_pass_and_prefix_show_every_line_whole_on_the_real_streams(tmp_path, mod
     err = done.stderr.splitlines()
     assert len(err) == 4 * 40 * 2
     assert sorted(set(err))[0].startswith("[io" if mode == "prefix" else "a warning")
+
+
+def closes_stdout() -> int:
+    sys.stdout.close()
+    return 1
+
+
+def prints_after(_: int) -> int:
+    print("after a task closed stdout")
+    return 2
+
+
+def test_a_task_that_closes_stdout_in_a_worker_leaves_capture_working_for_the_next():
+    graph = taskmap.create_graph({"close": closes_stdout, "after": prints_after}, {"close": [], "after": ["close"]})
+    taskmap.run_parallel(graph, ncores=1, output="capture")
+    assert graph.results == {"close": 1, "after": 2}
+    assert graph.output == {"after": "after a task closed stdout\n"}
