@@ -73,7 +73,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
+from taskmap.cancellation import Cancellation
 from taskmap.observe.observers import Observer, Observers, build_observers
+from taskmap.observe.output import DEFAULT as DEFAULT_OUTPUT
 from taskmap.observe.output import OutputOptions, resolve_output
 from taskmap.results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 from taskmap.scheduling.limits import RetrySpec, TaskLimits, TimeoutSpec
@@ -143,7 +145,9 @@ class RunOptions(NamedTuple):
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
-    output: OutputOptions
+    output: OutputOptions = DEFAULT_OUTPUT
+    # the run's cancel switch (taskmap.start sets one; the blocking runners: None)
+    cancel: Cancellation | None = None
 
 
 def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str, Any]) -> RunOptions:

@@ -979,6 +979,65 @@ def test_timeouts_and_retries_under_a_limit_leak_no_unit(client, tmp_path):
     assert taskmap.summarize(graph).resources["db"]["peak"] == 2
 
 
+# -- a run as a handle (issue 21) ---------------------------------------------------
+
+
+def test_a_started_dask_run_is_awaited_and_yields_results_as_they_finish(client):
+    graph = taskmap.create_graph(
+        {"a": five, "b": add_ten, "x": fail, "y": add_ten},
+        {"a": [], "b": ["a"], "x": [], "y": ["x"]},
+    )
+
+    async def main():
+        run = taskmap.start(graph, "run_dask", client=client)
+        items = [item async for item in run.as_completed()]
+        return await run, items
+
+    done, items = asyncio.run(main())
+    assert done is graph and dict(items) == graph.results and len(items) == 4
+    names = [t for t, _ in items]
+    assert names.index("a") < names.index("b") and names.index("x") < names.index("y")
+    assert graph.results["b"] == 15 and graph.results["y"] == ANCESTOR.format("x")
+
+
+def _started_then_wait(path, *_):
+    Path(path).touch()
+    time.sleep(60)
+
+
+async def _started_then_nap(path, *_):
+    Path(path).touch()
+    await asyncio.sleep(60)
+
+
+def test_cancel_stops_a_dask_run_and_leaves_nothing_on_the_cluster(client, tmp_path):
+    held = set(client.futures)
+    marks = [tmp_path / "io", tmp_path / "cpu"]
+    graph = taskmap.create_graph(
+        {
+            "a": five,
+            "io": functools.partial(_started_then_nap, str(marks[0])),
+            "cpu": functools.partial(_started_then_wait, str(marks[1])),
+            "after": add_ten,
+        },
+        {"a": [], "io": ["a"], "cpu": [], "after": ["io"]},
+        io_bound=["io"],
+    )
+    run = taskmap.start(graph, "run_dask", client=client)
+    deadline = time.monotonic() + 30
+    while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cancelled_at = time.monotonic()
+    threading.Thread(target=run.cancel).start()
+    with pytest.raises(taskmap.RunCancelled):
+        run.wait(timeout=10)
+    assert time.monotonic() - cancelled_at < 1.0
+    assert graph.results == {"a": 5} and sorted(graph.in_progress) == ["cpu", "io"]
+    assert not left_on_cluster(client, held)  # every future of the run released
+    # (the cpu task's thread sleeps on: Dask cannot stop a running thread;
+    # its worker is not killed, it holds other results)
+
+
 def test_gather_false_without_a_client_is_refused_saying_why():
     """(It raised "'bool' object is not iterable" before reaching this check.)"""
     graph = taskmap.create_graph({"a": five}, {"a": []})

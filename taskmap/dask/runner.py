@@ -102,8 +102,10 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Unpack
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.cancellation import Cancellation
 from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
 from taskmap.errors import (
+    RunCancelled,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -112,7 +114,7 @@ from taskmap.errors import (
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
 from taskmap.observe.output import CAPTURE, DEFAULT, OutputOptions
-from taskmap.options import RunnerOptions
+from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.runners import state_for
 from taskmap.runtime import codec, process_setup
@@ -242,10 +244,27 @@ def run_dask(
     """
     _check_options(graph, client, address, ncores, options.get("gather", True))
     opts = resolve_options("run_dask", graph, raise_errors, dict(options))
+    return _run_dask_with(graph, client, address, ncores, opts)
+
+
+def _run_dask_with(
+    graph: Graph, client: Client | None, address: str | None, ncores: int | None, opts: RunOptions
+) -> Graph:
+    """``run_dask`` with resolved options.  A cancelled run (``opts.cancel``)
+    cancels the futures Dask still runs for it and raises
+    :class:`taskmap.RunCancelled`."""
     wanted = None if opts.keep is None else set(opts.keep)
     with _connect(client, address, ncores) as dask_client:
         _DaskRun(
-            graph, dask_client, raise_errors, opts.limits, opts.observers, wanted, opts.resources, opts.output
+            graph,
+            dask_client,
+            opts.raise_errors,
+            opts.limits,
+            opts.observers,
+            wanted,
+            opts.resources,
+            opts.cancel,
+            opts.output,
         ).run()
     return graph
 
@@ -337,8 +356,10 @@ class _DaskRun:
         observers: Observers,
         wanted: set | None,
         resources: tuple[dict, dict] | None = None,
+        cancel: Cancellation | None = None,
         output: OutputOptions = DEFAULT,
     ) -> None:
+        self.cancellation = cancel
         # limits and rates are the state's gate, as in every runner: a task
         # waiting for a unit or a rate slot is not submitted (see submit_all)
         state = state_for(graph, resources)
@@ -387,6 +408,7 @@ class _DaskRun:
     def run(self) -> None:
         state, book = self.state, self.book
         run_error: BaseException | None = None
+        cancel = self.cancellation
         if self.output_topic is not None:
             # before any task is submitted: the subscription travels to the
             # scheduler in the client's stream ahead of the tasks, so no line
@@ -397,10 +419,16 @@ class _DaskRun:
         except BaseException:
             self.unsubscribe()
             raise
+        # a cancel wakes the one wait: a None on the queue of finished futures
+        forget = cancel.on_cancel(lambda: self.inbox.put(None)) if cancel is not None else None
         try:
             book.start()
             while not state.all_finished:
                 batch = self.start_ready()
+                if cancel is not None and cancel.is_set:
+                    # (after start_ready: a task whose parents are recorded has
+                    # started, as Dask may have run it already; in_progress says so)
+                    raise RunCancelled()
                 if not batch:
                     if not self.running and not self.timers and state.next_rate_slot() is None:
                         break  # nothing can change any more (cannot happen; never hang)
@@ -412,6 +440,8 @@ class _DaskRun:
             self.abort()
             raise
         finally:
+            if forget is not None:
+                forget()
             self.finish(run_error)
 
     def _show_output(self, event: tuple) -> None:
@@ -581,7 +611,7 @@ class _DaskRun:
             try:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
-                return batch
+                return [item for item in batch if item is not None]  # (None: a cancel's wake-up)
 
     def fire_timers(self) -> None:
         """Requeue the delayed retries that are due, and the tasks whose rate
