@@ -2,7 +2,7 @@
 result, a failure and the skipped descendants of a failure.
 
 It joins the pure :class:`~taskmap.scheduling.state.SchedulingState` (numbers) and the
-user's :class:`~taskmap.graph.Graph` (names, results, ``done``), and calls the
+user's :class:`~taskmap.graph.Graph` (names, results, ``done``, ``output``), and calls the
 run's observers (:mod:`taskmap.observe.observers`: progress, trace, checkpoint store,
 the caller's own) and its logging at each event.
 """
@@ -16,6 +16,7 @@ from taskmap.errors import TaskFailedError
 from taskmap.graph import Graph
 from taskmap.observe.logs import RunLog
 from taskmap.observe.observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
+from taskmap.observe.output import DEFAULT, OutputCollector, OutputOptions
 from taskmap.observe.record import RunRecord
 from taskmap.scheduling.state import SchedulingState, TaskState, ancestor_failed_message
 
@@ -29,6 +30,7 @@ class Bookkeeper:
 
     __slots__ = (
         "attempts",
+        "collector",
         "done",
         "graph",
         "log",
@@ -36,6 +38,7 @@ class Bookkeeper:
         "names",
         "ncores",
         "observers",
+        "outputs",
         "raise_errors",
         "record",
         "results",
@@ -53,6 +56,7 @@ class Bookkeeper:
         runner: str = "run",
         ncores: int = 1,
         measures_durations: bool = False,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.graph = graph
         self.state = state
@@ -73,6 +77,10 @@ class Bookkeeper:
         # attempts per task, for runners that retry (the coordinator's list)
         self.attempts: list[int] | None = None
         self.record: RunRecord | None = None
+        # what tasks write: the runner (or the coordinator) feeds the
+        # collector; a task's text goes to graph.output when it is recorded
+        self.collector = OutputCollector(self.names, output, str(graph.name))
+        self.outputs = graph.output
 
     def args(self, i: int) -> list:
         """The arguments of task i: its parents' results in order, None left out."""
@@ -178,12 +186,22 @@ class Bookkeeper:
         name = self.names[i]
         self.results[name] = value
         self.done.append(name)
+        if self.collector.kept or self.outputs:
+            self._take_output(i, name)
         self.log.finished(name, pid)
         if self.observers:
             self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
         if became and self.log.manager_on:
             state, names = self.state, self.names
             self.log.queueing(names[c] for c in state.children[i] if state.state[c] == TaskState.READY)
+
+    def _take_output(self, i: int, name) -> None:
+        """graph.output[name]: what task i wrote in this run, or nothing."""
+        text = self.collector.take(i)
+        if text is None:
+            self.outputs.pop(name, None)  # (from an earlier run)
+        else:
+            self.outputs[name] = text
 
     def failed(
         self,
@@ -210,6 +228,8 @@ class Bookkeeper:
         name = self.names[i]
         self.results[name] = error
         self.done.append(name)
+        if self.collector.kept or self.outputs:
+            self._take_output(i, name)
         self.log.failed(name, error, pid)
         observers = self.observers
         if observers:
@@ -218,9 +238,12 @@ class Bookkeeper:
             message = ancestor_failed_message(name)
             names, results, done = self.names, self.results, self.done
             is_io = self.state.is_io
+            outputs = self.outputs
             for s in skipped:
                 results[names[s]] = message
                 done.append(names[s])
+                if outputs:
+                    outputs.pop(names[s], None)  # (from an earlier run)
                 if observers:
                     observers.task_finished(
                         TaskEvent(  # (positional, see _event)

@@ -102,7 +102,9 @@ class Graph:
     started in the last run and ``durations`` keeps the measured run time of
     each task (seconds), used to order cpu tasks by critical path next time.
     ``checkpoint`` is the durable result store, if any; ``last_run`` the
-    record of the last run (for the summary), if any.
+    record of the last run (for the summary), if any.  ``output`` holds what
+    each task wrote (printed or logged) when it last ran, for the tasks that
+    wrote something (:mod:`taskmap.observe.output`).
     """
 
     __slots__ = (
@@ -117,6 +119,7 @@ class Graph:
         "last_run",
         "lock",
         "name",
+        "output",
         "priority",
         "results",
         "uses",
@@ -149,6 +152,8 @@ class Graph:
         self.uses: dict = {}
         # task -> int, higher first among ready tasks (default 0)
         self.priority: dict = {}
+        # task -> the text it wrote when it last ran (absent: it wrote nothing)
+        self.output: dict = {}
 
     @property
     def done(self) -> DoneList:
@@ -165,7 +170,7 @@ class Graph:
         return {slot: getattr(self, slot) for slot in self.__slots__}
 
     def __setstate__(self, state) -> None:
-        self.uses, self.priority = {}, {}  # (a graph pickled before they existed)
+        self.uses, self.priority, self.output = {}, {}, {}  # (a graph pickled before they existed)
         for slot, value in state.items():
             setattr(self, slot, value)
 
@@ -404,7 +409,7 @@ def mark_as_done_except(graph: Graph, tasks) -> Graph:
 
 def reset_tasks(graph: Graph, tasks) -> Graph:
     """Mark ``tasks`` and all their descendants as not done and clear their
-    results, so the next run reruns exactly them.  With a checkpoint store,
+    results and output, so the next run reruns exactly them.  With a checkpoint store,
     their stored outcomes are deleted too."""
     tasks = set(_as_list(tasks))
     rerun = descendants(children_index(graph), tasks) | tasks
@@ -412,6 +417,7 @@ def reset_tasks(graph: Graph, tasks) -> Graph:
     for task in rerun:
         if task in graph.results:
             graph.results[task] = None
+        graph.output.pop(task, None)
     if graph.checkpoint is not None:
         graph.checkpoint.clear(rerun)
     return graph

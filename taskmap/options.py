@@ -48,6 +48,19 @@ their own).
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
     Parallel runners.
+``output``
+    What a task writes with ``print``/``sys.stdout``/``sys.stderr`` (and the
+    log records emitted while it runs) is kept, per task, in
+    ``graph.output`` (bounded at 1 MiB a task: head and tail); this option
+    says what taskmap prints of it: ``"pass"`` (default: each complete line
+    to the caller's ``sys.stdout``/``sys.stderr``, never torn), ``"prefix"``
+    (the same, each line prefixed ``[task] ``) or ``"capture"`` (nothing).
+    Every runner (see :mod:`taskmap.observe.output`).
+``capture_level``
+    The least level of a log record kept as task output (an int or a name
+    such as ``"DEBUG"``; default ``logging.INFO``).  A record is kept only
+    when its logger emits it: taskmap never lowers a logger's level.  Every
+    runner.
 
 With none of ``progress``, ``trace``, ``summary``, ``observers`` a run pays
 nothing per task for them.
@@ -55,12 +68,15 @@ nothing per task for them.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from taskmap.cancellation import Cancellation
 from taskmap.observe.observers import Observer, Observers, build_observers
+from taskmap.observe.output import DEFAULT as DEFAULT_OUTPUT
+from taskmap.observe.output import OutputOptions, resolve_output
 from taskmap.results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 from taskmap.scheduling.limits import RetrySpec, TaskLimits, TimeoutSpec
 from taskmap.scheduling.resources import check_limits_and_rates
@@ -89,6 +105,8 @@ class RunnerOptions(TypedDict, total=False):
     shm_threshold: ThresholdSpec
     limits: Mapping[str, int] | None
     rates: Mapping[str, float] | None
+    output: str
+    capture_level: int | str
 
 
 class _Option(NamedTuple):
@@ -110,6 +128,8 @@ OPTIONS: dict[str, _Option] = {
     "shm_threshold": _Option("auto", PARALLEL),
     "limits": _Option(None, EVERY),
     "rates": _Option(None, EVERY),
+    "output": _Option("pass", EVERY),
+    "capture_level": _Option(logging.INFO, EVERY),
 }
 
 
@@ -125,6 +145,7 @@ class RunOptions(NamedTuple):
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
+    output: OutputOptions = DEFAULT_OUTPUT
     # the run's cancel switch (taskmap.start sets one; the blocking runners: None)
     cancel: Cancellation | None = None
 
@@ -148,6 +169,7 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
     resources = None
     if given.get("limits") or given.get("rates"):
         resources = check_limits_and_rates(graph.uses, given.get("limits"), given.get("rates"))
+    output = resolve_output(given["output"], given["capture_level"])
     names = list(graph.dependencies)
     limits = TaskLimits(
         names,
@@ -159,4 +181,4 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
     observers = build_observers(graph, given["progress"], given["trace"], given["observers"], given["summary"])
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
-    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given)
+    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given, output)

@@ -69,6 +69,13 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   an io coroutine past its limit is cancelled; any other task is reported as
   timed out and its thread left to finish unwatched (Dask cannot stop a
   running thread, and killing the worker would lose every result it holds).
+* Output: each task's output (printed lines, log records; see
+  :mod:`taskmap.runtime.capture`) comes back bounded with its
+  :class:`Outcome` or :class:`TaskFailure`, for ``graph.output``; with
+  ``output='pass'``/``'prefix'`` its lines are also shown as they are written:
+  the worker publishes them as Dask events on a topic of the run's own, to
+  which the caller subscribes for the run.  (A task whose value stays on the
+  cluster, ``gather=``, returns no envelope: its output is shown, not kept.)
 * Values: a task whose result the caller wants returns an :class:`Outcome`
   (the value plus worker pid and wall-clock start/end, for observers and
   ``graph.durations``); its children unwrap it on their worker.  A task whose
@@ -106,6 +113,7 @@ from taskmap.errors import (
 )
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
+from taskmap.observe.output import CAPTURE, DEFAULT, OutputOptions
 from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.runners import state_for
@@ -248,7 +256,15 @@ def _run_dask_with(
     wanted = None if opts.keep is None else set(opts.keep)
     with _connect(client, address, ncores) as dask_client:
         _DaskRun(
-            graph, dask_client, opts.raise_errors, opts.limits, opts.observers, wanted, opts.resources, opts.cancel
+            graph,
+            dask_client,
+            opts.raise_errors,
+            opts.limits,
+            opts.observers,
+            wanted,
+            opts.resources,
+            opts.cancel,
+            opts.output,
         ).run()
     return graph
 
@@ -346,6 +362,7 @@ class _DaskRun:
         wanted: set | None,
         resources: tuple[dict, dict] | None = None,
         cancel: Cancellation | None = None,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.cancellation = cancel
         # limits and rates are the state's gate, as in every runner: a task
@@ -360,8 +377,9 @@ class _DaskRun:
         n = len(self.names)
         cpu_slots, self.cpu_resource = _cpu_slots(client)
         self.book = Bookkeeper(
-            graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots, measures_durations=True
+            graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots, measures_durations=True, output=output
         )
+        self.output = self.book.collector
         self.attempts = [0] * n
         self.book.attempts = self.attempts
         # tasks this run handles (the others were done before it started)
@@ -381,6 +399,8 @@ class _DaskRun:
         self.timers: list[tuple[float, int]] = []  # (when, task): delayed retries
         self.submissions = [0] * n
         self.token = uuid.uuid4().hex[:8]
+        # the topic workers publish tasks' lines on, when they are shown
+        self.output_topic = None if output.mode == CAPTURE else f"taskmap-output-{self.token}"
         # the caller's user modules: a task's worker must run this code
         self.code_versions = process_setup.snapshot().modules
         # worker wall clock -> this process's monotonic clock
@@ -394,7 +414,16 @@ class _DaskRun:
         state, book = self.state, self.book
         run_error: BaseException | None = None
         cancel = self.cancellation
-        self.submit_all()  # a function that cannot be sent stops the run before it starts
+        if self.output_topic is not None:
+            # before any task is submitted: the subscription travels to the
+            # scheduler in the client's stream ahead of the tasks, so no line
+            # is published before it
+            self.client.subscribe_topic(self.output_topic, self._show_output)
+        try:
+            self.submit_all()  # a function that cannot be sent stops the run before it starts
+        except BaseException:
+            self.unsubscribe()
+            raise
         # a cancel wakes the one wait: a None on the queue of finished futures
         forget = cancel.on_cancel(lambda: self.inbox.put(None)) if cancel is not None else None
         try:
@@ -420,7 +449,18 @@ class _DaskRun:
                 forget()
             self.finish(run_error)
 
+    def _show_output(self, event: tuple) -> None:
+        # (called on the client's event loop thread) event: (time, [task, stream, text])
+        key, stream, text = event[1]
+        self.output.show(key, stream, text)
+
+    def unsubscribe(self) -> None:
+        if self.output_topic is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(self.output_topic)
+
     def finish(self, error: BaseException | None) -> None:
+        self.unsubscribe()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -494,6 +534,9 @@ class _DaskRun:
             self.wanted is None or name in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
             self.start_at(i),
+            self.output_topic,
+            i,
+            self.output.level,
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"
@@ -620,7 +663,8 @@ class _DaskRun:
                 error, pid, start, end = self.error_of(i, future)
                 if start is not None:
                     self.graph.durations[self.names[i]] = end - start
-                self.failed(i, error, pid, start, end)
+                failure = future.exception()
+                self.failed(i, error, pid, start, end, failure.output if isinstance(failure, TaskFailure) else None)
             elif future.status == "cancelled":
                 self.failed(i, TaskmapError(f"Dask cancelled task {self.names[i]!r} (taskmap did not)"))
             else:
@@ -672,6 +716,7 @@ class _DaskRun:
             start = outcome.start - self.clock_offset
             end = outcome.end - self.clock_offset
             self.graph.durations[name] = end - start
+            self.output.set_text(i, getattr(outcome, "output", None))
             self.book.succeeded(i, outcome.value, outcome.pid, start, end)
         self.release_futures(i)
 
@@ -682,6 +727,7 @@ class _DaskRun:
         pid: int | None = None,
         start: float | None = None,
         end: float | None = None,
+        output: str | None = None,
     ) -> None:
         self.running.discard(i)
         self.live.pop(i, None)
@@ -697,6 +743,7 @@ class _DaskRun:
             return
         self.cancel(dropped + self.drop_futures(_skipped_by(self.state, i)))
         self.release_futures(i)
+        self.output.set_text(i, output)
         self.book.failed(i, error, pid, start, end)  # skips the descendants; may raise
 
     def error_of(self, i: int, future: Future) -> tuple:
