@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.element_book import functions_of
 from taskmap.errors import TASK_ERRORS
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
@@ -39,7 +40,22 @@ def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> Sched
     state (:mod:`taskmap.scheduling.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
-    state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
+    state: SchedulingState
+    if graph.expand:
+        from taskmap.element_book import done_elements
+        from taskmap.scheduling.expansion import ExpandingState
+
+        state = ExpandingState(
+            graph.dependencies,
+            graph.io_bound,
+            graph.done,
+            graph.durations or None,
+            graph.priority,
+            graph.expand,
+            done_elements(graph),
+        )
+    else:
+        state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
     if resources is not None:
         from taskmap.scheduling.resources import build_gate
 
@@ -64,7 +80,7 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     state = state_for(graph, opts.resources)
     book = Bookkeeper(graph, state, raise_errors, opts.observers, "run")
     loop: asyncio.AbstractEventLoop | None = None
-    funcs = graph.funcs
+    funcs = functions_of(graph)
     names = state.names
     run_error: BaseException | None = None
     book.start()
@@ -170,7 +186,7 @@ async def _run_async(
     state = state_for(graph, resources)
     book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
     loop = asyncio.get_running_loop()
-    funcs, names, is_io = graph.funcs, state.names, state.is_io
+    funcs, names, is_io = functions_of(graph), state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
     running: dict[asyncio.Future, int] = {}
 

@@ -932,7 +932,7 @@ def check_invariants(ledger: Ledger) -> None:
     if ledger.stopped:
         return
     state = ledger.state
-    status, names, parents = state.state, state.names, state.parents
+    status, names = state.state, state.names
     n = len(names)
     holders: dict[int, list[Worker]] = {}
     for w, held in ledger.workers.items():
@@ -958,7 +958,7 @@ def check_invariants(ledger: Ledger) -> None:
         else:
             assert i not in holders, f"{names[i]!r} ({s}) is held by {holders[i]!r}"
         assert ledger.attempts[i] >= 0
-        left = sum(1 for p in parents[i] if status[p] != DONE)
+        left = state.expected_remaining(i)
         assert state.remaining[i] == left, f"{names[i]!r}: remaining {state.remaining[i]} != {left}"
         if s == READY:
             assert left == 0, f"ready task {names[i]!r} waits for a parent"
