@@ -107,23 +107,27 @@ class ElementBook:
         state = self.state
         t, k = state.element_of(e)
         name = state.names[t]
-        self.graph.results[name][k] = value
-        flags = self.graph.elements.get(name)
-        if flags is not None:
-            flags[k] = 1 if finished else 0
+        self._list_of(t, name)[k] = value
+        self.graph.elements[name][k] = 1 if finished else 0
+
+    def _list_of(self, t: int, name: Any) -> list:
+        """Collector t's list of results, made when it is not there yet (a
+        skip recorded before the news of its expansion)."""
+        graph, n = self.graph, self.state.count[t]
+        values = graph.results.get(name)
+        flags = graph.elements.get(name)
+        if not (isinstance(values, list) and len(values) == n and flags is not None and len(flags) == n):
+            values = graph.results[name] = [None] * n
+            graph.elements[name] = bytearray(n)
+        return values
 
     def apply(self, news: News) -> None:
         """Record what the state did: new elements (their task's list), skips
         made at an element's creation, completed tasks."""
         graph, state, book = self.graph, self.state, self.book
         names, results = state.names, graph.results
-        for t, _first, n in news.expanded:
-            name = names[t]
-            values = results.get(name)
-            flags = graph.elements.get(name)
-            if not (isinstance(values, list) and len(values) == n and flags is not None and len(flags) == n):
-                results[name] = [None] * n
-                graph.elements[name] = bytearray(n)
+        for t, _first, _n in news.expanded:
+            self._list_of(t, names[t])
         for s, root in news.skipped:
             book.recorded_skip(s, root)
         observers = book.observers

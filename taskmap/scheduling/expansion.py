@@ -151,6 +151,8 @@ class ExpandingState(SchedulingState):
         state = self.state
         if state[i] == EXPANDED:
             return sum(1 for e in self.elements(i) if state[e] not in (DONE, FAILED, SKIPPED))
+        if i in self.first:
+            return 0  # (completed: its elements all finished)
         if i in self.mapped and state[i] in (WAITING, READY):
             m = self.mapped[i]
             return sum(

@@ -208,7 +208,15 @@ class ArmTimer(NamedTuple):
     task: int
 
 
-Instruction = Send | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer
+class Expanded(NamedTuple):
+    """Record what an expanding state did during the event (tasks run as
+    elements, tasks whose elements all finished, elements skipped at their
+    creation: :class:`~taskmap.scheduling.expansion.News`)."""
+
+    news: Any
+
+
+Instruction = Send | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer | Expanded
 
 
 class Values(Protocol):
@@ -222,6 +230,11 @@ class Values(Protocol):
     def given(self, i: int, p: int) -> bytes:
         """Parent p's result, not produced in this run, encoded for task i;
         raises the error that fails task i when it cannot be."""
+
+    def items(self, t: int, blob: bytes) -> list[bytes]:
+        """The items, each encoded, of the encoded result ``blob`` that the
+        expanded task t maps over; raises the error that fails t when it
+        has none (a string, a mapping)."""
 
     def not_kept(self, i: int) -> Any:
         """The stand-in for task i's result when it is not kept (``gather``)."""
@@ -398,6 +411,8 @@ class Ledger:
         self.timed_out: set[int] = set()  # tasks whose worker was killed for their time limit
         self.rate_timer_at: float | None = None  # when the armed RATE timer fires
         self.start_failures = 0
+        # element -> its item, encoded (create_graph(expand=...))
+        self.items: dict[int, bytes] = {}
         self.dispatcher = Dispatcher(self)
         self._handlers = {
             Dispatch: self.dispatcher.dispatch,
@@ -413,6 +428,8 @@ class Ledger:
         """Apply one event; the instructions to carry out, in order."""
         out: list[Instruction] = []
         self._handlers[type(event)](event, out)  # type: ignore[operator]
+        if self.state.expanding and not self.stopped:
+            self._expansions(out)
         if self.state.gate is not None:
             self._arm_rate_timer(out)
         if self.validating:
@@ -563,6 +580,53 @@ class Ledger:
         if self.stop_on_failure:
             self.stopped = True  # (its record raises: the run ends half-way through this event)
         return True
+
+    # -- expansion (create_graph(expand=...)) -------------------------------------
+
+    def _expansions(self, out: list[Instruction]) -> None:
+        """Expand the tasks whose mapped result came (its items encoded one
+        by one), grow the per-task tables for the new elements, and pass the
+        state's news on to the bookkeeper."""
+        state: Any = self.state
+        encoded = self.encoded
+        while state.to_expand:
+            t = state.to_expand[0]
+            m = state.mapped[t]
+            try:
+                blob = encoded.get(m)
+                if blob is None:
+                    blob = encoded[m] = self.values.given(t, m)
+                items = self.values.items(t, blob)
+            except Exception as error:  # noqa: BLE001 - it fails the expanding task
+                out.append(Failed(t, error, None, None, None, state.fail_expansion(t)))
+                if self.stop_on_failure:
+                    self.stopped = True
+                    return
+                continue
+            state.expand(t, len(items))
+            first = state.first[t]
+            self.items.update(zip(range(first, first + len(items)), items, strict=True))
+        news = state.take_news()
+        if not (news.expanded or news.collected or news.skipped):
+            return
+        limits, keep = self.limits, self.segments.keep
+        for t, _first, n in news.expanded:
+            self.attempts.extend([0] * n)
+            limits.timeout.extend([limits.timeout[t]] * n)
+            limits.retries.extend([limits.retries[t]] * n)
+            self.func_of.extend([self.func_of[t]] * n)
+            if self.code_of is not self.func_of:
+                self.code_of.extend([self.code_of[t]] * n)
+            if keep is not None and t in keep:
+                keep.update(range(_first, _first + n))
+        for t in news.collected:
+            if state.state[t] == DONE:
+                blobs = []
+                for e in state.elements(t):
+                    blob = encoded.get(e)
+                    blobs.append(blob if blob is not None else self.values.given(t, e))
+                encoded[t] = codec.encode_list(blobs)
+        out.append(Expanded(news))
 
     # -- timers ---------------------------------------------------------------
 
@@ -743,6 +807,7 @@ class Dispatcher:
         self.pinned_behind = ledger.pinned_behind
         self.ahead_of = ledger.ahead_of
         self.shm = ledger.shm
+        self.items = ledger.items
         self.stop_on_failure = ledger.stop_on_failure
         self._fail = ledger._fail
 
@@ -825,6 +890,7 @@ class Dispatcher:
         state, segments, encoded = self.state, self.segments, self.encoded
         args: list[bytes] = []
         release: list[int] = []
+        item = self.items.get(i) if self.items else None
         for p in state.parents[i]:
             blob = encoded.get(p)
             if blob is None:
@@ -840,6 +906,8 @@ class Dispatcher:
                 if segments.users and segments.may_release(i, blob):
                     release.append(len(args))
                 args.append(blob)
+        if item is not None:
+            _insert_item(state, i, item, args, release, encoded)
         state.started(i)
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
@@ -1007,6 +1075,20 @@ def check_invariants(ledger: Ledger) -> None:
 
 class _Stop(Exception):
     """A failure was recorded during dispatch and the run stops."""
+
+
+def _insert_item(
+    state: Any, e: int, item: bytes, args: list[bytes], release: list[int], encoded: dict[int, bytes]
+) -> None:
+    """Put element e's item among its arguments, where its task's mapped
+    dependency was (None left out, as ever)."""
+    if codec.is_none(item):
+        return
+    t, _ = state.element_of(e)
+    pos = state.item_pos[t]
+    k = sum(1 for p in state.parents[e][:pos] if not codec.is_none(encoded[p]))
+    args.insert(k, item)
+    release[:] = [r + 1 if r >= k else r for r in release]
 
 
 def _io_load(held: Held) -> int:
