@@ -291,12 +291,12 @@ class ExpandingState(SchedulingState):
             skipped: list[int] = []
             self._element_ended(e, root, skipped)
             self.news.skipped.extend((s, root) for s in skipped)
+        if state[t] == EXPANDED and remaining[t] == 0:
+            self._complete(t)
         for u in self.expanders.get(t, ()):
             remaining[u] -= 1
             if remaining[u] == 0 and state[u] == WAITING:
                 self._expand(u, n)
-        if state[t] == EXPANDED and remaining[t] == 0:
-            self._complete(t)
 
     def _element_ended(self, e: int, root: int, skipped: list[int]) -> None:
         """Element e finished (``root`` >= 0: failed, or skipped for that

@@ -938,6 +938,8 @@ class Dispatcher:
         # there, so the limit still holds); a rated one never: its start is
         # what the rate spaces
         gate = state.gate
+        # an expanded task never runs itself: not pinned (its elements are)
+        collectors = state.mapped if state.expanding else None  # type: ignore[attr-defined]
         for _ in range(MAX_PINNED):
             best = -1
             for c in children[parent]:
@@ -948,6 +950,7 @@ class Dispatcher:
                     and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
                     and (gate is None or not gate.gated[c] or (gate.unrated[c] and gate.blocked(c, 0.0) is None))
+                    and (collectors is None or c not in collectors)
                 ):
                     best = c
             if best < 0:
