@@ -441,11 +441,14 @@ def reset_tasks(graph: Graph, tasks) -> Graph:
         rerun |= whole
         partly = {t: ix for t, ix in partly.items() if t not in rerun}
     graph.done.remove_many(rerun | set(partly))
+    cleared = set(rerun)
     for task in rerun:
+        if task in graph.expand and isinstance(graph.results.get(task), list):
+            # (so a store does not bring its elements back)
+            cleared.update(Element(task, k) for k in range(len(graph.results[task])))
         if task in graph.results:
             graph.results[task] = None
         graph.elements.pop(task, None)
-    cleared = set(rerun)
     for task, indices in partly.items():
         values = graph.results.get(task)
         if not isinstance(values, list):

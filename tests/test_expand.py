@@ -275,3 +275,26 @@ def test_elements_are_named_in_observer_events(runner):
     run(runner, etl(), observers=[Names()])
     assert ("parse[0]", "done") in seen and ("parse[2]", "failed") in seen
     assert ("clean[2]", "skipped") in seen and ("parse", "failed") in seen
+
+
+# -- the store: one row per element -------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS, ids=ids)
+def test_a_resumed_run_reruns_only_the_elements_that_did_not_finish(runner, call_folder, tmp_path, monkeypatch):
+    store = tmp_path / "run.db"
+    run(runner, etl(checkpoint=store))
+    # a new graph over the same store, as a new process would build it
+    graph = etl(checkpoint=store)
+    assert graph.checkpoint.statuses(graph)["parse"] == "failed"
+    monkeypatch.setenv("TASKMAP_TEST_EXPAND_FIXED", "1")
+    run(runner, graph)
+    assert graph.results["total"] == "a!|b!|c!|d!"
+    assert calls(call_folder, "parse-a") == 1 and calls(call_folder, "parse-c") == 2
+    assert calls(call_folder, "clean-A!") == 1 and calls(call_folder, "clean-C!") == 1
+    graph.checkpoint.close()
+    # and once done whole, the expanded task is restored whole
+    again = etl(checkpoint=store)
+    run(runner, again)
+    assert again.results["parse"] == ["A!", "B!", "C!", "D!"] and calls(call_folder, "parse-c") == 2
+    again.checkpoint.close()
