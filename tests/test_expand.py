@@ -298,3 +298,8 @@ def test_a_resumed_run_reruns_only_the_elements_that_did_not_finish(runner, call
     run(runner, again)
     assert again.results["parse"] == ["A!", "B!", "C!", "D!"] and calls(call_folder, "parse-c") == 2
     again.checkpoint.close()
+
+
+def test_run_dask_refuses_a_graph_that_expands_for_now():
+    with pytest.raises(NotImplementedError, match="expand"):
+        taskmap.run_dask(etl())

@@ -229,6 +229,12 @@ def run_dask(
 
 
 def _check_options(graph: Graph, client: Any, address: str | None, ncores: int | None, gather: Any) -> None:
+    if graph.expand:
+        # (refused, not run wrongly: the whole graph is submitted at once here,
+        # and elements appear only when their mapped result is there)
+        raise NotImplementedError(
+            "run_dask does not run graphs with expand= yet (issue 19); use run_parallel_async or run_async"
+        )
     if client is not None and address is not None:
         raise ValueError("pass client= or address=, not both")
     if ncores is not None and (client is not None or address is not None):
