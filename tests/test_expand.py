@@ -303,3 +303,18 @@ def test_a_resumed_run_reruns_only_the_elements_that_did_not_finish(runner, call
 def test_run_dask_refuses_a_graph_that_expands_for_now():
     with pytest.raises(NotImplementedError, match="expand"):
         taskmap.run_dask(etl())
+
+
+def test_an_expanded_task_with_a_failed_element_reads_as_failed_in_the_summary_and_pictures():
+    from taskmap.observe.status import statuses
+
+    graph = taskmap.run(etl(), summary=True)
+    assert statuses(graph) == {
+        "list_files": "done",
+        "config": "done",
+        "parse": "failed",
+        "clean": "failed",  # one of its elements was skipped
+        "total": "skipped",
+    }
+    assert 'n2["parse"]:::failed' in taskmap.to_mermaid(graph)
+    assert "parse[2]" in str(taskmap.summarize(graph))
