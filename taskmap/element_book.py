@@ -12,6 +12,7 @@ run the ledger does that and forwards the state's news.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskmap.expand import Element, items_of, result_of
@@ -55,7 +56,7 @@ class ElementBook:
     counts items and expands (the in-process runners); else the runner's
     ledger does and hands the news to :meth:`apply`."""
 
-    __slots__ = ("book", "expands", "graph", "items", "n_static", "state")
+    __slots__ = ("book", "expands", "graph", "items", "n_static", "on_expanded", "state")
 
     def __init__(self, book: Bookkeeper, state: ExpandingState, expands: bool) -> None:
         self.book = book
@@ -64,6 +65,8 @@ class ElementBook:
         self.n_static = state.n_static
         self.expands = expands
         self.items: dict[int, list] = {}  # collector -> the items its elements map over
+        # the runner's own tables grow with each expansion: (collector, first element, count)
+        self.on_expanded: Callable[[int, int, int], None] | None = None
 
     def args(self, e: int) -> list:
         """Element e's arguments: its parents' results in order with its
@@ -126,8 +129,10 @@ class ElementBook:
         made at an element's creation, completed tasks."""
         graph, state, book = self.graph, self.state, self.book
         names, results = state.names, graph.results
-        for t, _first, _n in news.expanded:
+        for t, first, n in news.expanded:
             self._list_of(t, names[t])
+            if self.on_expanded is not None:
+                self.on_expanded(t, first, n)
         for s, root in news.skipped:
             book.recorded_skip(s, root)
         observers = book.observers

@@ -300,11 +300,6 @@ def test_a_resumed_run_reruns_only_the_elements_that_did_not_finish(runner, call
     again.checkpoint.close()
 
 
-def test_run_dask_refuses_a_graph_that_expands_for_now():
-    with pytest.raises(NotImplementedError, match="expand"):
-        taskmap.run_dask(etl())
-
-
 def test_an_expanded_task_with_a_failed_element_reads_as_failed_in_the_summary_and_pictures():
     from taskmap.observe.status import statuses
 
