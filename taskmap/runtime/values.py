@@ -62,10 +62,10 @@ class CodecValues:
                 names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
             ) from error
 
-    def items(self, t: int, blob: bytes) -> list[bytes]:
-        """The items of the result task t expands over, each encoded;
-        TypeError when it has none (a string, a mapping)."""
-        return [codec.encode(item) for item in items_of(self.names[t], codec.decode(blob))]
+    def items(self, t: int, blob: bytes) -> list[Any]:
+        """The items of the result task t expands over; TypeError when it
+        has none (a string, a mapping)."""
+        return items_of(self.names[t], codec.decode(blob))
 
     def not_kept(self, i: int) -> NotKept:
         return NotKept(self.names[i])

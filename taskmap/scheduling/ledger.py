@@ -231,10 +231,10 @@ class Values(Protocol):
         """Parent p's result, not produced in this run, encoded for task i;
         raises the error that fails task i when it cannot be."""
 
-    def items(self, t: int, blob: bytes) -> list[bytes]:
-        """The items, each encoded, of the encoded result ``blob`` that the
-        expanded task t maps over; raises the error that fails t when it
-        has none (a string, a mapping)."""
+    def items(self, t: int, blob: bytes) -> list[Any]:
+        """The items of the encoded result ``blob`` that the expanded task t
+        maps over; raises the error that fails t when it has none (a
+        string, a mapping)."""
 
     def not_kept(self, i: int) -> Any:
         """The stand-in for task i's result when it is not kept (``gather``)."""
@@ -411,8 +411,8 @@ class Ledger:
         self.timed_out: set[int] = set()  # tasks whose worker was killed for their time limit
         self.rate_timer_at: float | None = None  # when the armed RATE timer fires
         self.start_failures = 0
-        # element -> its item, encoded (create_graph(expand=...))
-        self.items: dict[int, bytes] = {}
+        # expanded task -> the items its elements map over (create_graph(expand=...))
+        self.items: dict[int, list[Any]] = {}
         self.dispatcher = Dispatcher(self)
         self._handlers = {
             Dispatch: self.dispatcher.dispatch,
@@ -603,9 +603,8 @@ class Ledger:
                     self.stopped = True
                     return
                 continue
+            self.items[t] = items
             state.expand(t, len(items))
-            first = state.first[t]
-            self.items.update(zip(range(first, first + len(items)), items, strict=True))
         news = state.take_news()
         if not (news.expanded or news.collected or news.skipped):
             return
@@ -858,6 +857,23 @@ class Dispatcher:
         for w, subs in batches.items():
             out.append(Send(w, subs))
 
+    def _item(self, i: int) -> bytes | BaseException | None:
+        """Task i's item, encoded, if it is an element over a whole task's
+        result (None otherwise); the error that fails it if the item cannot
+        be encoded.  (Encoded when sent, not at the expansion: a decoded item
+        costs less memory than its encoding and a dict entry.)"""
+        state: Any = self.state
+        if i < state.n_static:
+            return None
+        t, k = state.element_of(i)
+        items = self.items.get(t)
+        if items is None:
+            return None
+        try:
+            return codec.encode(items[k])
+        except Exception as error:  # noqa: BLE001 - it fails the element
+            return error
+
     def _queue_to_jump(self, ready: list[Held], i: int) -> Held | None:
         """A worker where cpu task i should run next, ahead of the one task
         waiting there behind the running one, because i's chain below is
@@ -890,7 +906,7 @@ class Dispatcher:
         state, segments, encoded = self.state, self.segments, self.encoded
         args: list[bytes] = []
         release: list[int] = []
-        item = self.items.get(i) if self.items else None
+        item = self._item(i) if self.items else None
         for p in state.parents[i]:
             blob = encoded.get(p)
             if blob is None:
@@ -907,6 +923,11 @@ class Dispatcher:
                     release.append(len(args))
                 args.append(blob)
         if item is not None:
+            if isinstance(item, BaseException):  # (the item could not be encoded: it fails the element)
+                state.started(i)
+                if self._fail(i, item, None, None, None, out, retry=False) and self.stop_on_failure:
+                    raise _Stop from None
+                return
             _insert_item(state, i, item, args, release, encoded)
         state.started(i)
         self.attempts[i] += 1
