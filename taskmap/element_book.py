@@ -129,13 +129,16 @@ class ElementBook:
         made at an element's creation, completed tasks."""
         graph, state, book = self.graph, self.state, self.book
         names, results = state.names, graph.results
+        observers = book.observers
         for t, first, n in news.expanded:
             self._list_of(t, names[t])
             if self.on_expanded is not None:
                 self.on_expanded(t, first, n)
+            if observers:
+                status = state.state
+                observers.tasks_added(names[t], [names[e] for e in range(first, first + n) if status[e] != STATE_DONE])
         for s, root in news.skipped:
             book.recorded_skip(s, root)
-        observers = book.observers
         for t in news.collected:
             name = names[t]
             graph.done.append(name)

@@ -311,5 +311,27 @@ def test_an_expanded_task_with_a_failed_element_reads_as_failed_in_the_summary_a
         "clean": "failed",  # one of its elements was skipped
         "total": "skipped",
     }
-    assert 'n2["parse"]:::failed' in taskmap.to_mermaid(graph)
+    assert "class n2 failed" in taskmap.to_mermaid(graph)
     assert "parse[2]" in str(taskmap.summarize(graph))
+
+
+@pytest.mark.parametrize("runner", RUNNERS, ids=ids)
+def test_the_progress_bar_counts_the_elements(runner):
+    import io
+
+    from taskmap.observe.progress import ProgressBar
+
+    bar = ProgressBar(file=io.StringIO())
+    run(runner, etl(), observers=[bar])
+    # 5 tasks and 8 elements, each finished once
+    assert bar.total + bar.added == 13 == bar.done + bar.failed + bar.skipped
+
+
+def test_pictures_draw_an_expanded_task_as_a_stack_with_its_count_after_a_run():
+    graph = etl()
+    assert "st-rect" not in taskmap.to_mermaid(graph) and "box3d" not in taskmap.to_dot(graph)
+    taskmap.run(graph)
+    mermaid = taskmap.to_mermaid(graph)
+    assert '@{ shape: st-rect, label: "parse \u00d74" }' in mermaid and "class n2 failed" in mermaid
+    dot = taskmap.to_dot(graph)
+    assert 'label="clean \u00d74", shape=box3d' in dot
