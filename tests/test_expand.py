@@ -10,6 +10,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import taskmap
 from taskmap import Element
@@ -335,3 +337,139 @@ def test_pictures_draw_an_expanded_task_as_a_stack_with_its_count_after_a_run():
     assert '@{ shape: st-rect, label: "parse \u00d74" }' in mermaid and "class n2 failed" in mermaid
     dot = taskmap.to_dot(graph)
     assert 'label="clean \u00d74", shape=box3d' in dot
+
+
+# -- faults: a worker crash among the elements; a SIGKILL halfway, then resume ----
+
+
+def crash_on_two(k):
+    if k == 2:
+        os._exit(3)  # the worker dies in the middle of the elements
+    return k * 10
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=ids)
+def test_a_worker_crash_in_the_middle_of_the_elements_fails_only_its_element(runner):
+    funcs = {"keys": lambda: list(range(6)), "work": crash_on_two, "total": lambda xs: len(xs)}
+    deps = {"keys": [], "work": ["keys"], "total": ["work"]}
+    graph = run(runner, taskmap.create_graph(funcs, deps, expand={"work": "keys"}))
+    values = graph.results["work"]
+    assert isinstance(values[2], taskmap.WorkerCrashedError) and "work[2]" in str(values[2])
+    assert [v for k, v in enumerate(values) if k != 2] == [0, 10, 30, 40, 50]
+    assert graph.results["total"] == "Ancestor task work[2] failed; task not run"
+
+
+PIPELINE = """
+import os, time
+
+def keys():
+    return list(range(6))
+
+async def work(k):
+    import asyncio
+    folder = os.environ["EXPAND_FOLDER"]
+    with open(os.path.join(folder, f"ran-{k}-{time.monotonic_ns()}"), "w"):
+        pass
+    while k >= 3 and not os.path.exists(os.path.join(folder, "go")):
+        await asyncio.sleep(0.01)
+    return k * 10
+"""
+
+MAIN = """
+import sys, taskmap
+sys.path.insert(0, sys.argv[1])
+import expand_pipeline as p
+graph = taskmap.create_graph({"keys": p.keys, "work": p.work}, {"keys": [], "work": ["keys"]},
+                             io_bound=["work"], expand={"work": "keys"}, checkpoint=sys.argv[2])
+taskmap.run_parallel_async(graph, ncores=2)
+"""
+
+
+def test_a_run_killed_halfway_through_the_elements_resumes_with_the_unfinished_ones(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "expand_pipeline.py").write_text(PIPELINE)
+    store = tmp_path / "run.db"
+    monkeypatch.setenv("EXPAND_FOLDER", str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, str(tmp_path), str(store)], start_new_session=True, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while sum(1 for f in os.listdir(tmp_path) if f.startswith("ran-")) < 6:  # 0-2 done, 3-5 waiting
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        time.sleep(0.3)  # (the store commits every few milliseconds)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the coordinator and its workers
+        proc.wait()
+    ran = lambda k: sum(1 for f in os.listdir(tmp_path) if f.startswith(f"ran-{k}-"))  # noqa: E731
+    assert [ran(k) for k in range(6)] == [1] * 6
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import expand_pipeline as p
+
+    (tmp_path / "go").touch()
+    graph = taskmap.create_graph(
+        {"keys": p.keys, "work": p.work},
+        {"keys": [], "work": ["keys"]},
+        io_bound=["work"],
+        expand={"work": "keys"},
+        checkpoint=store,
+    )
+    taskmap.run_parallel_async(graph, ncores=2)
+    assert graph.results["work"] == [0, 10, 20, 30, 40, 50]
+    # only the elements that had not finished ran again
+    assert [ran(k) for k in range(6)] == [1, 1, 1, 2, 2, 2]
+    graph.checkpoint.close()
+
+
+# -- expanded against the equivalent static graph ----------------------------------
+
+
+def maybe_fail(x):
+    if x < 0:
+        raise ValueError(f"negative {x}")
+    return x * 2
+
+
+def plus_one(x):
+    return x + 1
+
+
+def as_list(*xs):
+    return list(xs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(items=st.lists(st.integers(-3, 20), max_size=8), runner=st.sampled_from([taskmap.run, taskmap.run_async]))
+def test_an_expanded_graph_gives_what_the_same_graph_written_out_gives(items, runner):
+    funcs = {"items": lambda: items, "double": maybe_fail, "inc": plus_one, "total": sum}
+    deps = {"items": [], "double": ["items"], "inc": ["double"], "total": ["inc"]}
+    expanded = runner(taskmap.create_graph(funcs, deps, expand={"double": "items", "inc": "double"}))
+    static_funcs = {"total": lambda *xs: sum(xs)}
+    static_deps: dict = {"total": []}
+    for i, x in enumerate(items):
+        static_funcs[f"item_{i}"] = lambda x=x: x
+        static_funcs[f"double_{i}"] = maybe_fail
+        static_funcs[f"inc_{i}"] = plus_one
+        static_deps.update({f"item_{i}": [], f"double_{i}": [f"item_{i}"], f"inc_{i}": [f"double_{i}"]})
+        static_deps["total"].append(f"inc_{i}")
+    static = runner(taskmap.create_graph(static_funcs, static_deps))
+
+    def same(a, b):
+        if isinstance(a, Exception):
+            return type(a) is type(b) and a.args == b.args
+        if isinstance(a, str):  # an ancestor string: the element's name against the task's
+            return a == b.replace("double_", "double[").replace(" failed", "] failed", 1)
+        return a == b
+
+    for task in ("double", "inc"):
+        got, want = expanded.results[task], [static.results[f"{task}_{i}"] for i in range(len(items))]
+        assert len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=True)), (got, want)
+    want_total = static.results["total"]
+    if isinstance(want_total, str):  # skipped for the first failure either saw
+        assert expanded.results["total"].startswith("Ancestor task double[")
+    else:
+        assert expanded.results["total"] == want_total
