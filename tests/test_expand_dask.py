@@ -16,9 +16,10 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from test_dask_runner import local_cluster  # noqa: E402
+
 import taskmap  # noqa: E402
 from taskmap import Element  # noqa: E402
-from test_dask_runner import local_cluster  # noqa: E402
 
 MESSAGE = "Ancestor task parse[2] failed; task not run"
 

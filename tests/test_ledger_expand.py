@@ -146,7 +146,7 @@ def run_all(h: Harness, outcome) -> None:
     for _ in range(100):
         if h.state.all_finished:
             return
-        for w, subs in h.dispatch().items():
+        for subs in h.dispatch().values():
             for s in subs:
                 name = h.names[s[SUB_TASK]]
                 args = [codec.decode(a) for a in s[SUB_ARGS]]
