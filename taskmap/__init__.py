@@ -18,6 +18,7 @@ _LAZY = {
     "CheckpointError": "errors",
     "RemoteTaskError": "errors",
     "RemoteTraceback": "errors",
+    "RunCancelled": "errors",
     "SerializationError": "errors",
     "StaleCodeError": "errors",
     "TaskFailedError": "errors",
@@ -45,6 +46,8 @@ _LAZY = {
     "run_parallel": "runners",
     "run_parallel_async": "runners",
     "TaskState": "scheduling.state",
+    "Run": "handle",
+    "start": "handle",
     "open_checkpoint": "checkpoint",
     "run_dask": "dask.runner",
     "to_dot": "observe.export",
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         CheckpointError,
         RemoteTaskError,
         RemoteTraceback,
+        RunCancelled,
         SerializationError,
         StaleCodeError,
         TaskFailedError,
@@ -78,6 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         reset_failed_tasks,
         reset_tasks,
     )
+    from taskmap.handle import Run, start
     from taskmap.observe.export import to_dot, to_mermaid
     from taskmap.observe.logs import in_progress
     from taskmap.observe.observers import Observer, RunInfo, TaskEvent
@@ -109,6 +114,8 @@ __all__ = [
     "Observer",
     "RemoteTaskError",
     "RemoteTraceback",
+    "Run",
+    "RunCancelled",
     "RunInfo",
     "RunRecord",
     "SerializationError",
@@ -135,6 +142,7 @@ __all__ = [
     "run_dask",
     "run_parallel",
     "run_parallel_async",
+    "start",
     "summarize",
     "to_dot",
     "to_mermaid",

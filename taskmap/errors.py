@@ -112,6 +112,18 @@ class StaleCodeError(TaskmapError):
         return (type(self), (self.module, self.reason))
 
 
+class RunCancelled(TaskmapError):
+    """Raised by a run's :meth:`taskmap.Run.wait` (and ``await``, and the end
+    of :meth:`~taskmap.Run.as_completed`) when the run was cancelled: by
+    :meth:`taskmap.Run.cancel`, by cancelling the asyncio task that awaited
+    it, or by Ctrl-C during ``wait``.  The tasks that finished before keep
+    their results in the graph; ``graph.in_progress`` lists those that were
+    running."""
+
+    def __init__(self, message: str = "the run was cancelled") -> None:
+        super().__init__(message)
+
+
 class RemoteTaskError(TaskmapError):
     """A task's exception whose class could not be rebuilt in the coordinator.
 

@@ -42,9 +42,8 @@ their own).
     run at once; ``{resource: r}``: at most r of them start a second, spaced
     1/r apart.  A waiting task is not sent anywhere (see
     :mod:`taskmap.scheduling.resources`).  A name no task uses is a ``ValueError``.
-    Every runner.  On Dask both hold across the cluster (a
-    ``distributed.Semaphore`` per limited resource, a grid of start slots in a
-    ``distributed.Variable`` per rated one).
+    Every runner.  On Dask both hold across the cluster (a task is submitted
+    only when it may start).
 ``shm_threshold``
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
@@ -60,6 +59,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
+from taskmap.cancellation import Cancellation
 from taskmap.observe.observers import Observer, Observers, build_observers
 from taskmap.results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 from taskmap.scheduling.limits import RetrySpec, TaskLimits, TimeoutSpec
@@ -125,6 +125,8 @@ class RunOptions(NamedTuple):
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
+    # the run's cancel switch (taskmap.start sets one; the blocking runners: None)
+    cancel: Cancellation | None = None
 
 
 def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str, Any]) -> RunOptions:

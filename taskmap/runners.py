@@ -15,16 +15,14 @@ import asyncio
 import inspect
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
 from taskmap.bookkeeping import Bookkeeper
 from taskmap.element_book import functions_of
-from taskmap.errors import TASK_ERRORS
+from taskmap.errors import TASK_ERRORS, RunCancelled
 from taskmap.graph import Graph
-from taskmap.observe.observers import Observers
-from taskmap.options import RunnerOptions
+from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.scheduling.state import SchedulingState
 
@@ -76,23 +74,43 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
     :mod:`taskmap.options`).
     """
-    opts = resolve_options("run", graph, raise_errors, options)
+    return _run(graph, resolve_options("run", graph, raise_errors, options))
+
+
+def _run(graph: Graph, opts: RunOptions) -> Graph:
+    """``run`` with resolved options.  A cancelled run (``opts.cancel``)
+    starts nothing more; a coroutine task it is awaiting is cancelled (a
+    plain function runs to its end: it cannot be stopped in this thread)."""
     state = state_for(graph, opts.resources)
-    book = Bookkeeper(graph, state, raise_errors, opts.observers, "run")
+    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run")
     loop: asyncio.AbstractEventLoop | None = None
     funcs = functions_of(graph)
     names = state.names
+    cancel = opts.cancel
+    awaiting: list[asyncio.Task] = []  # the coroutine task being awaited, if any
+    woken = threading.Event()  # a rate wait ends early on cancel
+    forget = None
+    if cancel is not None:
+
+        def wake() -> None:
+            woken.set()
+            for task in awaiting.copy():  # (the run's thread may change it meanwhile)
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+        forget = cancel.on_cancel(wake)
     run_error: BaseException | None = None
     book.start()
     try:
         while True:
+            if cancel is not None and cancel.is_set:
+                raise RunCancelled()
             i = state.pop_ready()
             if i is None:
                 # nothing to run but tasks waiting for a rate slot: wait for it
                 slot = state.next_rate_slot()
                 if slot is None:
                     break
-                time.sleep(max(0.0, slot - state.clock()))
+                woken.wait(max(0.0, slot - state.clock()))
                 state.rate_due()
                 continue
             name = names[i]
@@ -103,8 +121,18 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
                 if inspect.isawaitable(value):
                     if loop is None:
                         loop = _private_loop()
-                    value = loop.run_until_complete(_await(value))
+                    task = loop.create_task(_await(value))
+                    awaiting.append(task)
+                    if cancel is not None and cancel.is_set:
+                        task.cancel()
+                    try:
+                        value = loop.run_until_complete(task)
+                    finally:
+                        awaiting.clear()
             except TASK_ERRORS as error:
+                if cancel is not None and cancel.is_set and isinstance(error, asyncio.CancelledError):
+                    graph.in_progress[:] = [name]  # cancelled by the run's cancel, not failed
+                    raise RunCancelled() from None
                 book.failed(i, error)
             else:
                 book.succeeded(i, value)
@@ -112,6 +140,8 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
         run_error = exc
         raise
     finally:
+        if forget is not None:
+            forget()
         if loop is not None:
             loop.close()
         book.finish(run_error)
@@ -147,7 +177,7 @@ def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **o
     """
     del sleep
     opts = resolve_options("run_async", graph, raise_errors, options)
-    _run_coroutine(lambda: _run_async(graph, raise_errors, opts.observers, opts.resources))
+    _run_coroutine(lambda: _run_async(graph, opts))
     return graph
 
 
@@ -180,12 +210,23 @@ def _run_coroutine(make_coro):
     return box.get("value")
 
 
-async def _run_async(
-    graph: Graph, raise_errors: bool, observers: Observers, resources: tuple[dict, dict] | None = None
-) -> None:
-    state = state_for(graph, resources)
-    book = Bookkeeper(graph, state, raise_errors, observers, "run_async")
+async def _run_async(graph: Graph, opts: RunOptions) -> None:
+    """``run_async`` with resolved options, on the running loop.  A
+    cancelled run (``opts.cancel``) cancels this coroutine: the io tasks
+    running are cancelled and :class:`taskmap.RunCancelled` is raised."""
+    state = state_for(graph, opts.resources)
+    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run_async")
     loop = asyncio.get_running_loop()
+    cancel = opts.cancel
+    forget = None
+    if cancel is not None:
+        main = asyncio.current_task()
+        assert main is not None
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(main.cancel)
+
+        forget = cancel.on_cancel(wake)
     funcs, names, is_io = functions_of(graph), state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
     running: dict[asyncio.Future, int] = {}
@@ -256,8 +297,13 @@ async def _run_async(
                 state.rate_due()
     except BaseException as exc:
         run_error = exc
+        if cancel is not None and cancel.is_set and isinstance(exc, asyncio.CancelledError):
+            run_error = RunCancelled()
+            raise run_error from None
         raise
     finally:
+        if forget is not None:
+            forget()
         for fut in running:
             fut.cancel()
         if running:
@@ -344,17 +390,22 @@ def run_parallel_async(
 
 
 def _run_parallel(runner: str, graph: Graph, ncores: int, raise_errors: bool, options: RunnerOptions) -> Graph:
+    return _run_parallel_with(graph, ncores, resolve_options(runner, graph, raise_errors, options))
+
+
+def _run_parallel_with(graph: Graph, ncores: int, opts: RunOptions) -> Graph:
+    """Either parallel runner with resolved options."""
     from taskmap.runtime.coordinator import run_graph
 
-    opts = resolve_options(runner, graph, raise_errors, options)
     return run_graph(
         graph,
         ncores,
-        raise_errors,
+        opts.raise_errors,
         opts.limits,
         opts.observers,
-        runner,
+        opts.runner,
         opts.shm_threshold,
         opts.keep,
         opts.resources,
+        opts.cancel,
     )

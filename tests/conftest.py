@@ -18,9 +18,9 @@ def _children() -> set[int]:
 def _is_pool_worker_or_helper(pid: int) -> bool:
     """Warm-pool workers and loky's resource tracker may outlive a test;
     they are checked once, at the end of the session."""
-    from taskmap.runtime.pool import _pool
+    from taskmap.runtime.pool import pool_worker_pids
 
-    if _pool is not None and any(w.pid == pid for w in _pool.workers):
+    if pid in pool_worker_pids():
         return True
     try:
         import psutil

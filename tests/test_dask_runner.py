@@ -885,6 +885,158 @@ def test_a_rate_holds_across_the_cluster(client, io):
     assert achieved == pytest.approx(rate, rel=0.15)
 
 
+def _held_short(*_):
+    start = time.time()
+    time.sleep(0.03)
+    return start, time.time(), os.getpid()
+
+
+def test_priorities_order_starts_under_a_limit_of_one_and_the_summary_and_trace_show_the_wait(client, tmp_path):
+    names = [f"t{k}" for k in range(6)]
+    graph = taskmap.create_graph(
+        {t: _held_short for t in names},
+        {t: [] for t in names},
+        uses={t: "db" for t in names},
+        priority={"t4": 10, "t1": 5, "t5": -1},
+    )
+    graph = taskmap.run_dask(graph, client=client, limits={"db": 1}, trace=str(tmp_path / "trace.json"))
+    order = [t for t, _ in sorted(graph.results.items(), key=lambda kv: kv[1][0])]
+    assert order[:2] == ["t4", "t1"] and order[-1] == "t5"
+    starts_and_ends = sorted((s, e) for s, e, _ in graph.results.values())
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(starts_and_ends, starts_and_ends[1:]))
+    db = taskmap.summarize(graph).resources["db"]
+    assert db["peak"] == 1 and db["limit"] == 1
+    assert 5 * 0.03 < db["waited"] < 30  # five tasks waited behind the first ones
+    assert "db" in str(taskmap.summarize(graph))
+    events = json.loads((tmp_path / "trace.json").read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    waited = {e["name"].split()[0] for e in events if e.get("name", "").endswith("waits for db")}
+    assert waited == set(names) - {"t4"}  # all but the first to start
+
+
+def _keys_on_the_scheduler(*_):
+    """The task keys the scheduler holds, from inside a running task."""
+    start = time.time()
+    keys = distributed.get_client().run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+    time.sleep(0.02)
+    return start, sorted(keys)
+
+
+def test_a_task_waiting_for_a_unit_is_not_sent_to_the_cluster(client):
+    """While a task holds the one unit, the tasks that start after it are
+    nowhere on the cluster (no key on the scheduler, no thread on a worker);
+    a free task and the child of a gated task are sent as ever."""
+    names = [f"gated{k}" for k in range(4)]
+    graph = taskmap.create_graph(
+        {t: _keys_on_the_scheduler for t in names} | {"child": lambda *_: 5},
+        {t: [] for t in names} | {"child": ["gated0"]},
+        uses={t: "db" for t in names},
+    )
+    graph = taskmap.run_dask(graph, client=client, limits={"db": 1})
+    assert graph.results["child"] == 5
+    starts = {t: graph.results[t][0] for t in names}
+    for t in names:
+        later = {u for u in names if starts[u] > starts[t]}
+        on_cluster = {k.split("-")[0] for k in graph.results[t][1]}
+        assert t in on_cluster and not (later & on_cluster), (t, on_cluster, later)
+
+
+async def _too_slow_async(*_):
+    await asyncio.sleep(5)
+
+
+def _fail_once(marker):
+    start = time.time()
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt")
+    time.sleep(0.05)
+    return start, time.time(), os.getpid()
+
+
+def test_timeouts_and_retries_under_a_limit_leak_no_unit(client, tmp_path):
+    names = [f"t{k}" for k in range(6)]
+    funcs = {t: _held_short for t in names}
+    funcs["flaky"] = functools.partial(_fail_once, str(tmp_path / "failed"))
+    funcs["slow"] = _too_slow_async
+    every = [*names, "flaky", "slow"]
+    graph = taskmap.create_graph(funcs, {t: [] for t in every}, io_bound=["slow"], uses={t: "db" for t in every})
+    graph = taskmap.run_dask(
+        graph, client=client, limits={"db": 2}, retries={None: 1, "slow": 0}, timeout={"slow": 0.3}
+    )
+    assert isinstance(graph.results["slow"], taskmap.TaskTimeoutError)
+    ok = [t for t in every if t != "slow"]
+    assert all(not isinstance(graph.results[t], BaseException) for t in ok), graph.results
+    assert graph.attempts["flaky"] == 2
+    spans = sorted((s, e) for s, e, _ in (graph.results[t] for t in ok))
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = now = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    assert peak <= 2  # every task after the faults still got a unit: none leaked, none extra
+    assert taskmap.summarize(graph).resources["db"]["peak"] == 2
+
+
+# -- a run as a handle (issue 21) ---------------------------------------------------
+
+
+def test_a_started_dask_run_is_awaited_and_yields_results_as_they_finish(client):
+    graph = taskmap.create_graph(
+        {"a": five, "b": add_ten, "x": fail, "y": add_ten},
+        {"a": [], "b": ["a"], "x": [], "y": ["x"]},
+    )
+
+    async def main():
+        run = taskmap.start(graph, "run_dask", client=client)
+        items = [item async for item in run.as_completed()]
+        return await run, items
+
+    done, items = asyncio.run(main())
+    assert done is graph and dict(items) == graph.results and len(items) == 4
+    names = [t for t, _ in items]
+    assert names.index("a") < names.index("b") and names.index("x") < names.index("y")
+    assert graph.results["b"] == 15 and graph.results["y"] == ANCESTOR.format("x")
+
+
+def _started_then_wait(path, *_):
+    Path(path).touch()
+    time.sleep(60)
+
+
+async def _started_then_nap(path, *_):
+    Path(path).touch()
+    await asyncio.sleep(60)
+
+
+def test_cancel_stops_a_dask_run_and_leaves_nothing_on_the_cluster(client, tmp_path):
+    held = set(client.futures)
+    marks = [tmp_path / "io", tmp_path / "cpu"]
+    graph = taskmap.create_graph(
+        {
+            "a": five,
+            "io": functools.partial(_started_then_nap, str(marks[0])),
+            "cpu": functools.partial(_started_then_wait, str(marks[1])),
+            "after": add_ten,
+        },
+        {"a": [], "io": ["a"], "cpu": [], "after": ["io"]},
+        io_bound=["io"],
+    )
+    run = taskmap.start(graph, "run_dask", client=client)
+    deadline = time.monotonic() + 30
+    while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cancelled_at = time.monotonic()
+    threading.Thread(target=run.cancel).start()
+    with pytest.raises(taskmap.RunCancelled):
+        run.wait(timeout=10)
+    assert time.monotonic() - cancelled_at < 1.0
+    assert graph.results == {"a": 5} and sorted(graph.in_progress) == ["cpu", "io"]
+    assert not left_on_cluster(client, held)  # every future of the run released
+    # (the cpu task's thread sleeps on: Dask cannot stop a running thread;
+    # its worker is not killed, it holds other results)
+
+
 def test_gather_false_without_a_client_is_refused_saying_why():
     """(It raised "'bool' object is not iterable" before reaching this check.)"""
     graph = taskmap.create_graph({"a": five}, {"a": []})

@@ -205,3 +205,67 @@ def test_etl_writes_a_timeline(tmp_path):
     assert {e["name"] for e in tasks} >= {f"clean_sales[{i}]" for i in range(4)}
     assert {e["args"]["status"] for e in tasks} == {"done"}
     assert len({e["pid"] for e in tasks}) <= 2  # the two worker processes
+
+
+# -- the streaming web service (examples/stream_service.py) --------------------------------
+
+
+def _get(port: int, path: str):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    conn.request("GET", path)
+    return conn, conn.getresponse()
+
+
+def test_stream_service_streams_each_result_as_it_finishes_and_a_disconnect_cancels_the_run():
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    service = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "stream_service.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = service.stdout.readline()
+        assert line.startswith("serving on http://127.0.0.1:"), line + service.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        # a report over 6 cities whose fetches end 0.1 s apart: the lines
+        # arrive as the tasks finish, not all at the end
+        conn, response = _get(port, "/report?cities=6&delay=0.4")
+        assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+        arrivals = []
+        for raw in response:
+            arrivals.append((time.monotonic(), json.loads(raw)))
+        conn.close()
+        lines = [obj for _, obj in arrivals]
+        assert lines[-1]["done"] is True
+        tasks = [obj["task"] for obj in lines[:-1]]
+        assert sorted(tasks) == sorted([f"fetch{c}" for c in range(6)] + [f"summary{c}" for c in range(6)] + ["report"])
+        assert all(obj["status"] == "done" for obj in lines[:-1]) and tasks[-1] == "report"
+        assert lines[-2]["result"]["cities"] == 6
+        first_fetch = next(t for t, obj in arrivals if obj.get("task", "").startswith("fetch"))
+        assert arrivals[-1][0] - first_fetch > 0.5  # the last fetch ended ~0.5 s after the first
+        # a client that goes away mid-run cancels its run
+        conn, response = _get(port, "/report?cities=4&delay=60")
+        assert response.status == 200
+        conn.close()
+        deadline = time.monotonic() + 20
+        while True:
+            conn, response = _get(port, "/stats")
+            stats = json.loads(response.read())
+            conn.close()
+            if stats["cancelled"] == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert stats == {"finished": 1, "cancelled": 1, "running": 0}
+        workers = psutil.Process(service.pid).children(recursive=True)
+    finally:
+        service.terminate()
+        out, err = service.communicate(timeout=TIMEOUT)
+    assert service.returncode == 0, err
+    assert "stopped:" in out
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"the service left processes behind: {alive}"

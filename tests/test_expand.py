@@ -473,3 +473,22 @@ def test_an_expanded_graph_gives_what_the_same_graph_written_out_gives(items, ru
         assert expanded.results["total"].startswith("Ancestor task double[")
     else:
         assert expanded.results["total"] == want_total
+
+
+@pytest.mark.parametrize("runner", RUNNERS, ids=ids)
+def test_a_run_handle_yields_each_element_and_then_its_task(runner):
+    options = {"ncores": 2} if runner in PARALLEL else {}
+    handle = taskmap.start(etl(), runner=runner.__name__, **options)
+    order = [str(task) for task, _ in handle.as_completed()]
+    handle.wait()
+    assert sorted(order) == sorted(
+        [
+            "list_files",
+            "config",
+            "total",
+            "parse",
+            "clean",
+            *(f"{t}[{i}]" for t in ("parse", "clean") for i in range(4)),
+        ]
+    )
+    assert order.index("parse") > max(order.index(f"parse[{i}]") for i in range(4))

@@ -246,6 +246,21 @@ def test_a_pinned_task_starts_with_its_parents_success_and_waits_no_round_trip()
     assert h.state.all_finished and h.ledger.attempts == [1, 1]
 
 
+def test_began_names_the_running_cpu_task_and_the_io_tasks_that_began_not_those_sent_ahead():
+    """What a stopped run lists in ``graph.in_progress``: by the slots, the
+    cpu task each worker runs and its io tasks whose flag is set; without a
+    reading, all it holds but what is pinned behind a parent."""
+    deps = {"io0": [], "io1": [], "long": [], "l2": ["long"], "other": []}
+    h = Harness(deps, io=["io0", "io1"], workers=1)
+    subs = h.dispatch()["w0"]
+    assert tasks(subs) == [h.t("io0"), h.t("io1"), h.t("long"), h.t("l2")]  # l2 pinned behind long
+    ring = bytearray(IO_RING)
+    ring[1] = 1  # io1 began, io0 not yet
+    assert h.ledger.began({"w0": (h.t("long"), bytes(ring))}) == sorted([h.t("io1"), h.t("long")])
+    assert h.ledger.began({"w0": (-1, bytes(ring))}) == [h.t("io1")]  # between two cpu tasks
+    assert h.ledger.began({}) == sorted([h.t("io0"), h.t("io1"), h.t("long")])
+
+
 # -- the fault bugs fixed so far, replayed ---------------------------------
 
 

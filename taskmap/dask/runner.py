@@ -52,6 +52,15 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   starts at once even when every cpu slot is busy.  run_dask's own
   LocalCluster is laid out so; on other workers an io task may wait for the
   slot of a running cpu task to start.
+* Limits and rates (``uses=``, ``limits=``, ``rates=``) are enforced by the
+  coordinator, with the same gate in its :class:`SchedulingState` as every
+  runner: a task under a limited or rated resource is submitted only when
+  the gate lets it start (a unit free, its rate slot come, highest
+  priority first), with its descendants, whose submits take its future; it
+  gives its units back when its outcome is recorded.  So a limit holds
+  across the cluster, a waiting task holds no worker thread, and the
+  summary, progress bar and trace see the waits as in the local runners.
+  Such a task pays one round trip through the caller to start.
 * Retries are the coordinator's (not Dask's ``retries=``), so that a timeout
   and a dead worker are retried too, ``retry_delay`` is honoured and
   ``graph.attempts`` counts: a retried task is submitted again under a new
@@ -86,9 +95,11 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Unpack
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.cancellation import Cancellation
 from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
 from taskmap.element_book import functions_of
 from taskmap.errors import (
+    RunCancelled,
     SerializationError,
     TaskmapError,
     TaskTimeoutError,
@@ -97,7 +108,7 @@ from taskmap.errors import (
 from taskmap.expand import Element, result_of
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
-from taskmap.options import RunnerOptions
+from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.runners import state_for
 from taskmap.runtime import codec, process_setup
@@ -212,6 +223,10 @@ def run_dask(
     ``retries`` and ``retry_delay`` as in :func:`taskmap.run_parallel_async`:
     a task that raises, times out or whose workers died runs again, under a
     new key, up to that many times; ``graph.attempts[task]`` counts the runs.
+    ``limits`` and ``rates`` as in the local runners, across the cluster: a
+    task waiting for a unit or a rate slot is not submitted until it may
+    start; a cpu task past its ``timeout`` gives its units back when it is
+    reported, although its thread runs on.
     ``progress``, ``trace``, ``summary`` and ``observers`` as in the local
     runners; a task's start and end in the observers' events are the worker's clock,
     converted to this process's ``time.monotonic()``, and its ``worker`` is the
@@ -223,13 +238,23 @@ def run_dask(
     """
     _check_options(graph, client, address, ncores, options.get("gather", True))
     opts = resolve_options("run_dask", graph, raise_errors, dict(options))
+    return _run_dask_with(graph, client, address, ncores, opts)
+
+
+def _run_dask_with(
+    graph: Graph, client: Client | None, address: str | None, ncores: int | None, opts: RunOptions
+) -> Graph:
+    """``run_dask`` with resolved options.  A cancelled run (``opts.cancel``)
+    cancels the futures Dask still runs for it and raises
+    :class:`taskmap.RunCancelled`."""
     wanted = None if opts.keep is None else set(opts.keep)
     if wanted is not None:
         # an expansion counts the items of a whole task's result here
         wanted |= {m for m in graph.expand.values() if m not in graph.expand}
-    unit_limits, rates = opts.resources if opts.resources else ({}, {})
     with _connect(client, address, ncores) as dask_client:
-        _DaskRun(graph, dask_client, raise_errors, opts.limits, opts.observers, wanted, unit_limits, rates).run()
+        _DaskRun(
+            graph, dask_client, opts.raise_errors, opts.limits, opts.observers, wanted, opts.resources, opts.cancel
+        ).run()
     return graph
 
 
@@ -308,54 +333,6 @@ def _kill_workers(client: Client) -> None:
 # -- the coordinator ------------------------------------------------------------------
 
 
-class _ClusterResources:
-    """A run's limits and rates across the cluster (carried out on the
-    workers by :mod:`taskmap.dask.task`): one ``distributed.Semaphore`` per
-    limited resource, whose leases a task holds while it runs, and per rated
-    resource the next free start slot in a ``distributed.Variable``, taken
-    under a ``distributed.Lock``.  ``leases[task]`` and ``rate_slots[task]``
-    are what each task's call carries."""
-
-    def __init__(self, graph: Graph, client: Client, unit_limits: dict[str, int], rates: dict[str, float]) -> None:
-        self.semaphores: dict[str, Any] = {}
-        self.variables: list[Any] = []
-        self.leases: dict[Any, tuple] = {}
-        self.rate_slots: dict[Any, tuple] = {}
-        token = uuid.uuid4().hex[:8]
-        if rates:
-            from distributed import Variable
-
-            slots = {}
-            for name, rate in rates.items():
-                variable = Variable(f"taskmap-{token}-{name}-next", client=client)
-                variable.set(0.0)
-                self.variables.append(variable)
-                slots[name] = (variable.name, f"taskmap-{token}-{name}-lock", 1.0 / rate)
-            for task, used in graph.uses.items():
-                rated = sorted(name for name in set(used) if name in slots)
-                if rated:
-                    self.rate_slots[task] = tuple(slots[n] for n in rated)
-        if unit_limits:
-            from distributed import Semaphore
-
-            self.semaphores = {
-                name: Semaphore(max_leases=n, name=f"taskmap-{token}-{name}") for name, n in unit_limits.items()
-            }
-            for task, used in graph.uses.items():
-                held = sorted(name for name in set(used) if name in self.semaphores)
-                if held:
-                    self.leases[task] = tuple((self.semaphores[n], used.count(n)) for n in held)
-
-    def close(self) -> None:
-        """Unregister them from the scheduler (the run is over)."""
-        for semaphore in self.semaphores.values():
-            with contextlib.suppress(Exception):
-                semaphore.close()
-        for variable in self.variables:
-            with contextlib.suppress(Exception):
-                variable.delete()
-
-
 class _DaskRun:
     """One run of a graph on a Dask client (see the module docstring)."""
 
@@ -367,11 +344,14 @@ class _DaskRun:
         limits: TaskLimits,
         observers: Observers,
         wanted: set | None,
-        unit_limits: dict[str, int] | None = None,
-        rates: dict[str, float] | None = None,
+        resources: tuple[dict, dict] | None = None,
+        cancel: Cancellation | None = None,
     ) -> None:
-        state = state_for(graph)
-        self.resources = _ClusterResources(graph, client, unit_limits or {}, rates or {})
+        self.cancellation = cancel
+        # limits and rates are the state's gate, as in every runner: a task
+        # waiting for a unit or a rate slot is not submitted (see submit_all)
+        state = state_for(graph, resources)
+        self.gated: list[bool] = state.gate.gated if state.gate is not None else [False] * len(state.names)
         self.graph = graph
         self.client = client
         self.state = state
@@ -421,13 +401,20 @@ class _DaskRun:
     def run(self) -> None:
         state, book = self.state, self.book
         run_error: BaseException | None = None
+        cancel = self.cancellation
         self.submit_all()  # a function that cannot be sent stops the run before it starts
+        # a cancel wakes the one wait: a None on the queue of finished futures
+        forget = cancel.on_cancel(lambda: self.inbox.put(None)) if cancel is not None else None
         try:
             book.start()
             while not state.all_finished:
                 batch = self.start_ready()
+                if cancel is not None and cancel.is_set:
+                    # (after start_ready: a task whose parents are recorded has
+                    # started, as Dask may have run it already; in_progress says so)
+                    raise RunCancelled()
                 if not batch:
-                    if not self.running and not self.timers:
+                    if not self.running and not self.timers and state.next_rate_slot() is None:
                         break  # nothing can change any more (cannot happen; never hang)
                     batch = self.wait_for_outcomes()
                     self.fire_timers()
@@ -437,10 +424,11 @@ class _DaskRun:
             self.abort()
             raise
         finally:
+            if forget is not None:
+                forget()
             self.finish(run_error)
 
     def finish(self, error: BaseException | None) -> None:
-        self.resources.close()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -463,7 +451,10 @@ class _DaskRun:
     # -- submitting --------------------------------------------------------------------
 
     def submit_all(self) -> None:
-        """Submit every task of the run, parents first."""
+        """Submit every task of the run, parents first, but those under a
+        limit or a rate (submitted when the state's gate lets them start) and
+        their descendants (submitted with them: a child's submit takes its
+        parents' futures)."""
         self.check_functions()
         self.given = _scatter_given_results(self.client, self.graph, self.state, self.in_run)
         later = self.later
@@ -472,7 +463,8 @@ class _DaskRun:
         )
         try:
             for i in order:
-                self.live[i] = self.submit(i)
+                if self.may_submit(i):
+                    self.live[i] = self.submit(i)
         except BaseException:
             self.client.cancel(list(self.live.values()))
             raise
@@ -519,8 +511,6 @@ class _DaskRun:
             self.limits.timeout[i],
             self.wanted is None or _task_of(name) in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
-            self.resources.leases.get(name, ()),
-            self.resources.rate_slots.get(name, ()),
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"
@@ -550,16 +540,22 @@ class _DaskRun:
         earlier retry of another of its ancestors submitted it) keeps it; one
         with another parent still waiting for its own retry is submitted by
         that parent's retry."""
-        live, parents, in_run, collectors = self.live, self.state.parents, self.in_run, self.collectors
+        live, collectors = self.live, self.collectors
         for j in sorted(_waiting_descendants(self.state, self.in_run, i) | {i}, key=self.rank.__getitem__):
-            if (
-                j in live
-                or j in collectors
-                or any(in_run[p] and p not in live and p not in collectors for p in parents[j])
-            ):
+            if j in live or j in collectors or not (j == i or self.may_submit(j)):
                 continue
             self.early.pop(j, None)
             live[j] = self.submit(j)
+
+    def may_submit(self, i: int) -> bool:
+        """Whether task i may go to Dask now, ahead of its start: every parent
+        of the run has a future, and it uses no limited or rated resource
+        (such a task goes when it starts, its units taken)."""
+        if self.gated[i] and self.state.state[i] != TaskState.RUNNING:
+            return False
+        live, in_run, collectors = self.live, self.in_run, self.collectors
+        # (an expanded task has no future: its list is passed as a value)
+        return all(p in live or not in_run[p] or p in collectors for p in self.state.parents[i])
 
     # -- expansion (create_graph(expand=...)) -------------------------------------------
 
@@ -571,6 +567,8 @@ class _DaskRun:
         limits = self.limits
         limits.timeout.extend([limits.timeout[t]] * n)
         limits.retries.extend([limits.retries[t]] * n)
+        if state.gate is None:  # (else the gate's own list, which its extend_like grew)
+            self.gated.extend([False] * n)
         for e in range(first, first + n):
             in_run = state.state[e] != TaskState.DONE
             self.attempts.append(0)
@@ -616,7 +614,11 @@ class _DaskRun:
     def wait_for_outcomes(self) -> list[tuple[int, Future]]:
         """Block until Dask finishes a future (or a delayed retry is due);
         return every outcome that has arrived."""
-        wait = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
+        due = [self.timers[0][0]] if self.timers else []
+        slot = self.state.next_rate_slot()  # (the state's clock is time.monotonic)
+        if slot is not None:
+            due.append(slot)
+        wait = max(0.0, min(due) - time.monotonic()) if due else None
         try:
             batch = [self.inbox.get(timeout=wait)]
         except queue.Empty:
@@ -625,14 +627,19 @@ class _DaskRun:
             try:
                 batch.append(self.inbox.get_nowait())
             except queue.Empty:
-                return batch
+                return [item for item in batch if item is not None]  # (None: a cancel's wake-up)
 
     def fire_timers(self) -> None:
+        """Requeue the delayed retries that are due, and the tasks whose rate
+        slot has come."""
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, i = heapq.heappop(self.timers)
             if self.state.state[i] == TaskState.WAITING:
                 self.state.requeue(i)
+        slot = self.state.next_rate_slot()
+        if slot is not None and slot <= now:
+            self.state.rate_due()
 
     # -- outcomes ------------------------------------------------------------------------
 

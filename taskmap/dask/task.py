@@ -92,11 +92,6 @@ class TaskCall(NamedTuple):
     # the caller's version of the user module whose code func runs (None: not
     # a user module): a worker holding another version fails the task
     code: tuple[str, tuple] | None = None
-    # units to hold while it runs: ((distributed.Semaphore, count), ...) in a
-    # fixed order (resource names sorted), for the run's limits
-    leases: tuple = ()
-    # rated resources: ((variable name, lock name, seconds between starts), ...)
-    rates: tuple = ()
 
 
 class Outcome:
@@ -137,49 +132,7 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
         # leave the worker's thread pool: the wait holds a thread, not one of
         # the worker's nthreads slots, so io tasks overlap and cpu tasks run
         secede()
-    if call.leases or call.rates:
-        _wait_for_resources(call)
-    try:
-        return _run(call, args)
-    finally:
-        for semaphore, count in call.leases:
-            for _ in range(count):
-                semaphore.release()
-
-
-def _wait_for_resources(call: TaskCall) -> None:
-    """Hold the task's units of its limited resources, then wait for its
-    rate slots, outside the worker's thread slots (a cpu task leaves its
-    slot for the wait and takes one again after).  A task needing several
-    units of one resource takes them under that resource's lock, so two such
-    tasks cannot each hold a part and wait for each other.  A rate's slots
-    are a grid kept in a ``distributed.Variable`` (the next free slot,
-    wall-clock seconds), taken under a ``distributed.Lock``: starts are
-    spaced 1/rate apart across the cluster, and the grid does not drift with
-    the round trips."""
-    from distributed import Lock, Variable, rejoin, secede
-
-    if not call.io:
-        secede()
-    for semaphore, count in call.leases:
-        if count == 1:
-            semaphore.acquire()
-        else:
-            with Lock(f"{semaphore.name}-several"):
-                for _ in range(count):
-                    semaphore.acquire()
-    start_at = 0.0
-    for variable, lock, interval in call.rates:
-        with Lock(lock):
-            slots = Variable(variable)
-            slot = max(float(slots.get()), time.time())
-            slots.set(slot + interval)
-        start_at = max(start_at, slot)
-    delay = start_at - time.time()
-    if delay > 0:
-        time.sleep(delay)
-    if not call.io:
-        rejoin()
+    return _run(call, args)
 
 
 def _run(call: TaskCall, args: list) -> Any:

@@ -33,6 +33,7 @@ workers on Ctrl-C) before the exception leaves the runner.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -41,16 +42,18 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from typing import Any, cast
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.cancellation import Cancellation
+from taskmap.errors import RunCancelled
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
 from taskmap.runtime import messages, process_setup, shm
 from taskmap.runtime.messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
-from taskmap.runtime.pool import WorkerHandle, WorkerPool, get_pool
+from taskmap.runtime.pool import WorkerHandle, WorkerPool, take_pool
 from taskmap.runtime.values import CodecValues, ship_functions
 from taskmap.scheduling.ledger import (
     CPU_DEADLINE,
@@ -91,13 +94,18 @@ def run_graph(
     shm_threshold: int | None = None,
     gather: frozenset | None = None,
     resources: tuple[dict, dict] | None = None,
+    cancel: Cancellation | None = None,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
     ``observers`` hear the run's events (:mod:`taskmap.observe.observers`).
     ``shm_threshold``: bytes from which a result's buffers go through shared
     memory (None: never); ``gather``: names of the results to keep (None:
     all; the others become :class:`taskmap.NotKept`); ``resources``: the
-    run's (limits, rates), enforced where tasks are dispatched."""
+    run's (limits, rates), enforced where tasks are dispatched; ``cancel``:
+    when set, the run stops as at a failure with ``raise_errors`` (the
+    workers holding its tasks are killed and replaced) and raises
+    :class:`taskmap.RunCancelled`.  A run takes a pool of warm workers of
+    its own: two runs at once in one process do not share workers."""
     from taskmap.runners import state_for  # (runners imports this module lazily)
 
     state = state_for(graph, resources)
@@ -110,8 +118,7 @@ def run_graph(
         book.start()
         book.finish(None)
         return graph
-    pool = get_pool()
-    with pool.lock, _sigterm_as_interrupt():
+    with take_pool() as pool, _sigterm_as_interrupt():
         pool.configure(limits.memory_limit)
         # start missing workers first: they boot (a fresh interpreter each,
         # ~0.2 s) while the coordinator pickles the functions and prepares
@@ -127,6 +134,7 @@ def run_graph(
             runner,
             shm_threshold if pool.shm_prefix is not None else None,
             gather,
+            cancel,
         ).run()
     return graph
 
@@ -166,8 +174,10 @@ class Coordinator:
         runner: str = "run_parallel_async",
         shm_threshold: int | None = None,
         gather: frozenset | None = None,
+        cancel: Cancellation | None = None,
     ) -> None:
         self.graph = graph
+        self.cancel = cancel
         self.state = state
         self.pool = pool
         self.ncores = ncores
@@ -204,12 +214,14 @@ class Coordinator:
         self.poller = select.poll()
         self.watched: dict[int, tuple[WorkerHandle, bool]] = {}
         self.pipe_pollers: dict[WorkerHandle, Any] = {}
+        self.wakeup_fd = -1  # read end of the cancel wake-up pipe (see listen_for_cancel)
 
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> None:
         state, ledger = self.state, self.ledger
         self.pool.resize(self.ncores)
+        forget = self.listen_for_cancel()
         self.book.start()
         for w in self.pool.workers:
             self.apply(ledger.handle(WorkerJoined(w, w.pid, w.ready, w.io_sent)))
@@ -225,7 +237,33 @@ class Coordinator:
             self._abort(exc)
             self._finish(exc)
             raise
+        finally:
+            forget()
         self._finish(None)
+
+    def listen_for_cancel(self) -> Callable[[], None]:
+        """With a cancel switch: a wake-up pipe in the one wait, written by
+        the cancelling thread.  Returns what undoes it (at the run's end)."""
+        cancel = self.cancel
+        if cancel is None:
+            return lambda: None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self.wakeup_fd = read_fd
+
+        def wake() -> None:
+            with contextlib.suppress(OSError):  # (full, or closed at the run's end)
+                os.write(write_fd, b"x")
+
+        forget = cancel.on_cancel(wake)
+
+        def close() -> None:
+            forget()
+            self.wakeup_fd = -1
+            os.close(read_fd)
+            os.close(write_fd)
+
+        return close
 
     def _finish(self, error: BaseException | None) -> None:
         try:
@@ -291,6 +329,8 @@ class Coordinator:
         else:
             timeout_ms = None
         for fd, _ in self.poller.poll(timeout_ms):
+            if fd == self.wakeup_fd:
+                raise RunCancelled()
             w, died = self.watched[fd]
             if w in self.pool.workers:
                 if died:
@@ -315,6 +355,8 @@ class Coordinator:
             self.watched[w.sentinel] = (w, True)
             self.pipe_pollers[w] = one = select.poll()
             one.register(fd, select.POLLIN)
+        if self.wakeup_fd >= 0:
+            self.poller.register(self.wakeup_fd, select.POLLIN)
 
     def receive(self, w: WorkerHandle) -> None:
         """Read every message waiting on w's pipe."""
@@ -426,9 +468,12 @@ class Coordinator:
         """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.
         raise_errors) kills the workers that still hold tasks."""
         names = self.state.names
-        self.graph.in_progress[:] = [names[i] for i in self.ledger.running()]
+        readings = {w: (w.slot.value, bytes(w.slot.io_flags())) for w in self.pool.workers if w.slot is not None}
+        self.graph.in_progress[:] = [names[i] for i in self.ledger.began(readings)]
         if isinstance(exc, Exception):
             for w in [w for w in self.pool.workers if self.ledger.busy(w)]:
                 self.pool.discard(w, kill=True)
+            if isinstance(exc, RunCancelled):
+                self.pool.resize(self.ncores)  # replacements boot now, warm for the next run
         else:
             self.pool.kill_all()

@@ -10,7 +10,10 @@ crashed worker held.
 The pool lives across runs in one Python process (like loky's reusable
 executor) and is shut down at interpreter exit: SHUTDOWN to each worker, a
 short join, then kill; then the shared memory segments of this process's
-runs are removed (normally none is left by then).
+runs are removed (normally none is left by then).  A run uses a pool of its
+own: when two runs overlap (``taskmap.start`` twice, or two threads), the
+second takes a second pool, started then and kept warm like the first
+(:func:`take_pool`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from loky.backend.context import get_context
@@ -116,7 +121,7 @@ class WorkerHandle:
 class WorkerPool:
     """Starts, replaces and stops worker processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, number: int = 1) -> None:
         self.workers: list[WorkerHandle] = []
         self.lock = threading.Lock()  # one run at a time uses the pool
         self.memory_limit: int | None = None
@@ -126,7 +131,8 @@ class WorkerPool:
         self.shm_prefix: str | None = None
         if shm.available():
             try:
-                self.shm_prefix = shm.coordinator_prefix()
+                # (the pool's number keeps two pools' segments apart)
+                self.shm_prefix = f"{shm.coordinator_prefix()}{number}-"
             except (ProcessLookupError, OSError, ValueError, IndexError):
                 pass  # no readable /proc: no way to name segments safely
         if self.shm_prefix is not None:
@@ -196,24 +202,61 @@ class WorkerPool:
             shm.remove_all(self.shm_prefix)
 
 
-_pool: WorkerPool | None = None
+_pools: list[WorkerPool] = []  # every pool of this process; the first is get_pool()'s
+_pool: WorkerPool | None = None  # (the first, kept for callers that read it)
 _pool_lock = threading.Lock()
 
 
 def get_pool() -> WorkerPool:
-    """The process-wide warm pool, created on first use."""
+    """The process-wide warm pool (the first), created on first use."""
     global _pool
     with _pool_lock:
-        if _pool is None:
-            _pool = WorkerPool()
-            atexit.register(shutdown_pool)
-        return _pool
+        if not _pools:
+            _new_pool()
+        return _pools[0]
+
+
+@contextmanager
+def take_pool() -> Iterator[WorkerPool]:
+    """A warm pool that no other run uses, for the length of one run: the
+    first idle pool, else a new one (kept warm afterwards, for the next time
+    two runs overlap).  Each pool names its shared memory segments with its
+    own prefix, so one run's clean-up never touches another's segments."""
+    with _pool_lock:
+        for pool in _pools:
+            if pool.lock.acquire(blocking=False):
+                break
+        else:
+            pool = _new_pool()
+            pool.lock.acquire()
+    try:
+        yield pool
+    finally:
+        pool.lock.release()
+
+
+def _new_pool() -> WorkerPool:
+    global _pool
+    if not _pools:
+        atexit.register(shutdown_pool)
+    pool = WorkerPool(len(_pools) + 1)
+    _pools.append(pool)
+    _pool = _pools[0]
+    return pool
+
+
+def pool_worker_pids() -> set[int]:
+    """The pids of every pool's workers (for leak checks)."""
+    with _pool_lock:
+        return {w.pid for pool in _pools for w in pool.workers if w.pid is not None}
 
 
 def shutdown_pool() -> None:
-    """Stop every worker of the warm pool (also registered with atexit)."""
+    """Stop every worker of every warm pool (also registered with atexit)."""
     global _pool
     with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
+        pools = list(_pools)
+        _pools.clear()
+        _pool = None
+    for pool in pools:
         pool.shutdown()

@@ -35,7 +35,7 @@ by :class:`~taskmap.scheduling.state.SchedulingState` (an illegal one raises), a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from taskmap.errors import TaskmapError, TaskTimeoutError, WorkerCrashedError
@@ -452,6 +452,26 @@ class Ledger:
     def running(self) -> list[int]:
         status = self.state.state
         return [i for i in range(len(status)) if status[i] == RUNNING]
+
+    def began(self, readings: Mapping[Any, tuple[int, bytes | None]]) -> list[int]:
+        """The tasks that had begun on the workers, in task order, by each
+        worker's slot reading ``(cpu task running, io flags ring)``: its
+        running cpu task and the io tasks whose flag is set.  A worker with
+        no reading counts as having begun every task it holds but those
+        pinned behind a parent (they start when it succeeds).  For
+        ``graph.in_progress`` when a run stops."""
+        found: list[int] = []
+        for w, held in self.workers.items():
+            reading = readings.get(w)
+            if reading is None:
+                found.extend(i for i in held.cpu_tasks if i not in self.pinned_behind)
+                found.extend(held.io_tasks)
+                continue
+            running, flags = reading
+            if running in held.cpu_tasks:
+                found.append(running)
+            found.extend(i for i, n in held.io_tasks.items() if flags is None or io_began(flags, n, held.io_sent))
+        return sorted(found)
 
     # -- workers come and go ------------------------------------------------
 
