@@ -492,3 +492,36 @@ def test_a_run_handle_yields_each_element_and_then_its_task(runner):
         ]
     )
     assert order.index("parse") > max(order.index(f"parse[{i}]") for i in range(4))
+
+
+async def nap(k):
+    await asyncio.sleep(0.05)
+    return k
+
+
+async def hang_on_one(k):
+    await asyncio.sleep(30 if k == 1 else 0)
+    return k
+
+
+@pytest.mark.parametrize("runner", RUNNERS[1:], ids=ids)
+def test_a_limit_holds_per_element(runner):
+    funcs = {"keys": lambda: list(range(4)), "fetch": nap}
+    graph = taskmap.create_graph(
+        funcs, {"keys": [], "fetch": ["keys"]}, io_bound=["fetch"], expand={"fetch": "keys"}, uses={"fetch": "api"}
+    )
+    run(runner, graph, limits={"api": 1}, summary=True)
+    assert graph.results["fetch"] == [0, 1, 2, 3]
+    spans = sorted((t.start, t.end) for t in graph.last_run.tasks if str(t.name).startswith("fetch["))
+    assert len(spans) == 4
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=ids)
+def test_a_time_limit_holds_per_element(runner):
+    funcs = {"keys": lambda: [0, 1, 2], "work": hang_on_one}
+    graph = taskmap.create_graph(funcs, {"keys": [], "work": ["keys"]}, io_bound=["work"], expand={"work": "keys"})
+    run(runner, graph, timeout={"work": 0.5})
+    values = graph.results["work"]
+    assert values[0] == 0 and values[2] == 2
+    assert isinstance(values[1], taskmap.TaskTimeoutError) and "work[1]" in str(values[1])
