@@ -191,6 +191,42 @@ def io_gaps_blocking(seconds, *args):
 # -- graphs ------------------------------------------------------------------
 
 
+async def storm_sleep(seconds, *args):
+    """One coroutine of an io storm: its wait and nothing else."""
+    await asyncio.sleep(seconds)
+    return 1
+
+
+async def scenario_login():
+    return "token"
+
+
+async def scenario_browse(token):
+    return token + ":browse"
+
+
+async def scenario_search(token):
+    return token + ":search"
+
+
+async def scenario_checkout(browsed, searched):
+    return len(browsed) + len(searched)
+
+
+SCENARIO_DEPS = {"login": [], "browse": ["login"], "search": ["login"], "checkout": ["browse", "search"]}
+
+
+def scenario_funcs() -> dict:
+    """A stress-testing script's scenario: log in, then browse and search at
+    once, then check out (io coroutines that do no waiting: the per-run cost)."""
+    return {
+        "login": scenario_login,
+        "browse": scenario_browse,
+        "search": scenario_search,
+        "checkout": scenario_checkout,
+    }
+
+
 def random_dag(n: int, seed: int, max_fanin: int = 3) -> dict:
     """Task ``t<i>`` depends on 0..max_fanin distinct earlier tasks, chosen
     uniformly among all earlier ones."""

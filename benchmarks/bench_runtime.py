@@ -9,7 +9,9 @@ numbers mean little.  Workloads (see benchmarks/README.md for details):
   2. a mixed ETL graph of 200 tasks (half io 20-80 ms, half cpu 5-15 ms of
      pure Python) against max(critical path, total cpu x s / 2)
   3. 2,000 trivial tasks in a random DAG: tasks per second
-  4. a chain of 300 trivial tasks: microseconds per hop
+  4. a chain of 300 trivial tasks: microseconds per hop; 4s: 20,000 io
+     coroutines of 50 ms against asyncio.gather in one process; 4r: a 4-task
+     scenario graph run 200 times in a row, per run, beside run_async
   5. memory: bytes per task of the scheduling state (10^6 tasks), worker RSS
      growth over 10^5 tasks
   6. a 1 s cpu task beside an io task: the io loop's worst wake-up gap
@@ -24,7 +26,9 @@ numbers mean little.  Workloads (see benchmarks/README.md for details):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import compileall
+import functools
 import importlib.util
 import json
 import os
@@ -638,6 +642,83 @@ def bench_chain(cfg, bl: Baselines, rows, notes) -> None:
     rows.append(row)
 
 
+def bench_io_storm(cfg, bl: Baselines, rows, notes) -> None:
+    """20,000 independent io coroutines of 50 ms on the warm pool, against a
+    bare ``asyncio.gather`` of the same coroutines in this process, the two
+    interleaved: two workers' loops should beat one."""
+    n, seconds = (5_000 if cfg.quick else 20_000), 0.05
+    names = [f"s{k}" for k in range(n)]
+    ours: list[float] = []
+    gathered: list[float] = []
+
+    async def gather_all():
+        await asyncio.gather(*(B.storm_sleep(seconds) for _ in range(n)))
+
+    with LoadMeter() as load:
+        warm()
+        for _ in range(max(3, cfg.reps)):
+            graph = taskmap.create_graph(
+                {t: functools.partial(B.storm_sleep, seconds) for t in names}, {t: [] for t in names}, io_bound=names
+            )
+            t = time.perf_counter()
+            taskmap.run_parallel_async(graph, ncores=NCORES)
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            asyncio.run(gather_all())
+            gathered.append(time.perf_counter() - t)
+    ratio = median(gathered) / median(ours)  # our throughput / gather's
+    rows.append(
+        Row(
+            "storm",
+            f"4s {n:,} io coroutines of 50 ms",
+            "x gather",
+            "{:.2f}",
+            ratio,
+            1.3,
+            lower=False,
+            load=load.cores,
+        )
+    )
+    notes.append(
+        f"4s: run {median(ours):.3f} s (tasks/s {n / median(ours):,.0f}); asyncio.gather in one process "
+        f"{median(gathered):.3f} s; interleaved, {len(ours)} reps each; no baselines (the original package is "
+        "quadratic in tasks; Dask runs a coroutine per thread slot)"
+    )
+
+
+def bench_scenario(cfg, bl: Baselines, rows, notes) -> None:
+    """A stress-testing script runs a 4-task scenario graph again and again:
+    the per-run cost of a small graph on a warm pool, beside run_async on the
+    same graph (in this process: no round trips) in the same run."""
+    runs = 200
+    funcs = B.scenario_funcs()
+    io = list(funcs)
+
+    def many(runner, **kw):
+        t = time.perf_counter()
+        for _ in range(runs):
+            graph = runner(taskmap.create_graph(funcs, B.SCENARIO_DEPS, io_bound=io), **kw)
+        took = (time.perf_counter() - t) / runs
+        assert graph.results["checkout"] == len("token:browse") + len("token:search")
+        return took
+
+    ours: list[float] = []
+    in_process: list[float] = []
+    with LoadMeter() as load:
+        warm()
+        many(taskmap.run_parallel_async, ncores=NCORES)
+        for _ in range(max(3, cfg.reps)):
+            ours.append(many(taskmap.run_parallel_async, ncores=NCORES))
+            in_process.append(many(taskmap.run_async))
+    ms = median(ours) * 1e3
+    rows.append(Row("scenario", "4r 4-task scenario graph, per run", "ms/run", "{:.3f}", ms, 0.4, load=load.cores))
+    notes.append(
+        f"4r: {runs} runs in a row, {len(ours)} reps: {ms:.3f} ms per run (min {min(ours) * 1e3:.3f}); "
+        f"run_async on the same graph in the same run {median(in_process) * 1e3:.3f} ms "
+        f"(ours / run_async {median(ours) / median(in_process):.2f})"
+    )
+
+
 def bench_memory(cfg, bl: Baselines, rows, notes) -> None:
     n = cfg.mem_n
     with LoadMeter() as load:
@@ -816,7 +897,8 @@ def main() -> int:
     parser.add_argument("--no-baselines", action="store_true", help="skip the original taskmap and Dask")
     parser.add_argument("--reps", type=int, help="repetitions per measurement (default 7, --quick 3)")
     parser.add_argument(
-        "--only", help="comma-separated subset of: seed,etl,dag,functions,chain,memory,rss,stall (for development)"
+        "--only",
+        help="comma-separated subset of: seed,etl,dag,functions,chain,storm,scenario,memory,rss,stall (for development)",
     )
     parser.add_argument("--orig-dir", type=Path, default=None, help="where the original taskmap is installed")
     args = parser.parse_args()
@@ -846,6 +928,8 @@ def main() -> int:
         ("dag", lambda: bench_trivial(cfg, bl, rows, notes)),
         ("functions", lambda: bench_per_task_functions(cfg, bl, rows, notes)),
         ("chain", lambda: bench_chain(cfg, bl, rows, notes)),
+        ("storm", lambda: bench_io_storm(cfg, bl, rows, notes)),
+        ("scenario", lambda: bench_scenario(cfg, bl, rows, notes)),
         ("memory", lambda: bench_memory(cfg, bl, rows, notes)),
         ("rss", lambda: bench_rss(cfg, bl, rows, notes)),
         ("stall", lambda: bench_stall(cfg, bl, rows, notes, rate)),

@@ -167,26 +167,34 @@ def test_cancel_stops_an_in_process_run_at_its_io_task(runner, tmp_path):
 
 
 @pytest.mark.parametrize("runner", LOCAL)
-def test_cancelling_the_awaiting_task_cancels_the_run(runner, tmp_path):
+def test_cancelling_the_awaiting_task_cancels_the_run_and_leaks_nothing(runner, tmp_path):
+    use_every_worker()
+    before = snapshot()
     mark = str(tmp_path / "m")
-    funcs = {"io": functools.partial(started_then_nap, mark, 60), "after": ok}
-    graph = taskmap.create_graph(funcs, {"io": [], "after": ["io"]}, io_bound=["io"])
-    kwargs = {"ncores": 1} if runner in PARALLEL else {}
+    funcs = {"quick": ok, "io": functools.partial(started_then_nap, mark, 60), "after": ok}
+    graph = taskmap.create_graph(funcs, {"quick": [], "io": [], "after": ["io"]}, io_bound=["io"])
+    kwargs = {"ncores": 2} if runner in PARALLEL else {}
     run = taskmap.start(graph, runner, **kwargs)
 
     async def main():
         waiting = asyncio.create_task(_await(run))
+        await asyncio.sleep(0)  # it awaits the run (a task cancelled before its first step never runs)
         while not os.path.exists(mark):
             await asyncio.sleep(0.005)
+        cancelled_at = time.monotonic()
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        return run.done()
+        return run.done(), time.monotonic() - cancelled_at
 
-    assert asyncio.run(main()) is True  # the CancelledError came once the run had stopped
+    stopped, took = asyncio.run(main())
+    assert stopped  # the CancelledError came once the run had stopped
+    assert took < 1.0
     with pytest.raises(taskmap.RunCancelled):
         run.wait()
     assert graph.in_progress == ["io"] and "after" not in graph.results
+    use_every_worker()
+    compare(before, snapshot(), same_workers=None)  # (the io task's worker was replaced)
 
 
 async def _await(run):
@@ -288,3 +296,38 @@ def test_a_graph_being_run_is_refused_a_second_start(tmp_path):
     # once it ended, the graph may run again
     graph.funcs["io"] = ok
     assert taskmap.start(graph, "run_async").wait().results["io"] == 0
+
+
+EXIT_WITH_A_LIVE_RUN = """
+import os, sys, time, taskmap
+
+def sleeper(*_):
+    open(os.path.join(sys.argv[1], "started" + str(os.getpid())), "w").close()
+    time.sleep(60)
+
+graph = taskmap.create_graph({"a": sleeper, "b": sleeper}, {"a": [], "b": []})
+run = taskmap.start(graph, "run_parallel", ncores=2)
+while len(os.listdir(sys.argv[1])) < 2:
+    time.sleep(0.01)
+print("PID", os.getpid(), flush=True)
+"""
+
+
+def test_a_process_that_exits_during_a_run_cancels_it_and_leaves_nothing(tmp_path):
+    """The run's thread is a daemon: at exit the run is cancelled before the
+    pools shut down, no replacement worker is started, nothing is printed."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_live.py"
+    script.write_text(EXIT_WITH_A_LIVE_RUN)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(script), str(marks)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("PID"), proc.stderr
+    assert proc.stderr == ""  # (a replacement worker started at exit would print a broken pipe here)
+    workers = [int(m.name[len("started") :]) for m in marks.iterdir()]
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=10)
+    assert not alive

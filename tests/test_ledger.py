@@ -637,6 +637,7 @@ class World:
                 self.apply(self.h.do(Hello(key, 1)))
 
 
+@pytest.mark.timeout(240)  # 500 examples: ~30 s on a quiet 2-core machine, 3x that on a busy one
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs(), st.integers(1, 3), st.data())
 def test_random_event_sequences_keep_the_invariants_and_finish_every_task_once(graph, nworkers, data):

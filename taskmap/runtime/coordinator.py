@@ -473,7 +473,7 @@ class Coordinator:
         if isinstance(exc, Exception):
             for w in [w for w in self.pool.workers if self.ledger.busy(w)]:
                 self.pool.discard(w, kill=True)
-            if isinstance(exc, RunCancelled):
+            if isinstance(exc, RunCancelled) and not (self.cancel is not None and self.cancel.final):
                 self.pool.resize(self.ncores)  # replacements boot now, warm for the next run
         else:
             self.pool.kill_all()
