@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from taskmap.errors import TaskFailedError
 from taskmap.graph import Graph
@@ -19,6 +20,9 @@ from taskmap.observe.observers import CPU, DONE, FAILED, IO, SKIPPED, Observers,
 from taskmap.observe.output import DEFAULT, OutputCollector, OutputOptions
 from taskmap.observe.record import RunRecord
 from taskmap.scheduling.state import SchedulingState, TaskState, ancestor_failed_message
+
+if TYPE_CHECKING:
+    from taskmap.element_book import ElementBook
 
 
 class Bookkeeper:
@@ -32,6 +36,7 @@ class Bookkeeper:
         "attempts",
         "collector",
         "done",
+        "elements",
         "graph",
         "log",
         "measures_durations",
@@ -81,9 +86,18 @@ class Bookkeeper:
         # collector; a task's text goes to graph.output when it is recorded
         self.collector = OutputCollector(self.names, output, str(graph.name))
         self.outputs = graph.output
+        # expanded tasks (create_graph(expand=...)); None for static graphs,
+        # which pay one test per recorded outcome for it
+        self.elements: ElementBook | None = None
+        if state.expanding:
+            from taskmap.element_book import ElementBook
+
+            self.elements = ElementBook(self, state, expands=True)  # type: ignore[arg-type]
 
     def args(self, i: int) -> list:
         """The arguments of task i: its parents' results in order, None left out."""
+        if self.elements is not None and i >= self.elements.n_static:
+            return self.elements.args(i)
         results, names = self.results, self.names
         out = []
         for p in self.state.parents[i]:
@@ -119,6 +133,8 @@ class Bookkeeper:
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:
             self.log.queueing(state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu))
+        if self.elements is not None:
+            self.elements.after_event()
 
     def starting(self, i: int, pid: int | None = None) -> None:
         """Task i was started (in-process) or handed to worker ``pid``."""
@@ -184,8 +200,12 @@ class Bookkeeper:
         """Record task i's result, the state already told (``became``: how
         many children became ready); see :meth:`succeeded`."""
         name = self.names[i]
-        self.results[name] = value
-        self.done.append(name)
+        elements = self.elements
+        if elements is not None and i >= elements.n_static:
+            elements.set_value(i, value, True)
+        else:
+            self.results[name] = value
+            self.done.append(name)
         if self.collector.kept or self.outputs:
             self._take_output(i, name)
         self.log.finished(name, pid)
@@ -194,6 +214,8 @@ class Bookkeeper:
         if became and self.log.manager_on:
             state, names = self.state, self.names
             self.log.queueing(names[c] for c in state.children[i] if state.state[c] == TaskState.READY)
+        if elements is not None:
+            elements.after_event()
 
     def _take_output(self, i: int, name) -> None:
         """graph.output[name]: what task i wrote in this run, or nothing."""
@@ -226,8 +248,12 @@ class Bookkeeper:
         """Record task i's failure and its ``skipped`` descendants, the state
         already told; raise if asked.  See :meth:`failed`."""
         name = self.names[i]
-        self.results[name] = error
-        self.done.append(name)
+        elements = self.elements
+        if elements is not None and i >= elements.n_static:
+            elements.set_value(i, error, False)
+        else:
+            self.results[name] = error
+            self.done.append(name)
         if self.collector.kept or self.outputs:
             self._take_output(i, name)
         self.log.failed(name, error, pid)
@@ -240,8 +266,11 @@ class Bookkeeper:
             is_io = self.state.is_io
             outputs = self.outputs
             for s in skipped:
-                results[names[s]] = message
-                done.append(names[s])
+                if elements is not None and s >= elements.n_static:
+                    elements.set_value(s, message, False)
+                else:
+                    results[names[s]] = message
+                    done.append(names[s])
                 if outputs:
                     outputs.pop(names[s], None)  # (from an earlier run)
                 if observers:
@@ -262,3 +291,22 @@ class Bookkeeper:
             self.log.skipped(name, (names[s] for s in skipped))
         if self.raise_errors:
             raise TaskFailedError(name, error) from error
+        if elements is not None:
+            elements.after_event()
+
+    def recorded_skip(self, s: int, root: int) -> None:
+        """Task s was skipped for the failure of ``root`` without a failure
+        of its own being recorded (an element created below a failed one)."""
+        names = self.names
+        message = ancestor_failed_message(names[root])
+        elements = self.elements
+        if elements is not None and s >= elements.n_static:
+            elements.set_value(s, message, False)
+        else:
+            self.results[names[s]] = message
+            self.done.append(names[s])
+        if self.observers:
+            lane = IO if self.state.is_io[s] else CPU
+            self.observers.task_finished(
+                TaskEvent(names[s], SKIPPED, lane, None, None, None, 0, message, None, names[root])
+            )

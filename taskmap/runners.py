@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.element_book import functions_of
 from taskmap.errors import TASK_ERRORS, RunCancelled
 from taskmap.graph import Graph
 from taskmap.options import RunnerOptions, RunOptions
@@ -44,7 +45,22 @@ def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> Sched
     state (:mod:`taskmap.scheduling.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
-    state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
+    state: SchedulingState
+    if graph.expand:
+        from taskmap.element_book import done_elements
+        from taskmap.scheduling.expansion import ExpandingState
+
+        state = ExpandingState(
+            graph.dependencies,
+            graph.io_bound,
+            graph.done,
+            graph.durations or None,
+            graph.priority,
+            graph.expand,
+            done_elements(graph),
+        )
+    else:
+        state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
     if resources is not None:
         from taskmap.scheduling.resources import build_gate
 
@@ -76,7 +92,7 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
     state = state_for(graph, opts.resources)
     book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run", output=opts.output)
     loop: asyncio.AbstractEventLoop | None = None
-    funcs = graph.funcs
+    funcs = functions_of(graph)
     names = state.names
     sink = book.collector
     cancel = opts.cancel
@@ -234,7 +250,7 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
             loop.call_soon_threadsafe(main.cancel)
 
         forget = cancel.on_cancel(wake)
-    funcs, names, is_io = graph.funcs, state.names, state.is_io
+    funcs, names, is_io = functions_of(graph), state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
     running: dict[asyncio.Future, int] = {}
     sink = book.collector

@@ -307,6 +307,11 @@ class CheckpointStore:
         for task, value in plan.values:
             results[task] = value
             done.append(task)
+        for task, values, flags in plan.elements:
+            # an expanded task's finished elements (taskmap.expand): a run
+            # reruns only the others
+            results[task] = values
+            graph.elements[task] = flags
         self._fingerprints = fingerprints
         self.last_restore = plan.report
         log(

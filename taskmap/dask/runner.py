@@ -104,6 +104,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 from taskmap.bookkeeping import Bookkeeper
 from taskmap.cancellation import Cancellation
 from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
+from taskmap.element_book import functions_of
 from taskmap.errors import (
     RunCancelled,
     SerializationError,
@@ -111,6 +112,7 @@ from taskmap.errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from taskmap.expand import Element, result_of
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
 from taskmap.observe.output import CAPTURE, DEFAULT, OutputOptions
@@ -254,6 +256,9 @@ def _run_dask_with(
     cancels the futures Dask still runs for it and raises
     :class:`taskmap.RunCancelled`."""
     wanted = None if opts.keep is None else set(opts.keep)
+    if wanted is not None:
+        # an expansion counts the items of a whole task's result here
+        wanted |= {m for m in graph.expand.values() if m not in graph.expand}
     with _connect(client, address, ncores) as dask_client:
         _DaskRun(
             graph,
@@ -407,6 +412,14 @@ class _DaskRun:
         self.clock_offset = time.time() - time.monotonic()
         top = max(state.priority, default=0.0) + 1.0
         self.dask_priority = [top if state.is_io[i] else state.priority[i] for i in range(n)]
+        self.funcs = functions_of(graph)
+        # create_graph(expand=...): an expanded task never runs itself, and
+        # what lies below one is submitted when the state makes it ready
+        # (its elements exist only then); the rest goes at once, as ever
+        self.collectors: dict[int, int] = state.mapped if state.expanding else {}  # type: ignore[attr-defined]
+        self.later = _below_collectors(state) if self.collectors else set()
+        if self.book.elements is not None:
+            self.book.elements.on_expanded = self.grow
 
     # -- the run ------------------------------------------------------------------
 
@@ -489,7 +502,10 @@ class _DaskRun:
         parents' futures)."""
         self.check_functions()
         self.given = _scatter_given_results(self.client, self.graph, self.state, self.in_run)
-        order = sorted((i for i in range(len(self.names)) if self.in_run[i]), key=self.rank.__getitem__)
+        later = self.later
+        order = sorted(
+            (i for i in range(len(self.names)) if self.in_run[i] and i not in later), key=self.rank.__getitem__
+        )
         try:
             for i in order:
                 if self.may_submit(i):
@@ -502,7 +518,7 @@ class _DaskRun:
         """Pickle each distinct function once, before anything is submitted:
         one that cannot be sent to a worker stops the run before it starts
         (Dask would only refuse it at its own submit, after its parents')."""
-        funcs, names = self.graph.funcs, self.names
+        funcs, names = self.funcs, self.names
         seen: set[int] = set()
         pickler = codec.FunctionPickler()
         for i, name in enumerate(names):
@@ -517,13 +533,20 @@ class _DaskRun:
 
     def submit(self, i: int) -> Future:
         name = self.names[i]
-        args = []
-        for p in self.state.parents[i]:
-            if self.in_run[p]:
+        args: list = []
+        state, collectors = self.state, self.collectors
+        for p in state.parents[i]:
+            if p in collectors:
+                args.append(list(self.graph.results[self.names[p]]))  # (values, or futures Dask resolves)
+            elif self.in_run[p]:
                 args.append(self.live[p])
             elif p in self.given:
                 args.append(self.given[p])
-        func = self.graph.funcs[name]
+            else:
+                args.append(result_of(self.graph.results, self.names[p]))  # (None is left out on the worker)
+        if collectors and i >= state.n_static:  # type: ignore[attr-defined]
+            self._insert_item(i, args)
+        func = self.funcs[name]
         module = function_module(func)
         version = self.code_versions.get(module) if module else None
         call = TaskCall(
@@ -531,7 +554,7 @@ class _DaskRun:
             func,
             bool(self.state.is_io[i]),
             self.limits.timeout[i],
-            self.wanted is None or name in self.wanted,
+            self.wanted is None or _task_of(name) in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
             self.start_at(i),
             self.output_topic,
@@ -574,9 +597,9 @@ class _DaskRun:
         earlier retry of another of its ancestors submitted it) keeps it; one
         with another parent still waiting for its own retry is submitted by
         that parent's retry."""
-        live = self.live
+        live, collectors = self.live, self.collectors
         for j in sorted(_waiting_descendants(self.state, self.in_run, i) | {i}, key=self.rank.__getitem__):
-            if j in live or not (j == i or self.may_submit(j)):
+            if j in live or j in collectors or not (j == i or self.may_submit(j)):
                 continue
             self.early.pop(j, None)
             live[j] = self.submit(j)
@@ -587,8 +610,44 @@ class _DaskRun:
         (such a task goes when it starts, its units taken)."""
         if self.gated[i] and self.state.state[i] != TaskState.RUNNING:
             return False
-        live, in_run = self.live, self.in_run
-        return all(p in live or not in_run[p] for p in self.state.parents[i])
+        live, in_run, collectors = self.live, self.in_run, self.collectors
+        # (an expanded task has no future: its list is passed as a value)
+        return all(p in live or not in_run[p] or p in collectors for p in self.state.parents[i])
+
+    # -- expansion (create_graph(expand=...)) -------------------------------------------
+
+    def grow(self, t: int, first: int, n: int) -> None:
+        """Collector t ran as elements ``first..first+n-1``: the per-task
+        tables take them (as their task's), and their parents count them
+        among their unfinished children (a retry needs their futures)."""
+        state: Any = self.state
+        limits = self.limits
+        limits.timeout.extend([limits.timeout[t]] * n)
+        limits.retries.extend([limits.retries[t]] * n)
+        if state.gate is None:  # (else the gate's own list, which its extend_like grew)
+            self.gated.extend([False] * n)
+        for e in range(first, first + n):
+            in_run = state.state[e] != TaskState.DONE
+            self.attempts.append(0)
+            self.submissions.append(0)
+            self.rank.append(self.rank[t])
+            self.dask_priority.append(self.dask_priority[t])
+            self.in_run.append(in_run)
+            self.unfinished_children.append(0)
+            if in_run:
+                for p in state.parents[e]:
+                    if self.in_run[p]:
+                        self.unfinished_children[p] += 1
+
+    def _insert_item(self, e: int, args: list) -> None:
+        """Element e's item in its task's mapped dependency's place."""
+        state: Any = self.state
+        t, k = state.element_of(e)
+        pos = state.item_pos.get(t)
+        if pos is not None:
+            elements = self.book.elements
+            assert elements is not None
+            args.insert(pos, elements.items[t][k])
 
     # -- the state's side --------------------------------------------------------------
 
@@ -674,7 +733,7 @@ class _DaskRun:
         """Whether task i's value comes back to the caller now."""
         if future.status in ("error", "cancelled"):
             return False
-        return self.wanted is None or self.names[i] in self.wanted
+        return self.wanted is None or _task_of(self.names[i]) in self.wanted
 
     def fetch(self, finished: list[tuple[int, Future]]) -> tuple[dict, dict]:
         """The outcomes of ``finished`` in one ``gather``; a value that cannot
@@ -864,6 +923,24 @@ def _scatter_given_results(client: Client, graph: Graph, state: SchedulingState,
             raise _unsendable(to_send, values, names, error) from error
         given.update(zip(to_send, futures))
     return given
+
+
+def _task_of(name: Any) -> Any:
+    """The task whose value ``gather`` names: an element's is its task's."""
+    return name.task if type(name) is Element else name
+
+
+def _below_collectors(state: Any) -> set[int]:
+    """The expanded tasks of an expanding state and every task below them."""
+    found: set[int] = set()
+    stack = list(state.mapped)
+    while stack:
+        i = stack.pop()
+        if i not in found:
+            found.add(i)
+            stack.extend(state.children[i])
+            stack.extend(state.expanders.get(i, ()))
+    return found
 
 
 def _submission_order(state: SchedulingState) -> list[int]:

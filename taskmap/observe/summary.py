@@ -131,6 +131,16 @@ def summarize(graph: Graph, top: int = 5) -> Summary:
         for task, st in status.items()
         if st == FAILED and outputs.get(task)
     }
+    if outputs and getattr(graph, "expand", None):
+        # an expanded task never runs itself: the output is its failed elements'
+        from taskmap.expand import Element
+
+        for task in graph.expand:
+            values = graph.results.get(task)
+            for k, value in enumerate(values if isinstance(values, list) else ()):
+                element = Element(task, k)
+                if isinstance(value, BaseException) and outputs.get(element):
+                    failed_output[element] = tail_lines(outputs[element], FAILED_TAIL_LINES, FAILED_TAIL_CHARS)
     record = graph.last_run if isinstance(graph.last_run, RunRecord) else None
     if record is None:
         return Summary(str(graph.name), None, None, counts, None, None, None, None, None, failed_output=failed_output)

@@ -77,6 +77,7 @@ from taskmap.scheduling.ledger import (
     CPU_DEADLINE,
     ArmTimer,
     Dispatch,
+    Expanded,
     Failed,
     Hello,
     Instruction,
@@ -225,6 +226,8 @@ class Coordinator:
             code_of=self.functions.code_of,
         )
         self.book.attempts = self.ledger.attempts
+        if self.book.elements is not None:
+            self.book.elements.expands = False  # (the ledger expands, with the encoded items)
         # armed timers (cpu time limits, delayed retries): (when, seq, kind,
         # task); wait_once sleeps until the first
         self.timers: list[tuple[float, int, int, int]] = []
@@ -328,6 +331,9 @@ class Coordinator:
             elif type(ins) is StartWorker:
                 w = self.pool.spawn()
                 self.apply(self.ledger.handle(WorkerJoined(w, w.pid, False, w.io_sent)))
+            elif type(ins) is Expanded:
+                assert book.elements is not None
+                book.elements.apply(ins.news)
             elif type(ins) is SweepSegments:
                 if self.pool.shm_prefix is not None:
                     shm.remove_unreported(f"{self.pool.shm_prefix}{ins.pid}-", ins.reported)

@@ -267,6 +267,15 @@ class ResourceGate:
             out.append(i)
         return out
 
+    def extend_like(self, t: int, n: int, rank: Any) -> None:
+        """n tasks were appended to the run, each using what task t uses
+        (the elements of an expanded task: uses apply per element)."""
+        self.uses.extend([self.uses[t]] * n)
+        self.need.extend([self.need[t]] * n)
+        self.unrated.extend([self.unrated[t]] * n)
+        self.gated.extend([self.gated[t]] * n)
+        self.rank.extend([rank] * n)  # type: ignore[attr-defined]
+
     # -- checks and reports ---------------------------------------------------------
 
     def validate(self) -> None:
