@@ -351,7 +351,7 @@ def _kill_workers(client: Client) -> None:
 
 # seconds a rated task's start is shifted after its slot, so that starts on
 # the workers are spaced as the slots are (see TaskCall.start_at)
-RATE_SHIFT = 0.1
+RATE_SHIFT = 0.25
 
 
 class _DaskRun:

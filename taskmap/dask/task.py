@@ -167,6 +167,8 @@ def _start_on_its_slot(call: TaskCall) -> None:
     arrives after Dask's latency, which varies from one task to the next; a
     fixed shift longer than that latency keeps the starts as far apart as
     the slots.  A cpu task waits out of the worker's thread slots."""
+    if call.io:
+        _io_loop()  # (started now if this is the worker's first io task, not after the slot)
     delay = call.start_at - time.time() if call.start_at is not None else 0.0
     if delay <= 0:
         return
