@@ -246,6 +246,17 @@ def test_a_pinned_task_starts_with_its_parents_success_and_waits_no_round_trip()
     assert h.state.all_finished and h.ledger.attempts == [1, 1]
 
 
+def test_io_tasks_ready_together_share_one_message_and_a_storm_still_spreads():
+    few = {f"io{k}": [] for k in range(3)}
+    h = Harness(few, io=list(few), workers=2)
+    sent = h.dispatch()
+    assert list(sent) == ["w0"] and len(sent["w0"]) == 3  # one message, one wake-up
+    many = {f"io{k}": [] for k in range(200)}
+    h = Harness(many, io=list(many), workers=2)
+    sent = h.dispatch()
+    assert sorted(len(subs) for subs in sent.values()) == [96, 104]  # chunks of 32, alternating
+
+
 def test_began_names_the_running_cpu_task_and_the_io_tasks_that_began_not_those_sent_ahead():
     """What a stopped run lists in ``graph.in_progress``: by the slots, the
     cpu task each worker runs and its io tasks whose flag is set; without a

@@ -58,6 +58,7 @@ MAX_CPU_DEPTH = 64
 MAX_PINNED = 64  # longest chain sent ahead to one worker in one message
 PIPELINE_SECONDS = 0.0003  # work to keep queued at a worker when tasks are tiny
 MAX_START_FAILURES = 3
+IO_CHUNK = 32  # io tasks ready at once that go to the same worker
 
 # timer kinds
 CPU_DEADLINE, RETRY, RATE = 0, 1, 2  # (RATE: task -1, the gate's next rate slot)
@@ -802,7 +803,7 @@ class Ledger:
 class Dispatcher:
     """The ledger's dispatch policy: which ready task goes to which worker
     and when.  io tasks go at once, to the worker with the fewest in
-    flight.  A worker holds at most ``cpu_depth`` cpu tasks: 1 while tasks
+    flight, in chunks of IO_CHUNK (those ready together share a message).  A worker holds at most ``cpu_depth`` cpu tasks: 1 while tasks
     are long, so each goes to the first free core (2 while more are ready
     than the workers can take: the next then waits at the worker, not a
     round trip away; 3 when a more critical task becomes ready: it jumps
@@ -846,8 +847,16 @@ class Dispatcher:
             return
         batches: dict[Worker, list[list[Any]]] = {}
         try:
+            # io tasks ready together go to one worker in chunks of IO_CHUNK,
+            # each chunk to the worker with the fewest in flight: a few tasks
+            # (a scenario's fan-out) cost one message and one wake-up, not
+            # one per worker; a storm still spreads evenly
+            held, chunk = None, 0
             while (i := state.pop_io()) is not None:
-                self._assign(min(ready, key=_io_load), i, True, batches, out)
+                if held is None or chunk == IO_CHUNK:
+                    held, chunk = min(ready, key=_io_load), 0
+                self._assign(held, i, True, batches, out)
+                chunk += 1
             while (i := state.peek_cpu()) is not None:
                 held, n = _least_cpu_loaded(ready)
                 # One task queued behind the running one hides the round trip
