@@ -254,11 +254,16 @@ async def _ticker(seconds):
 
 
 def test_long_cpu_task_does_not_freeze_io_loop():
+    # the same ticker alone on the same worker first: what this machine's
+    # load alone does to it (a busy machine may not run the worker for a while)
+    alone = taskmap.run_parallel_async(
+        taskmap.create_graph({"tick": lambda: _ticker(0.8)}, {"tick": []}, io_bound=["tick"]), ncores=1
+    ).results["tick"]
     funcs = {"cpu": lambda: busy(1.0), "tick": lambda: _ticker(0.8)}
     graph = taskmap.create_graph(funcs, {"cpu": [], "tick": []}, io_bound=["tick"])
     taskmap.run_parallel_async(graph, ncores=1)
     # the worker's switch interval bounds the stall; 1 s if it froze
-    assert graph.results["tick"] < 0.1
+    assert graph.results["tick"] < 0.1 + 2 * alone, (graph.results["tick"], alone)
 
 
 def test_ncores_and_nprocs_aliases():
