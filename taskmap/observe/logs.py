@@ -46,7 +46,10 @@ def setup_loggers(name: str, config: Mapping[str, Any]) -> None:
         handler.setLevel(level)
         setattr(handler, _OURS, True)
     for logger in loggers:
-        logger.setLevel(level)
+        if logger.level != level:
+            # (setLevel clears the cache of every logger in the process: a
+            # graph built again and again with the same name pays it once)
+            logger.setLevel(level)
         for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
             logger.removeHandler(old)
             if old not in handlers:
