@@ -268,30 +268,13 @@ class Worker:
         return messages.pack_output(box)
 
     def flush_output(self) -> None:
-        """Loop thread: send what is in the outbox, inline when the send lock
-        is free, else from the sender thread (the loop never waits)."""
-        if not self.outbox:
-            return
-        if self.send_lock.acquire(blocking=False):
-            try:
-                data = self.take_output()
-                if data is not None:
-                    self.conn.send_bytes(data)
-            except OSError:
-                self.coordinator_gone()
-            finally:
-                self.send_lock.release()
-        else:
-            self.sender.submit(self.send_output)
+        """Loop thread: send what is in the outbox (the loop never waits)."""
+        if self.outbox:
+            self.send_from_loop(None)
 
     def send_output(self) -> None:
-        try:
-            with self.send_lock:
-                data = self.take_output()
-                if data is not None:
-                    self.conn.send_bytes(data)
-        except OSError:
-            self.coordinator_gone()
+        """Any thread: send what is in the outbox, waiting for the send lock."""
+        self.send(None)
 
     def set_shm_threshold(self, threshold: int | None) -> None:
         writer = self.shm_writer
@@ -378,11 +361,7 @@ class Worker:
             with self.send_lock:
                 batch = self.take_cpu_batch()
                 if batch:
-                    if self.outbox:  # (a task's lines go before its outcome)
-                        data = self.take_output()
-                        if data is not None:
-                            self.conn.send_bytes(data)
-                    self.conn.send_bytes(messages.pack_results(batch))
+                    self._send_locked(messages.pack_results(batch))
         except OSError:
             self.coordinator_gone()
 
@@ -606,15 +585,13 @@ class Worker:
         batch, self.pending_io = self.pending_io, []
         self.send_from_loop(messages.pack_results(batch))
 
-    def send_from_loop(self, data: bytes) -> None:
-        # the loop thread must not wait behind a big send: hand those over
-        if len(data) <= SMALL_MESSAGE and self.send_lock.acquire(blocking=False):
+    def send_from_loop(self, data: bytes | None) -> None:
+        """Loop thread: the outbox, then ``data`` (None: the outbox only),
+        inline when small and the send lock is free, else from the sender
+        thread: the loop must not wait behind a big send."""
+        if (data is None or len(data) <= SMALL_MESSAGE) and self.send_lock.acquire(blocking=False):
             try:
-                if self.outbox:  # (a task's lines go before its outcome)
-                    output = self.take_output()
-                    if output is not None:
-                        self.conn.send_bytes(output)
-                self.conn.send_bytes(data)
+                self._send_locked(data)
             except OSError:
                 self.coordinator_gone()
             finally:
@@ -622,16 +599,23 @@ class Worker:
         else:
             self.sender.submit(self.send, data)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | None) -> None:
+        """Any thread: the outbox, then ``data``, waiting for the send lock."""
         try:
             with self.send_lock:
-                if self.outbox:  # (a task's lines go before its outcome)
-                    output = self.take_output()
-                    if output is not None:
-                        self.conn.send_bytes(output)
-                self.conn.send_bytes(data)
+                self._send_locked(data)
         except OSError:
             self.coordinator_gone()
+
+    def _send_locked(self, data: bytes | None) -> None:
+        """Under the send lock: the outbox first (a task's lines go before its
+        outcome), then ``data``."""
+        if self.outbox:
+            output = self.take_output()
+            if output is not None:
+                self.conn.send_bytes(output)
+        if data is not None:
+            self.conn.send_bytes(data)
 
 
 class _StageError(Exception):

@@ -803,7 +803,8 @@ class Ledger:
 class Dispatcher:
     """The ledger's dispatch policy: which ready task goes to which worker
     and when.  io tasks go at once, to the worker with the fewest in
-    flight, in chunks of IO_CHUNK (those ready together share a message).  A worker holds at most ``cpu_depth`` cpu tasks: 1 while tasks
+    flight, in chunks of IO_CHUNK (those ready together share a message).
+    A worker holds at most ``cpu_depth`` cpu tasks: 1 while tasks
     are long, so each goes to the first free core (2 while more are ready
     than the workers can take: the next then waits at the worker, not a
     round trip away; 3 when a more critical task becomes ready: it jumps
