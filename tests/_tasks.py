@@ -18,3 +18,14 @@ def c(x, y):
 
 def boom(*args):
     raise ValueError("boom")
+
+
+def max_overlap(intervals) -> int:
+    """The most (start, end) intervals open at one moment (an end before a
+    start at the same instant)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak

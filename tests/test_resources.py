@@ -15,6 +15,7 @@ import os
 import time
 
 import pytest
+from _tasks import max_overlap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -207,15 +208,6 @@ def test_the_gate_alone_refuses_nothing_it_does_not_gate():
 
 def spans(results):
     return [(s, e) for s, e, *_ in results]
-
-
-def max_overlap(intervals):
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    peak = now = 0
-    for _, d in events:
-        now += d
-        peak = max(peak, now)
-    return peak
 
 
 def hold(seconds):
