@@ -23,6 +23,7 @@ def boom(*args):
 def max_overlap(intervals) -> int:
     """The most (start, end) intervals open at one moment (an end before a
     start at the same instant)."""
+    intervals = list(intervals)
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     peak = now = 0
     for _, step in events:
