@@ -470,6 +470,9 @@ def reset_tasks(graph: Graph, tasks) -> Graph:
                 graph.output.pop(Element(task, i), None)
     if graph.checkpoint is not None:
         graph.checkpoint.clear(cleared)
+        # (an expanded task reset whole that this process never ran: its
+        # elements are known to the store only)
+        graph.checkpoint.clear_elements_of(t for t in rerun if t in graph.expand)
     return graph
 
 

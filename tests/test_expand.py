@@ -302,6 +302,23 @@ def test_a_resumed_run_reruns_only_the_elements_that_did_not_finish(runner, call
     again.checkpoint.close()
 
 
+def test_resetting_an_expanded_task_in_a_new_process_reruns_all_its_elements(call_folder, tmp_path, monkeypatch):
+    """A graph built anew over a store holds no results in memory: resetting
+    an expanded task must still delete every element's row, or the next run
+    would bring the finished elements back."""
+    store = tmp_path / "run.db"
+    monkeypatch.setenv("TASKMAP_TEST_EXPAND_FIXED", "1")
+    graph = taskmap.run(etl(checkpoint=store))
+    assert graph.results["parse"] == ["A!", "B!", "C!", "D!"] and calls(call_folder, "parse-a") == 1
+    graph.checkpoint.close()
+    fresh = etl(checkpoint=store)  # as a new process builds it
+    taskmap.reset_tasks(fresh, ["parse"])
+    taskmap.run(fresh)
+    assert fresh.results["parse"] == ["A!", "B!", "C!", "D!"]
+    assert calls(call_folder, "parse-a") == 2 and calls(call_folder, "clean-A!") == 2
+    fresh.checkpoint.close()
+
+
 def test_an_expanded_task_with_a_failed_element_reads_as_failed_in_the_summary_and_pictures():
     from taskmap.observe.status import statuses
 

@@ -426,6 +426,28 @@ class CheckpointStore:
             with self._lock:
                 self._update(self._db(), None, keys)
 
+    def clear_elements_of(self, tasks: Iterable[Any]) -> None:
+        """Delete the rows of every element of the expanded ``tasks`` (reset
+        whole: in a process that never ran them, how many elements they had
+        is only in the store)."""
+        from taskmap.expand import Element
+        from taskmap.runtime import codec
+
+        wanted = set(tasks)
+        if not wanted:
+            return
+        keys = []
+        for (key,) in self._query("SELECT key FROM tasks"):
+            try:
+                name = codec.decode(key)
+            except codec.DecodeError:
+                continue  # a damaged key names no task
+            if type(name) is Element and name.task in wanted:
+                keys.append(key)
+        if keys:
+            with self._lock:
+                self._update(self._db(), None, keys)
+
     def failed_tasks(self) -> list:
         """Names of the tasks whose last recorded outcome is a failure, in the
         order they failed."""
