@@ -291,7 +291,9 @@
     const put = (bar, end, colour) => {
       const k = rowOf.get(bar[1] + " " + bar[2]);
       if (k === undefined || end < t0) return;
-      const x0 = sx(Math.max(bar[3], t0)), x1 = Math.max(x0 + 1, sx(end));
+      const x0 = sx(Math.max(bar[3], t0));
+      // a pixel between a task and the next one in its row, when there is room
+      const x1 = Math.max(x0 + 1, sx(end) - (sx(end) - x0 > 3 ? 1 : 0));
       ctx.fillStyle = colour;
       ctx.globalAlpha = bar[2] === "io" ? 0.55 : 0.9; // overlapping io tasks show as darker
       ctx.fillRect(x0, k * ROW + 2, x1 - x0, ROW - 4);
