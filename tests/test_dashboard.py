@@ -20,7 +20,7 @@ import pytest
 
 import taskmap
 from taskmap.observe.dashboard import Dashboard, check_port
-from taskmap.observe.dashboard_layout import function_name, layers, layout
+from taskmap.observe.dashboard_layout import function_name, layers, layers_of_cyclic, layout
 from taskmap.observe.dashboard_server import ASSETS, asset
 from taskmap.observe.dashboard_view import BAR_BATCH, RunView, output_tail
 from taskmap.observe.observers import DONE, FAILED, RunInfo, TaskEvent
@@ -373,6 +373,24 @@ def test_by_function_past_the_limit():
     deps = {f"f{i}": [] for i in range(10)} | {"total": [f"f{i}" for i in range(10)]}
     funcs = {f"f{i}": functools.partial(fetch, i) for i in range(10)} | {"total": quick}
     lay = layout(list(deps), deps, funcs, {f"f{i}" for i in range(10)}, node_limit=5)
-    assert lay.by_function and lay.labels == [f"{function_name(fetch)} (10)", "quick (1)"]
+    assert function_name(fetch) == "fetch" and function_name(functools.partial(functools.partial(fetch, 1))) == "fetch"
+    assert lay.by_function and lay.labels == ["fetch (10)", "quick (1)"]
     assert lay.lanes == ["io", "cpu"] and lay.layer == [0, 1] and lay.edges == [(0, 1)]
     assert lay.group == [0] * 10 + [1]
+
+
+def test_functions_that_feed_each_other_are_still_layered():
+    # f feeds g in one place and g feeds f in another: a cycle among functions
+    def f(*a):
+        return 1
+
+    def g(*a):
+        return 1
+
+    deps = {"f1": [], "g1": ["f1"], "f2": ["g1"], "g2": ["f2"], "h": ["g2"]}
+    funcs = {"f1": f, "g1": g, "f2": f, "g2": g, "h": quick}
+    lay = layout(list(deps), deps, funcs, set(), node_limit=2)
+    assert lay.by_function and lay.labels == ["f (2)", "g (2)", "quick (1)"]
+    assert sorted(lay.edges) == [(0, 1), (1, 0), (1, 2)]
+    assert lay.layer == [0, 1, 2]
+    assert layers_of_cyclic(3, [(0, 1), (1, 2), (2, 0)])[0] == [0, 1, 2]

@@ -103,13 +103,56 @@ def order_within_layers(layer: Sequence[int], parents: Sequence[Sequence[int]]) 
     return position
 
 
+def layers_of_cyclic(n: int, edges: Sequence[tuple[int, int]]) -> tuple[list[int], list[list[int]]]:
+    """Layers of a graph of ``n`` nodes that may have cycles (functions:
+    ``f`` feeds ``g`` in one place and ``g`` feeds ``f`` in another): a
+    depth-first search drops the edges that close a cycle, the rest are
+    layered as :func:`layers` does.  Returns each node's layer and its
+    parents along the kept edges."""
+    children: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        children[a].append(b)
+    NEW, OPEN, DONE = 0, 1, 2
+    mark = [NEW] * n
+    kept: list[list[int]] = [[] for _ in range(n)]
+    finished: list[int] = []
+    for root in range(n):
+        if mark[root] != NEW:
+            continue
+        mark[root] = OPEN
+        stack = [(root, iter(children[root]))]
+        while stack:
+            node, rest = stack[-1]
+            for child in rest:
+                if mark[child] == OPEN:
+                    continue  # closes a cycle: not used for layering
+                kept[child].append(node)
+                if mark[child] == NEW:
+                    mark[child] = OPEN
+                    stack.append((child, iter(children[child])))
+                    break
+            else:
+                mark[node] = DONE
+                finished.append(node)
+                stack.pop()
+    layer = [0] * n
+    for node in reversed(finished):  # parents before children along kept edges
+        for parent in kept[node]:
+            if layer[node] <= layer[parent]:
+                layer[node] = layer[parent] + 1
+    return layer, kept
+
+
 def function_name(func: Callable[..., Any]) -> str:
     """What a task's function is called on the page: its qualified name
-    (a ``functools.partial`` is named after the function it wraps)."""
+    from the innermost function it is defined in (``outer.<locals>.f`` is
+    ``f``); a ``functools.partial`` is named after the function it wraps."""
     while isinstance(func, functools.partial):
         func = func.func
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    return name if isinstance(name, str) else type(func).__name__
+    if not isinstance(name, str):
+        return type(func).__name__
+    return name.rpartition("<locals>.")[2]
 
 
 def _cut(text: str) -> str:
@@ -121,60 +164,68 @@ def layout(
     dependencies: Mapping[Hashable, Sequence[Hashable]],
     funcs: Mapping[Hashable, Callable[..., Any]],
     io_bound: set[Hashable],
+    index: Mapping[Hashable, int] | None = None,
     node_limit: int = NODE_LIMIT,
 ) -> Layout:
     """The layout of a graph's tasks ``names`` (graph order): one node per
-    task up to ``node_limit`` tasks, else one per function (a function's
-    node sits in the first layer any of its tasks is in; one edge joins two
-    function nodes when any of their tasks are joined)."""
-    index = {name: i for i, name in enumerate(names)}
-    parents = [[index[p] for p in dependencies[name]] for name in names]
-    task_layer = layers(parents)
-    lanes = ["io" if name in io_bound else "cpu" for name in names]
+    task up to ``node_limit`` tasks, else one per function (one edge joins
+    two functions when any of their tasks are joined; functions are layered
+    along those edges, see :func:`layers_of_cyclic`).  ``index``: task ->
+    its position in ``names``, when the caller has it."""
+    if index is None:
+        index = {name: i for i, name in enumerate(names)}
     if len(names) <= node_limit:
+        parents = [[index[p] for p in dependencies[name]] for name in names]
+        task_layer = layers(parents)
         position = order_within_layers(task_layer, parents)
         edges = [(p, i) for i, ps in enumerate(parents) for p in ps]
         return Layout(
             False,
             list(range(len(names))),
             [_cut(str(name)) for name in names],
-            lanes,
+            ["io" if name in io_bound else "cpu" for name in names],
             [1] * len(names),
             task_layer,
             position,
             edges[:EDGE_LIMIT],
             max(0, len(edges) - EDGE_LIMIT),
         )
+    # by function: the tasks are only walked to find each one's function and
+    # the functions' edges; layers and order are computed on the functions
     group_of: dict[str, int] = {}
     group = [0] * len(names)
     labels: list[str] = []
     group_lanes: list[str] = []
     sizes: list[int] = []
-    group_layer: list[int] = []
+    named: dict[int, str] = {}  # id(function) -> its name: most tasks share a few functions
     for i, name in enumerate(names):
-        fname = function_name(funcs[name])
+        func = funcs[name]
+        fname = named.get(id(func))
+        if fname is None:
+            fname = named[id(func)] = function_name(func)
         g = group_of.get(fname)
+        lane = "io" if name in io_bound else "cpu"
         if g is None:
             g = group_of[fname] = len(labels)
             labels.append(_cut(fname))
-            group_lanes.append(lanes[i])
+            group_lanes.append(lane)
             sizes.append(0)
-            group_layer.append(task_layer[i])
         group[i] = g
         sizes[g] += 1
-        if task_layer[i] < group_layer[g]:
-            group_layer[g] = task_layer[i]
-        if group_lanes[g] != lanes[i]:
+        if group_lanes[g] != lane:
             group_lanes[g] = "mixed"
-    joined = {(group[p], group[i]) for i, ps in enumerate(parents) for p in ps if group[p] != group[i]}
+    joined: set[tuple[int, int]] = set()
+    for i, name in enumerate(names):
+        gi = group[i]
+        for p in dependencies[name]:
+            gp = group[index[p]]
+            if gp != gi:
+                joined.add((gp, gi))
     group_edges = sorted(joined)
-    group_parents: list[list[int]] = [[] for _ in labels]
-    for a, b in group_edges:
-        if group_layer[a] < group_layer[b]:
-            group_parents[b].append(a)
+    group_layer, group_parents = layers_of_cyclic(len(labels), group_edges)
     position = order_within_layers(group_layer, group_parents)
     for g, label in enumerate(labels):
-        labels[g] = _cut(f"{label} ({sizes[g]})")
+        labels[g] = f"{label} ({sizes[g]})"
     return Layout(
         True,
         group,

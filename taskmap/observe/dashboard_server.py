@@ -20,6 +20,7 @@ outside request.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import selectors
@@ -49,8 +50,10 @@ PAGE_POLICY = (
 )
 
 
+@functools.cache
 def asset(name: str) -> bytes:
-    """The bytes of one of the page's files (``taskmap/observe/dashboard_assets``)."""
+    """The bytes of one of the page's files (``taskmap/observe/dashboard_assets``),
+    read once per process."""
     return resources.files("taskmap.observe").joinpath("dashboard_assets", name).read_bytes()
 
 

@@ -21,8 +21,9 @@ Not thread-safe: the dashboard calls it under its own lock.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from taskmap.observe.dashboard_layout import Layout, layout
@@ -33,11 +34,12 @@ from taskmap.observe.status import task_status
 if TYPE_CHECKING:
     from taskmap.graph import Graph
 
-# one letter per task status on the wire (the page's legend reads them)
-PENDING, RUNNING, DONE_L, FAILED_L, SKIPPED_L = "p", "r", "d", "f", "s"
-LETTERS = PENDING + RUNNING + DONE_L + FAILED_L + SKIPPED_L
-_LETTER_OF = {DONE: DONE_L, FAILED: FAILED_L}  # anything else that finishes: skipped
-_FINAL_LETTER = {"done": DONE_L, "failed": FAILED_L, "skipped": SKIPPED_L}
+# a task's status: a code in the view, one letter on the wire (the page's legend reads them)
+PENDING, RUNNING, DONE_CODE, FAILED_CODE, SKIPPED_CODE = range(5)
+LETTERS = "prdfs"
+_TO_LETTERS = bytes.maketrans(bytes(range(5)), LETTERS.encode())
+_CODE_OF = {DONE: DONE_CODE, FAILED: FAILED_CODE}  # anything else that finishes: skipped
+_FINAL_CODE = {"done": DONE_CODE, "failed": FAILED_CODE, "skipped": SKIPPED_CODE}
 
 BAR_RING = 5000  # finished bars kept for a viewer who connects late
 BAR_BATCH = 1000  # at most this many bars per message
@@ -94,9 +96,11 @@ class RunView:
         self.clock = clock
         self.t0 = info.started
         self.total = len(info.tasks)  # what the run set out to finish
-        self.finished = {DONE: 0, FAILED: 0, "skipped": 0}
-        self.running: dict[Any, tuple[int | None, str, float]] = {}  # task -> (worker, lane, since)
-        self.bars: deque[tuple[int, list[Any]]] = deque(maxlen=BAR_RING)  # (seq, bar)
+        self.finished = [0] * 5  # per status code (only the final ones count)
+        # task -> (task, worker, lane, since): the task_started event itself
+        self.running: dict[Any, tuple[Any, int | None, str, float]] = {}
+        # (seq, task, worker, lane, start, end, code): kept raw, made readable when sent
+        self.bars: deque[tuple[int, Any, int, str, float, float, int]] = deque(maxlen=BAR_RING)
         self.bar_seq = 0
         self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_SHOWN)
         self.samples: deque[tuple[float, int]] = deque()  # (when, finished) for the rate
@@ -108,45 +112,51 @@ class RunView:
         self._index: dict[Any, int] | None = None
         self._status: bytearray | None = None
         self._group_counts: list[list[int]] | None = None
+        self._names: list[Any] = []
 
     # -- events ----------------------------------------------------------------
 
     def apply(self, events: Iterable[Any]) -> None:
         """Take the run's events: ``(task, worker, lane, when)`` tuples for a
-        task handed out, :class:`TaskEvent` for a task that ended."""
-        running, finished, t0 = self.running, self.finished, self.t0
+        task handed out, :class:`TaskEvent` for a task that ended.  (The
+        hottest code of the page: one pass, no call per event but dict and
+        list operations, about a microsecond an event.)"""
+        if self._index is None:
+            self._build_index()
+        index, status = self._index, self._status
+        assert index is not None and status is not None
+        counts = self._group_counts
+        group = self._layout.group if counts is not None and self._layout is not None else None
+        running, finished, workers, bars = self.running, self.finished, self.workers, self.bars
+        seq = self.bar_seq
+        code_of = _CODE_OF
         for ev in events:
             if type(ev) is tuple:
-                name, worker, lane, when = ev
-                running[name] = (worker, lane, when)
-                if worker is not None and worker not in self.workers:
-                    self.workers[worker] = None
-                self._mark(name, RUNNING)
-                continue
-            event: TaskEvent = ev
-            running.pop(event.name, None)
-            status = event.status
-            finished[status if status in finished else "skipped"] += 1
-            self._mark(event.name, _LETTER_OF.get(status, SKIPPED_L))
-            if event.start is not None and event.end is not None and event.worker is not None:
-                if event.worker not in self.workers:
-                    self.workers[event.worker] = None
-                self.bar_seq += 1
-                self.bars.append(
-                    (
-                        self.bar_seq,
-                        [
-                            str(event.name)[:80],
-                            event.worker,
-                            event.lane,
-                            round(event.start - t0, 4),
-                            round(event.end - t0, 4),
-                            _LETTER_OF.get(status, SKIPPED_L),
-                        ],
-                    )
-                )
-            if status == FAILED:
-                self._failure(event)
+                name = ev[0]
+                running[name] = ev
+                if ev[1] not in workers:
+                    workers[ev[1]] = None
+                code = RUNNING
+            else:
+                name = ev.name
+                running.pop(name, None)
+                code = code_of.get(ev.status, SKIPPED_CODE)
+                finished[code] += 1
+                if ev.start is not None and ev.worker is not None:
+                    seq += 1
+                    bars.append((seq, name, ev.worker, ev.lane, ev.start, ev.end, code))
+                    if ev.worker not in workers:
+                        workers[ev.worker] = None
+                if code == FAILED_CODE:
+                    self._failure(ev)
+            i = index.get(name)
+            if i is not None:  # (always, for a task of the graph)
+                if group is not None:
+                    row = counts[group[i]]  # type: ignore[index]
+                    row[status[i]] -= 1
+                    row[code] += 1
+                status[i] = code
+        self.bar_seq = seq
 
     def end(self, error: BaseException | None) -> None:
         """The run ended (``error``: what it raises)."""
@@ -167,34 +177,20 @@ class RunView:
         entry["output"] = output_tail(self.graph, event.name)
         self.failures.append(entry)
 
-    def _mark(self, name: Any, letter: str) -> None:
-        if self._index is None:
-            self._build_index()
-        assert self._index is not None and self._status is not None
-        i = self._index.get(name)
-        if i is None:  # (not a task of the graph: nothing to colour)
-            return
-        status = self._status
-        counts = self._group_counts
-        if counts is not None:
-            assert self._layout is not None
-            g = self._layout.group[i]
-            counts[g][LETTERS.index(chr(status[i]))] -= 1
-            counts[g][LETTERS.index(letter)] += 1
-        status[i] = ord(letter)
-
     def _build_index(self) -> None:
-        """Each task's number and status letter (on the page server's
-        thread, at the first event it hands over)."""
+        """Each task's number and status (on the page server's thread, at
+        the first events it hands over)."""
         graph = self.graph
-        names = list(graph.dependencies)
+        names = self._names = list(graph.dependencies)
         self._index = {name: i for i, name in enumerate(names)}
-        to_run = set(self.info.tasks)
-        # tasks the run does not set out to finish were finished before it
-        self._status = bytearray(
-            ord(PENDING) if name in to_run else ord(_FINAL_LETTER.get(task_status(graph, name), PENDING))
-            for name in names
-        )
+        status = bytearray(len(names))  # PENDING
+        if len(self.info.tasks) < len(names):
+            # tasks the run does not set out to finish were finished before it
+            to_run = set(self.info.tasks)
+            for i, name in enumerate(names):
+                if name not in to_run:
+                    status[i] = _FINAL_CODE.get(task_status(graph, name), PENDING)
+        self._status = status
 
     # -- the graph ------------------------------------------------------------
 
@@ -204,12 +200,12 @@ class RunView:
         graph = self.graph
         if self._index is None:
             self._build_index()
-        assert self._status is not None
-        self._layout = lay = layout(list(graph.dependencies), graph.dependencies, graph.funcs, set(graph.io_bound))
+        assert self._status is not None and self._index is not None
+        self._layout = lay = layout(self._names, graph.dependencies, graph.funcs, set(graph.io_bound), self._index)
         if lay.by_function:
             counts = [[0] * len(LETTERS) for _ in lay.labels]
-            for i, code in enumerate(self._status):
-                counts[lay.group[i]][LETTERS.index(chr(code))] += 1
+            for (g, code), k in Counter(zip(lay.group, self._status)).items():
+                counts[g][code] = k
             self._group_counts = counts
         return lay
 
@@ -227,7 +223,7 @@ class RunView:
         self._ensure_layout()
         now = self.ended if self.ended is not None else self.clock()
         elapsed = now - self.t0
-        done = sum(self.finished.values())
+        done = sum(self.finished)
         samples = self.samples
         samples.append((now, done))
         while len(samples) > 2 and samples[0][0] < now - RATE_WINDOW:
@@ -238,9 +234,9 @@ class RunView:
         eta = left / rate if rate > 0 and left > 0 and self.ended is None else None
         counts = {
             "total": self.total,
-            "done": self.finished[DONE],
-            "failed": self.finished[FAILED],
-            "skipped": self.finished["skipped"],
+            "done": self.finished[DONE_CODE],
+            "failed": self.finished[FAILED_CODE],
+            "skipped": self.finished[SKIPPED_CODE],
             "running": len(self.running),
             "pending": max(0, left - len(self.running)),
         }
@@ -249,7 +245,7 @@ class RunView:
             counts["waiting"] = waiting()
         running = [
             [str(name)[:80], worker, lane, round(since - self.t0, 4)]
-            for name, (worker, lane, since) in list(self.running.items())[:RUNNING_SHOWN]
+            for name, worker, lane, since in list(self.running.values())[:RUNNING_SHOWN]
         ]
         message: dict[str, Any] = {
             "elapsed": round(elapsed, 3),
@@ -270,7 +266,7 @@ class RunView:
             message["groups"] = self._group_counts
         else:
             assert self._status is not None
-            message["status"] = self._status.decode("ascii")
+            message["status"] = self._status.translate(_TO_LETTERS).decode("ascii")
         return message
 
     def _resources(self) -> list[dict[str, Any]]:
@@ -291,8 +287,17 @@ class RunView:
 
     def bars_since(self, seq: int) -> tuple[list[list[Any]], int]:
         """The finished bars after ``seq`` (at most :data:`BAR_BATCH`, the
-        latest), and the sequence number to ask from next time."""
-        if not self.bars or self.bars[-1][0] <= seq:
+        latest), each ``[task, worker, lane, start, end, status letter]``
+        with times in seconds from the run's start, and the sequence number
+        to ask from next time."""
+        bars = self.bars
+        if not bars or bars[-1][0] <= seq:
             return [], seq
-        newer = [bar for s, bar in self.bars if s > seq] if self.bars[0][0] <= seq else [bar for _, bar in self.bars]
-        return newer[-BAR_BATCH:], self.bars[-1][0]
+        last = bars[-1][0]
+        first = max(seq + 1, last - BAR_BATCH + 1, bars[0][0])
+        t0 = self.t0
+        newer = [
+            [str(name)[:80], worker, lane, round(start - t0, 4), round(end - t0, 4), LETTERS[code]]
+            for _, name, worker, lane, start, end, code in islice(bars, first - bars[0][0], None)
+        ]
+        return newer, last
