@@ -344,6 +344,34 @@ def test_a_failed_tasks_output_tail_comes_from_graph_output_when_there_is_one():
     assert tail is not None and tail.endswith("the end\n") and len(tail) == 101
 
 
+def test_a_failures_output_tail_is_read_when_the_state_is_sent():
+    # a graph with per-task output (DESIGN section 9): the tail shows, also
+    # when the output is recorded after the failure reached the page
+    from taskmap.graph import Graph
+
+    class GraphWithOutput(Graph):
+        output: dict
+
+    graph = GraphWithOutput({"a": boom}, {"a": []})
+    graph.output = {}
+    view = RunView(graph, _info(["a"]))
+    error = ValueError("boom")
+    error.remote_traceback = "Traceback (most recent call last):\n  ...\nValueError: boom\n"  # type: ignore[attr-defined]
+    view.apply([("a", 3, "cpu", 100.0), TaskEvent("a", FAILED, "cpu", 100.0, 100.5, 3, 1, error)])
+    [failure] = view.state_message()["failures"]
+    assert failure["output"] is None and failure["traceback"].endswith("ValueError: boom\n")
+    graph.output["a"] = "reading input\nabout to fail\n"
+    [failure] = view.state_message()["failures"]
+    assert failure == {
+        "task": "a",
+        "error": "ValueError: boom",
+        "worker": 3,
+        "attempts": 1,
+        "traceback": error.remote_traceback,  # type: ignore[attr-defined]
+        "output": "reading input\nabout to fail\n",
+    }
+
+
 # -- the layout ---------------------------------------------------------------------------
 
 

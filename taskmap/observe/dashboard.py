@@ -16,9 +16,10 @@ Where the work happens, so that the run pays little:
   to a queue (a ``deque``: safe between threads without a lock), and starts
   and stops the server at the run's start and end;
 * the server's own thread (:mod:`taskmap.observe.dashboard_server`) takes the
-  queued events every tick into a :class:`~taskmap.observe.dashboard_view.RunView`
-  and, while someone watches, builds the state message once per tick for every
-  viewer; the graph's layout is computed when the first viewer asks for it.
+  queued events into a :class:`~taskmap.observe.dashboard_view.RunView` every
+  tick while someone watches (and builds the state message once per tick for
+  every viewer), otherwise only when :data:`DRAIN_AT` have queued up; the
+  graph's layout is computed when the first viewer asks for it.
 * At the run's end the last events are applied and pushed only if someone has
   watched (nobody else could see them), the streams end, and :meth:`Dashboard.run_finished`
   returns once the server's threads have ended and its socket is closed.
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 
 UPDATES_PER_SECOND = 5
 TICK = 1.0 / UPDATES_PER_SECOND
+# while nobody watches, queued events are applied only past this many (their
+# results and payloads are held meanwhile): the server's thread then hardly
+# takes the interpreter's lock from the coordinator
+DRAIN_AT = 5000
 
 
 def print_url(graph: Graph, url: str) -> None:
@@ -157,8 +162,11 @@ class Dashboard(Observer, PageSource):
         self._changed.notify_all()
 
     def _tick(self) -> None:
-        """Every :data:`TICK` seconds: take the queued events; while someone
-        watches, push a new state."""
+        """Every :data:`TICK` seconds: while someone watches, take the queued
+        events and push a new state; while nobody does, take them only when
+        :data:`DRAIN_AT` have queued up."""
+        if not self._viewers and len(self._events) < DRAIN_AT:
+            return  # (read without the lock: a viewer who just came drains them himself)
         with self._changed:
             view = self._view
             if view is None or self._closing:

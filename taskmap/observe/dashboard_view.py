@@ -102,7 +102,7 @@ class RunView:
         # (seq, task, worker, lane, start, end, code): kept raw, made readable when sent
         self.bars: deque[tuple[int, Any, int, str, float, float, int]] = deque(maxlen=BAR_RING)
         self.bar_seq = 0
-        self.failures: deque[dict[str, Any]] = deque(maxlen=FAILURES_SHOWN)
+        self.failures: deque[tuple[Any, dict[str, Any]]] = deque(maxlen=FAILURES_SHOWN)  # (task, entry)
         self.samples: deque[tuple[float, int]] = deque()  # (when, finished) for the rate
         self.workers: dict[int, None] = {}  # pids in order of appearance
         self.ended: float | None = None
@@ -171,11 +171,15 @@ class RunView:
             "error": describe_error(error)[:2000] if isinstance(error, BaseException) else str(error)[:2000],
             "worker": event.worker,
             "attempts": event.attempts,
+            "traceback": _traceback_tail(error) if isinstance(error, BaseException) else None,
         }
-        if isinstance(error, BaseException):
-            entry["traceback"] = _traceback_tail(error)
-        entry["output"] = output_tail(self.graph, event.name)
-        self.failures.append(entry)
+        self.failures.append((event.name, entry))
+
+    def _failures(self) -> list[dict[str, Any]]:
+        """The latest failures, each with its output tail as it is now (a
+        task's output may be recorded after its outcome)."""
+        graph = self.graph
+        return [{**entry, "output": output_tail(graph, name)} for name, entry in self.failures]
 
     def _build_index(self) -> None:
         """Each task's number and status (on the page server's thread, at
@@ -253,7 +257,7 @@ class RunView:
             "rate": round(rate, 2),
             "eta": None if eta is None else round(eta, 1),
             "running": running,
-            "failures": list(self.failures),
+            "failures": self._failures(),
             "workers": list(self.workers),
             "coordinator": self.info.coordinator_pid,
             "runner": self.info.runner,
