@@ -173,7 +173,9 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
 
         port = check_port(given["dashboard"])
         assert port is not None
-        observers.items.append(Dashboard(port, given.get("limits"), given.get("rates")))
+        # first: its run_started is the one that may fail (a port in use), and
+        # then no other observer has started anything that would need stopping
+        observers.items.insert(0, Dashboard(port, given.get("limits"), given.get("rates")))
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
     return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given)

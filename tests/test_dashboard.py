@@ -234,9 +234,11 @@ def test_a_fixed_port_and_announcing_the_address(tmp_path, capsys):
         busy.listen()
         graph = taskmap.create_graph({"a": quick}, {"a": []})
         with pytest.raises(OSError):
-            taskmap.run(graph, dashboard=busy.getsockname()[1])
+            taskmap.run(graph, dashboard=busy.getsockname()[1], progress=True)
         assert graph.done == []
     assert not dashboard_threads()
+    # (the page starts first: the progress bar never started its thread)
+    assert not [t for t in threading.enumerate() if t.name == "taskmap-progress"]
 
 
 def test_a_run_without_a_dashboard_has_no_url():
