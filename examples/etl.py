@@ -1,12 +1,14 @@
 """A small ETL pipeline on taskmap: sales files + an HTTP API -> SQLite.
 
-A retailer with shops in four countries exports one CSV of order lines per
-country, in local currency.  Exchange rates and store metadata come from an
+A retailer with shops in several countries exports one CSV of order lines per
+country (``sales_<cc>.csv``), in local currency; the pipeline finds them when
+it runs and fans out over them with ``expand``.  Exchange rates and store metadata come from an
 HTTP API (here a local server this script starts, with a simulated network
 latency).  The pipeline
 
-  extract    (io-bound coroutines)  read the CSVs and the product catalogue,
-                                    fetch rates and stores over HTTP
+  extract    (io-bound coroutines)  list the sales files, read each of them
+                                    and the product catalogue, fetch rates
+                                    and stores over HTTP
   transform  (cpu-bound functions)  per country: parse and validate the lines,
                                     join with stores/products/rates and convert
                                     to EUR, bootstrap a confidence interval of
@@ -25,17 +27,20 @@ latency).  The pipeline
 
 It ends with taskmap's summary table of the run (``taskmap.summarize``).
 
-The graph (<cc> is each of uk, us, se, de)::
+The graph; [i] marks a task expanded at run time, one element per sales file
+that list_sales_files finds, each chained to the element of the same file
+before it (clean_sales[2] starts as soon as read_sales[2] is done)::
 
-    read_sales_<cc> --> clean_sales_<cc> --+
-    fetch_rates ---------------------------+--> enrich_sales_<cc> --> store_stats_<cc> ---+
-    fetch_stores --------------------------+            |                                 |
-    read_products --> parse_products ------+            v                                 v
-                                                  combine_sales --> daily_revenue --> load_sqlite --> report
-                                                                --> category_stats -->
-                                                                --> product_ranking ->
+    list_sales_files --> read_sales[i] --> clean_sales[i] --+
+    fetch_rates ---------------------------------------------+--> enrich_sales[i] --> store_stats[i] -+
+    fetch_stores --------------------------------------------+          |                            |
+    read_products --> parse_products ------------------------+          v                            v
+                                                         combine_sales --> daily_revenue --> load_sqlite --> report
+                                                                       --> category_stats -->
+                                                                       --> product_ranking ->
 
-(load_sqlite also takes combine_sales itself; product_ranking also parse_products.)
+(combine_sales and load_sqlite take the lists of enrich_sales and store_stats;
+load_sqlite also takes combine_sales itself; product_ranking also parse_products.)
 
 Task functions are module-level so that worker processes can receive them.
 """
@@ -195,9 +200,22 @@ def _validate(fields: list[str], seen: set[int]) -> tuple[dict | None, str | Non
     }, None
 
 
-def clean_sales(country: str, text: str) -> dict:
+def list_sales_files(data_dir: str) -> list[str]:
+    """The sales exports there are, found when the pipeline runs (one per
+    country, ``sales_<cc>.csv``), in a stable order."""
+    return sorted(str(path) for path in Path(data_dir).glob("sales_*.csv"))
+
+
+async def read_sales(path: str) -> dict:
+    """One sales export: its country (from the file name) and its text."""
+    country = Path(path).stem.removeprefix("sales_")
+    return {"country": country, "text": await read_text(path)}
+
+
+def clean_sales(export: dict) -> dict:
     """Parse and validate one country's export.  Bad lines are kept, with the
     reason, for the ``rejects`` table rather than silently dropped."""
+    country, text = export["country"], export["text"]
     file = f"sales_{country}.csv"
     reader = csv.reader(io.StringIO(text))
     header = next(reader)
@@ -281,8 +299,9 @@ def store_stats(enriched: dict) -> list[dict]:
     return out
 
 
-def combine_sales(*enriched: dict) -> dict:
-    """Join the country branches: all clean lines and all rejects."""
+def combine_sales(enriched: list[dict]) -> dict:
+    """Join the country branches (enrich_sales' list): all clean lines and
+    all rejects."""
     rows = [r for part in enriched for r in part["rows"]]
     rows.sort(key=lambda r: (r["date"], r["country"], r["order_id"]))
     rejects = sorted((x for part in enriched for x in part["rejects"]), key=lambda x: (x["file"], x["line"]))
@@ -428,7 +447,7 @@ def _write_tables(db_path: str, tables: dict[str, list[dict]]) -> dict[str, int]
 
 
 async def load_sqlite(
-    db_path: str, combined: dict, daily: list, categories: list, ranking: list, *stores: list
+    db_path: str, combined: dict, daily: list, categories: list, ranking: list, stores: list[list]
 ) -> dict[str, int]:
     """Replace the output tables in one transaction; returns rows per table."""
     tables = {
@@ -489,6 +508,11 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path, name: 
         "fetch_rates": p(fetch_json, f"{base_url}/rates.json"),
         "fetch_stores": p(fetch_json, f"{base_url}/stores.json"),
         "parse_products": parse_products,
+        "list_sales_files": p(list_sales_files, str(data_dir)),
+        "read_sales": read_sales,
+        "clean_sales": clean_sales,
+        "enrich_sales": enrich_sales,
+        "store_stats": store_stats,
         "combine_sales": combine_sales,
         "daily_revenue": daily_revenue,
         "category_stats": category_stats,
@@ -501,7 +525,12 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path, name: 
         "fetch_rates": [],
         "fetch_stores": [],
         "parse_products": ["read_products"],
-        "combine_sales": [f"enrich_sales_{c}" for c in COUNTRIES],
+        "list_sales_files": [],
+        "read_sales": ["list_sales_files"],
+        "clean_sales": ["read_sales"],
+        "enrich_sales": ["clean_sales", "fetch_rates", "fetch_stores", "parse_products"],
+        "store_stats": ["enrich_sales"],
+        "combine_sales": ["enrich_sales"],
         "daily_revenue": ["combine_sales"],
         "category_stats": ["combine_sales"],
         "product_ranking": ["combine_sales", "parse_products"],
@@ -510,52 +539,62 @@ def build_graph(data_dir: str | Path, base_url: str, db_path: str | Path, name: 
             "daily_revenue",
             "category_stats",
             "product_ranking",
-            *(f"store_stats_{c}" for c in COUNTRIES),
+            "store_stats",
         ],
         "report": ["load_sqlite"],
     }
-    for c in COUNTRIES:
-        funcs[f"read_sales_{c}"] = p(read_text, str(data_dir / f"sales_{c}.csv"))
-        funcs[f"clean_sales_{c}"] = p(clean_sales, c)
-        funcs[f"enrich_sales_{c}"] = enrich_sales
-        funcs[f"store_stats_{c}"] = store_stats
-        dependencies[f"read_sales_{c}"] = []
-        dependencies[f"clean_sales_{c}"] = [f"read_sales_{c}"]
-        dependencies[f"enrich_sales_{c}"] = [f"clean_sales_{c}", "fetch_rates", "fetch_stores", "parse_products"]
-        dependencies[f"store_stats_{c}"] = [f"enrich_sales_{c}"]
+    # one element per file found, each chained to the one of its file before it
+    expand = {
+        "read_sales": "list_sales_files",
+        "clean_sales": "read_sales",
+        "enrich_sales": "clean_sales",
+        "store_stats": "enrich_sales",
+    }
     io_bound = [
         "read_products",
         "fetch_rates",
         "fetch_stores",
         "load_sqlite",
         "report",
-        *(f"read_sales_{c}" for c in COUNTRIES),
+        "list_sales_files",
+        "read_sales",
     ]
     # the HTTP API's calls share a resource, which a run bounds (API_LIMITS);
     # the SQLite load is the one writer of its database
     uses = {"fetch_rates": "api", "fetch_stores": "api", "load_sqlite": "db"}
-    return taskmap.create_graph(funcs, dependencies, io_bound=io_bound, name=name, uses=uses)
+    return taskmap.create_graph(funcs, dependencies, io_bound=io_bound, name=name, uses=uses, expand=expand)
 
 
 # at most 2 API calls at once and 20 a second; one writer of the database
 API_LIMITS = {"limits": {"api": 2, "db": 1}, "rates": {"api": 20}}
 
 
-def task_status(graph: taskmap.Graph) -> dict[str, list[str]]:
+def _unfinished(value) -> bool:
+    return isinstance(value, BaseException) or (isinstance(value, str) and value.startswith("Ancestor task "))
+
+
+def task_status(graph: taskmap.Graph) -> dict[str, list]:
     """Tasks by outcome: done, failed (result is the exception) and skipped
-    (an ancestor failed), plus not run (e.g. the run was interrupted)."""
-    status: dict[str, list[str]] = {"done": [], "failed": [], "skipped": [], "not run": []}
+    (an ancestor failed), plus not run (e.g. the run was interrupted).  An
+    expanded task with an element that failed or was skipped is listed by
+    its elements (``taskmap.Element``, printed ``clean_sales[1]``)."""
+    status: dict[str, list] = {"done": [], "failed": [], "skipped": [], "not run": []}
     done = set(graph.done)
     for task in graph.dependencies:
         result = graph.results.get(task)
-        if isinstance(result, BaseException):
-            status["failed"].append(task)
-        elif isinstance(result, str) and result.startswith("Ancestor task "):
-            status["skipped"].append(task)
-        elif task in done:
-            status["done"].append(task)
+        if task in graph.expand and isinstance(result, list) and any(map(_unfinished, result)):
+            outcomes = [(taskmap.Element(task, i), r, True) for i, r in enumerate(result)]
         else:
-            status["not run"].append(task)
+            outcomes = [(task, result, task in done)]
+        for name, value, finished in outcomes:
+            if isinstance(value, BaseException):
+                status["failed"].append(name)
+            elif isinstance(value, str) and value.startswith("Ancestor task "):
+                status["skipped"].append(name)
+            elif finished:
+                status["done"].append(name)
+            else:
+                status["not run"].append(name)
     return status
 
 
@@ -636,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
 
     status = task_status(graph)
     for task in status["failed"]:
-        error = graph.results[task]
+        error = graph.results[task.task][task.index] if isinstance(task, taskmap.Element) else graph.results[task]
         print(f"FAILED {task}: {type(error).__name__}: {error}", file=sys.stderr)
     if "report" in status["done"]:
         _print_report(graph.results["report"], str(db_path))
@@ -644,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     print(taskmap.summarize(graph), end="")  # counts, wall time, busy time, critical path
     if args.trace is not None:
         print(f"trace: {args.trace} (open it in https://ui.perfetto.dev)")
-    return 0 if len(status["done"]) == len(graph.dependencies) else 1
+    return 0 if not (status["failed"] or status["skipped"] or status["not run"]) else 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ _LAZY = {
     "TaskmapError": "errors",
     "TaskTimeoutError": "errors",
     "WorkerCrashedError": "errors",
+    "Element": "expand",
     "Graph": "graph",
     "create_graph": "graph",
     "get_all_children": "graph",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         TaskTimeoutError,
         WorkerCrashedError,
     )
+    from taskmap.expand import Element
     from taskmap.graph import (
         Graph,
         create_graph,
@@ -106,6 +108,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CheckpointError",
+    "Element",
     "Graph",
     "NotKept",
     "Observer",

@@ -2,7 +2,7 @@
 result, a failure and the skipped descendants of a failure.
 
 It joins the pure :class:`~taskmap.scheduling.state.SchedulingState` (numbers) and the
-user's :class:`~taskmap.graph.Graph` (names, results, ``done``), and calls the
+user's :class:`~taskmap.graph.Graph` (names, results, ``done``, ``output``), and calls the
 run's observers (:mod:`taskmap.observe.observers`: progress, trace, checkpoint store,
 the caller's own) and its logging at each event.
 """
@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 from taskmap.errors import TaskFailedError
 from taskmap.graph import Graph
 from taskmap.observe.logs import RunLog
 from taskmap.observe.observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
+from taskmap.observe.output import DEFAULT, OutputCollector, OutputOptions
 from taskmap.observe.record import RunRecord
 from taskmap.scheduling.state import SchedulingState, TaskState, ancestor_failed_message
+
+if TYPE_CHECKING:
+    from taskmap.element_book import ElementBook
 
 
 class Bookkeeper:
@@ -29,13 +34,16 @@ class Bookkeeper:
 
     __slots__ = (
         "attempts",
+        "collector",
         "done",
+        "elements",
         "graph",
         "log",
         "measures_durations",
         "names",
         "ncores",
         "observers",
+        "outputs",
         "raise_errors",
         "record",
         "results",
@@ -53,6 +61,7 @@ class Bookkeeper:
         runner: str = "run",
         ncores: int = 1,
         measures_durations: bool = False,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.graph = graph
         self.state = state
@@ -73,9 +82,22 @@ class Bookkeeper:
         # attempts per task, for runners that retry (the coordinator's list)
         self.attempts: list[int] | None = None
         self.record: RunRecord | None = None
+        # what tasks write: the runner (or the coordinator) feeds the
+        # collector; a task's text goes to graph.output when it is recorded
+        self.collector = OutputCollector(self.names, output, str(graph.name))
+        self.outputs = graph.output
+        # expanded tasks (create_graph(expand=...)); None for static graphs,
+        # which pay one test per recorded outcome for it
+        self.elements: ElementBook | None = None
+        if state.expanding:
+            from taskmap.element_book import ElementBook
+
+            self.elements = ElementBook(self, state, expands=True)  # type: ignore[arg-type]
 
     def args(self, i: int) -> list:
         """The arguments of task i: its parents' results in order, None left out."""
+        if self.elements is not None and i >= self.elements.n_static:
+            return self.elements.args(i)
         results, names = self.results, self.names
         out = []
         for p in self.state.parents[i]:
@@ -111,6 +133,8 @@ class Bookkeeper:
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:
             self.log.queueing(state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu))
+        if self.elements is not None:
+            self.elements.after_event()
 
     def starting(self, i: int, pid: int | None = None) -> None:
         """Task i was started (in-process) or handed to worker ``pid``."""
@@ -176,14 +200,30 @@ class Bookkeeper:
         """Record task i's result, the state already told (``became``: how
         many children became ready); see :meth:`succeeded`."""
         name = self.names[i]
-        self.results[name] = value
-        self.done.append(name)
+        elements = self.elements
+        if elements is not None and i >= elements.n_static:
+            elements.set_value(i, value, True)
+        else:
+            self.results[name] = value
+            self.done.append(name)
+        if self.collector.kept or self.outputs:
+            self._take_output(i, name)
         self.log.finished(name, pid)
         if self.observers:
             self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
         if became and self.log.manager_on:
             state, names = self.state, self.names
             self.log.queueing(names[c] for c in state.children[i] if state.state[c] == TaskState.READY)
+        if elements is not None:
+            elements.after_event()
+
+    def _take_output(self, i: int, name) -> None:
+        """graph.output[name]: what task i wrote in this run, or nothing."""
+        text = self.collector.take(i)
+        if text is None:
+            self.outputs.pop(name, None)  # (from an earlier run)
+        else:
+            self.outputs[name] = text
 
     def failed(
         self,
@@ -208,8 +248,14 @@ class Bookkeeper:
         """Record task i's failure and its ``skipped`` descendants, the state
         already told; raise if asked.  See :meth:`failed`."""
         name = self.names[i]
-        self.results[name] = error
-        self.done.append(name)
+        elements = self.elements
+        if elements is not None and i >= elements.n_static:
+            elements.set_value(i, error, False)
+        else:
+            self.results[name] = error
+            self.done.append(name)
+        if self.collector.kept or self.outputs:
+            self._take_output(i, name)
         self.log.failed(name, error, pid)
         observers = self.observers
         if observers:
@@ -218,9 +264,15 @@ class Bookkeeper:
             message = ancestor_failed_message(name)
             names, results, done = self.names, self.results, self.done
             is_io = self.state.is_io
+            outputs = self.outputs
             for s in skipped:
-                results[names[s]] = message
-                done.append(names[s])
+                if elements is not None and s >= elements.n_static:
+                    elements.set_value(s, message, False)
+                else:
+                    results[names[s]] = message
+                    done.append(names[s])
+                if outputs:
+                    outputs.pop(names[s], None)  # (from an earlier run)
                 if observers:
                     observers.task_finished(
                         TaskEvent(  # (positional, see _event)
@@ -239,3 +291,22 @@ class Bookkeeper:
             self.log.skipped(name, (names[s] for s in skipped))
         if self.raise_errors:
             raise TaskFailedError(name, error) from error
+        if elements is not None:
+            elements.after_event()
+
+    def recorded_skip(self, s: int, root: int) -> None:
+        """Task s was skipped for the failure of ``root`` without a failure
+        of its own being recorded (an element created below a failed one)."""
+        names = self.names
+        message = ancestor_failed_message(names[root])
+        elements = self.elements
+        if elements is not None and s >= elements.n_static:
+            elements.set_value(s, message, False)
+        else:
+            self.results[names[s]] = message
+            self.done.append(names[s])
+        if self.observers:
+            lane = IO if self.state.is_io[s] else CPU
+            self.observers.task_finished(
+                TaskEvent(names[s], SKIPPED, lane, None, None, None, 0, message, None, names[root])
+            )

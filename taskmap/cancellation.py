@@ -17,21 +17,25 @@ from collections.abc import Callable
 class Cancellation:
     """Set once, from any thread; wakes whoever registered to hear it."""
 
-    __slots__ = ("_lock", "_set", "_wakers")
+    __slots__ = ("_lock", "_set", "_wakers", "final")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._set = False
         self._wakers: list[Callable[[], None]] = []
+        # the process is exiting: a runner keeps nothing warm for a next run
+        self.final = False
 
     @property
     def is_set(self) -> bool:
         return self._set
 
-    def cancel(self) -> bool:
+    def cancel(self, final: bool = False) -> bool:
         """Set the switch and call every waker once; False if it was set
-        already (then nothing is called again)."""
+        already (then nothing is called again).  ``final``: the process is
+        exiting (no worker is replaced)."""
         with self._lock:
+            self.final = self.final or final
             if self._set:
                 return False
             self._set = True

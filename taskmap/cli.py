@@ -4,12 +4,17 @@
 
     taskmap run pipeline.py[:name] [--ncores N] [--runner R] [--progress | --no-progress]
                 [--trace FILE] [--raise-errors] [--checkpoint FILE] [--summary | --no-summary]
-                [--limit NAME=N ...] [--rate NAME=R ...] [--dashboard] [--dashboard-port PORT]
+                [--limit NAME=N ...] [--rate NAME=R ...] [--output pass|prefix|capture]
+                [--capture-level LEVEL] [--dashboard] [--dashboard-port PORT]
     taskmap graph pipeline.py[:name] [--format dot|mermaid|svg|png|pdf] [-o FILE] [--checkpoint FILE]
     taskmap rerun-failed pipeline.py[:name] --checkpoint FILE [the options of run]
 
 A pipeline file defines a graph object or the dicts ``funcs`` and
 ``dependencies`` (and optionally ``io_bound``): see :mod:`taskmap.loader`.
+
+Tasks' output is shown with each line prefixed ``[task] `` (``--output
+prefix``, the default here; the library's is ``pass``), and a failed task's
+last lines are printed under its failure.
 
 Exit status: 0 when every task succeeded; 1 when a task failed (or was
 skipped, or not run); 2 for a usage error or a pipeline file that cannot be
@@ -36,6 +41,7 @@ from taskmap.loader import (
     where_raised,
 )
 from taskmap.observe.status import DONE, FAILED, statuses
+from taskmap.runtime.capture import tail_lines
 
 OK = 0
 TASK_FAILED = 1
@@ -155,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PORT",
         help="the live page's port (implies --dashboard; default: a free one)",
+    )
+    group.add_argument(
+        "--output",
+        choices=("pass", "prefix", "capture"),
+        default="prefix",
+        help="what is shown of what tasks print and log: prefix (default): each line "
+        "as '[task] line'; pass: each line as it is; capture: nothing (a failed "
+        "task's last lines are printed under its failure all the same)",
+    )
+    group.add_argument(
+        "--capture-level",
+        default="INFO",
+        metavar="LEVEL",
+        help="the least level of a log record kept as a task's output (default INFO; "
+        "a record is kept only when its logger emits it)",
     )
     group.add_argument("--raise-errors", action="store_true", help="stop at the first failed task")
     group.add_argument(
@@ -285,6 +306,11 @@ def cmd_rerun_failed(args: argparse.Namespace) -> int:
             f"and their descendants: {', '.join(map(str, failed))}",
             file=sys.stderr,
         )
+        for task in failed:
+            entry = store.entry(task)
+            if entry is not None and entry.output:
+                print(f"last output of {task} when it failed:", file=sys.stderr)
+                _print_indented(entry.output)
         graph.checkpoint = store
         return run_and_report(graph, args)
     finally:
@@ -342,7 +368,14 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
         bounds["dashboard"] = True  # (the page's address is printed on stderr by taskmap.observe.dashboard)
     try:
         runner(
-            graph, raise_errors=args.raise_errors, progress=progress, trace=args.trace, summary=args.summary, **bounds
+            graph,
+            raise_errors=args.raise_errors,
+            progress=progress,
+            trace=args.trace,
+            summary=args.summary,
+            output=args.output,
+            capture_level=args.capture_level,
+            **bounds,
         )
     except TaskFailedError as exc:
         stopped = exc
@@ -361,6 +394,10 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
             where = where_raised(error, pipeline)
             at = f" ({where})" if where else ""
             print(f"FAILED {task}: {type(error).__name__}: {error}{at}", file=sys.stderr)
+            text = graph.output.get(task)
+            if text:
+                print(f"  its last output ({_CLI_TAIL_LINES} lines at most):", file=sys.stderr)
+                _print_indented(tail_lines(text, _CLI_TAIL_LINES, 4000))
     if stopped is not None:
         print(f"taskmap: stopped at the first failure (--raise-errors): {stopped}", file=sys.stderr)
         cause = stopped.__cause__
@@ -384,6 +421,14 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     if status == OK and any(st != DONE for st in by_status.values()):
         status = TASK_FAILED
     return status
+
+
+_CLI_TAIL_LINES = 20
+
+
+def _print_indented(text: str) -> None:
+    for line in text.splitlines():
+        print(f"    {line}", file=sys.stderr)
 
 
 def _runner(

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Self
 
+from taskmap.expand import Element, check_expand, element_descendants
 from taskmap.observe.logs import setup_loggers
 
 Task = Hashable
@@ -102,7 +103,9 @@ class Graph:
     started in the last run and ``durations`` keeps the measured run time of
     each task (seconds), used to order cpu tasks by critical path next time.
     ``checkpoint`` is the durable result store, if any; ``last_run`` the
-    record of the last run (for the summary), if any.
+    record of the last run (for the summary), if any.  ``output`` holds what
+    each task wrote (printed or logged) when it last ran, for the tasks that
+    wrote something (:mod:`taskmap.observe.output`).
     """
 
     __slots__ = (
@@ -111,12 +114,15 @@ class Graph:
         "checkpoint",
         "dependencies",
         "durations",
+        "elements",
+        "expand",
         "funcs",
         "in_progress",
         "io_bound",
         "last_run",
         "lock",
         "name",
+        "output",
         "priority",
         "results",
         "uses",
@@ -149,6 +155,13 @@ class Graph:
         self.uses: dict = {}
         # task -> int, higher first among ready tasks (default 0)
         self.priority: dict = {}
+        # task -> the text it wrote when it last ran (absent: it wrote nothing)
+        self.output: dict = {}
+        # expanded task -> the dependency it maps over (taskmap.expand)
+        self.expand: dict = {}
+        # expanded task not done -> a flag per element, 1 where the element
+        # finished (a rerun runs the others)
+        self.elements: dict = {}
 
     @property
     def done(self) -> DoneList:
@@ -165,7 +178,8 @@ class Graph:
         return {slot: getattr(self, slot) for slot in self.__slots__}
 
     def __setstate__(self, state) -> None:
-        self.uses, self.priority = {}, {}  # (a graph pickled before they existed)
+        self.uses, self.priority, self.output = {}, {}, {}  # (a graph pickled before they existed)
+        self.expand, self.elements = {}, {}
         for slot, value in state.items():
             setattr(self, slot, value)
 
@@ -181,6 +195,7 @@ def create_graph(
     checkpoint: Any = None,
     uses: Mapping[Task, str | Iterable[str]] | None = None,
     priority: Mapping[Task, int] | None = None,
+    expand: Mapping[Task, Task] | None = None,
 ) -> Graph:
     """Build and validate a graph.
 
@@ -211,6 +226,15 @@ def create_graph(
     :mod:`taskmap.scheduling.resources`).  ``priority``: task -> int (default 0): among
     ready tasks of a lane, and among tasks waiting for a resource, higher
     first, ties by critical path.  Names that are not tasks: ``ValueError``.
+
+    ``expand``: task -> the one of its dependencies it maps over (else
+    ``ValueError``).  When that dependency finishes with n items, the task
+    runs as n elements ``task[0]`` .. ``task[n-1]``, element i getting the
+    dependencies' results with the mapped one replaced by its i-th item; a
+    task expanding over an expanded task pairs elements (no barrier); a task
+    depending on an expanded task otherwise gets the list of element
+    results, and ``graph.results[task]`` is that list (see
+    :mod:`taskmap.expand`).
     """
     setup_loggers(name, logging_config or {})
 
@@ -244,6 +268,7 @@ def create_graph(
     )
     graph.uses = task_uses
     graph.priority = {t: p for t, p in priorities.items() if p}
+    graph.expand = check_expand(expand, deps)
     if checkpoint is not None:
         from taskmap.checkpoint import as_store  # (imports the codec: only when asked for)
 
@@ -404,16 +429,47 @@ def mark_as_done_except(graph: Graph, tasks) -> Graph:
 
 def reset_tasks(graph: Graph, tasks) -> Graph:
     """Mark ``tasks`` and all their descendants as not done and clear their
-    results, so the next run reruns exactly them.  With a checkpoint store,
-    their stored outcomes are deleted too."""
+    results and output, so the next run reruns exactly them.  With a checkpoint store,
+    their stored outcomes are deleted too.
+
+    An element (``taskmap.Element(task, i)``) resets only itself, the
+    elements paired with it below (``clean[i]`` under ``parse[i]``) and what
+    takes their tasks' lists; the other elements keep their results (the
+    positions to rerun hold None until the rerun)."""
     tasks = set(_as_list(tasks))
+    elements = {t for t in tasks if type(t) is Element}
+    tasks -= elements
     rerun = descendants(children_index(graph), tasks) | tasks
-    graph.done.remove_many(rerun)
+    partly: dict = {}
+    if elements:
+        partly, whole = element_descendants(graph, elements)
+        rerun |= whole
+        partly = {t: ix for t, ix in partly.items() if t not in rerun}
+    graph.done.remove_many(rerun | set(partly))
+    cleared = set(rerun)
     for task in rerun:
+        if task in graph.expand and isinstance(graph.results.get(task), list):
+            # (so a store does not bring its elements back)
+            cleared.update(Element(task, k) for k in range(len(graph.results[task])))
+            for k in range(len(graph.results[task])):
+                graph.output.pop(Element(task, k), None)
         if task in graph.results:
             graph.results[task] = None
+        graph.output.pop(task, None)
+        graph.elements.pop(task, None)
+    for task, indices in partly.items():
+        values = graph.results.get(task)
+        if not isinstance(values, list):
+            continue  # (never expanded: it runs whole anyway)
+        flags = graph.elements.setdefault(task, bytearray(b"\x01" * len(values)))
+        for i in indices:
+            if i < len(values):
+                values[i] = None
+                flags[i] = 0
+                cleared.add(Element(task, i))
+                graph.output.pop(Element(task, i), None)
     if graph.checkpoint is not None:
-        graph.checkpoint.clear(rerun)
+        graph.checkpoint.clear(cleared)
     return graph
 
 
@@ -422,7 +478,11 @@ def reset_failed_tasks(graph: Graph) -> Graph:
 
     With a checkpoint store, the tasks whose stored outcome is a failure are
     reset as well (so this works in a new process, before any run)."""
-    failed = [t for t, r in graph.results.items() if isinstance(r, Exception)]
+    failed: list = [t for t, r in graph.results.items() if isinstance(r, Exception)]
+    for task in graph.expand:
+        values = graph.results.get(task)
+        if isinstance(values, list):
+            failed.extend(Element(task, i) for i, v in enumerate(values) if isinstance(v, Exception))
     if graph.checkpoint is not None:
         deps = graph.dependencies
         failed.extend(t for t in graph.checkpoint.failed_tasks() if t in deps)

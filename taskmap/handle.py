@@ -29,6 +29,7 @@ returns.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import threading
 import traceback
@@ -49,7 +50,22 @@ if TYPE_CHECKING:
 RUNNERS = ("run", "run_async", "run_parallel", "run_parallel_async", "run_dask")
 
 _running_graphs: set[int] = set()  # id() of the graphs a started run is running
+_live_runs: set[Run] = set()
 _running_lock = threading.Lock()
+
+
+def _cancel_live_runs() -> None:
+    """At interpreter exit: cancel the runs still going and give them a
+    moment to stop, before the warm pools shut down (a run's thread is a
+    daemon: left alone, its coordinator would meet its workers' deaths and
+    start others while the interpreter exits)."""
+    with _running_lock:
+        runs = list(_live_runs)
+    for run in runs:
+        run._cancel.cancel(final=True)
+    for run in runs:
+        if run._thread is not None:
+            run._thread.join(5.0)
 
 
 def start(
@@ -87,11 +103,16 @@ def start(
     feed = _Feed()
     opts.observers.items.append(feed)
     body = _runner_body(runner, graph, opts, ncores, client, address)
+    run = Run(graph, runner, cancel)
     with _running_lock:
         if id(graph) in _running_graphs:
             raise RuntimeError("this graph is being run by another taskmap.start; wait for it or cancel it first")
         _running_graphs.add(id(graph))
-    run = Run(graph, runner, cancel)
+        _live_runs.add(run)
+    # registered again at every start, so that it runs before the pools'
+    # shutdown (atexit calls the last registered first)
+    atexit.unregister(_cancel_live_runs)
+    atexit.register(_cancel_live_runs)
     feed.run = run
     if opts.given.get("dashboard") not in (None, False):
         from taskmap.observe.dashboard import Dashboard
@@ -141,6 +162,7 @@ class Run:
         self._thread: threading.Thread | None = None
         self._has_dashboard = False  # dashboard= was given
         self._dashboard_url: str | None = None
+        self._dashboard_known = False  # the page is served, or could not be
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancel.is_set else ("done" if self._ended else "running")
@@ -163,6 +185,7 @@ class Run:
         finally:
             with _running_lock:
                 _running_graphs.discard(id(self.graph))
+                _live_runs.discard(self)
             with self._changed:
                 self._ended = True
                 self._notify()
@@ -172,9 +195,11 @@ class Run:
             self._finished.append((task, result))
             self._notify()
 
-    def _dashboard_ready(self, url: str) -> None:
+    def _dashboard_ready(self, url: str | None) -> None:
+        """The page is served at ``url`` (None: it could not be)."""
         with self._changed:
             self._dashboard_url = url
+            self._dashboard_known = True
             self._changed.notify_all()
 
     def _notify(self) -> None:
@@ -196,13 +221,14 @@ class Run:
     @property
     def dashboard_url(self) -> str | None:
         """The address of the run's live page (``dashboard=``), its token
-        included; None for a run without one.  Blocks until the page is
-        served (the run's start) or the run has ended before that.  The page
-        is served until the run ends."""
+        included; None for a run without one, or whose page could not be
+        served (its port was taken: a ``RuntimeWarning`` said so).  Blocks
+        until the page is served (the run's start) or the run has ended
+        before that.  The page is served until the run ends."""
         if not self._has_dashboard:
             return None
         with self._changed:
-            self._changed.wait_for(lambda: self._dashboard_url is not None or self._ended)
+            self._changed.wait_for(lambda: self._dashboard_known or self._ended)
             return self._dashboard_url
 
     def done(self) -> bool:

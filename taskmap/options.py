@@ -54,8 +54,22 @@ their own).
     without the token gets 403): the graph coloured by status, a task stream
     per worker lane, counts, rate and ETA, failures, resources in use.  Its
     address is printed on stderr when the run starts and is
-    ``Run.dashboard_url`` on :func:`taskmap.start`'s handle (see
-    :mod:`taskmap.observe.dashboard`).  Every runner.
+    ``Run.dashboard_url`` on :func:`taskmap.start`'s handle; a port that is
+    taken leaves the run without its page (a ``RuntimeWarning`` says so)
+    (see :mod:`taskmap.observe.dashboard`).  Every runner.
+``output``
+    What a task writes with ``print``/``sys.stdout``/``sys.stderr`` (and the
+    log records emitted while it runs) is kept, per task, in
+    ``graph.output`` (bounded at 1 MiB a task: head and tail); this option
+    says what taskmap prints of it: ``"pass"`` (default: each complete line
+    to the caller's ``sys.stdout``/``sys.stderr``, never torn), ``"prefix"``
+    (the same, each line prefixed ``[task] ``) or ``"capture"`` (nothing).
+    Every runner (see :mod:`taskmap.observe.output`).
+``capture_level``
+    The least level of a log record kept as task output (an int or a name
+    such as ``"DEBUG"``; default ``logging.INFO``).  A record is kept only
+    when its logger emits it: taskmap never lowers a logger's level.  Every
+    runner.
 
 With none of ``progress``, ``trace``, ``summary``, ``observers``, ``dashboard`` a run
 pays nothing per task for them.
@@ -63,12 +77,15 @@ pays nothing per task for them.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from taskmap.cancellation import Cancellation
 from taskmap.observe.observers import Observer, Observers, build_observers
+from taskmap.observe.output import DEFAULT as DEFAULT_OUTPUT
+from taskmap.observe.output import OutputOptions, resolve_output
 from taskmap.results import GatherSpec, ThresholdSpec, resolve_gather, resolve_threshold
 from taskmap.scheduling.limits import RetrySpec, TaskLimits, TimeoutSpec
 from taskmap.scheduling.resources import check_limits_and_rates
@@ -98,6 +115,8 @@ class RunnerOptions(TypedDict, total=False):
     limits: Mapping[str, int] | None
     rates: Mapping[str, float] | None
     dashboard: bool | int | None
+    output: str
+    capture_level: int | str
 
 
 class _Option(NamedTuple):
@@ -120,6 +139,8 @@ OPTIONS: dict[str, _Option] = {
     "limits": _Option(None, EVERY),
     "rates": _Option(None, EVERY),
     "dashboard": _Option(None, EVERY),
+    "output": _Option("pass", EVERY),
+    "capture_level": _Option(logging.INFO, EVERY),
 }
 
 
@@ -135,6 +156,7 @@ class RunOptions(NamedTuple):
     # (limits, rates) checked against the graph's uses; None: no resource is bounded
     resources: tuple[dict[str, int], dict[str, float]] | None
     given: dict[str, Any]  # every option, defaults filled in (as the caller wrote them)
+    output: OutputOptions = DEFAULT_OUTPUT
     # the run's cancel switch (taskmap.start sets one; the blocking runners: None)
     cancel: Cancellation | None = None
 
@@ -158,6 +180,7 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
     resources = None
     if given.get("limits") or given.get("rates"):
         resources = check_limits_and_rates(graph.uses, given.get("limits"), given.get("rates"))
+    output = resolve_output(given["output"], given["capture_level"])
     names = list(graph.dependencies)
     limits = TaskLimits(
         names,
@@ -173,9 +196,7 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
 
         port = check_port(given["dashboard"])
         assert port is not None
-        # first: its run_started is the one that may fail (a port in use), and
-        # then no other observer has started anything that would need stopping
-        observers.items.insert(0, Dashboard(port, given.get("limits"), given.get("rates")))
+        observers.items.append(Dashboard(port, given.get("limits"), given.get("rates")))
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
-    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given)
+    return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given, output)

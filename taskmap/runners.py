@@ -7,6 +7,12 @@ runtime (:mod:`taskmap.runtime.coordinator`).  All four share the scheduling sta
 their semantics are the same: arguments are the parents' results in order with
 ``None`` left out, a failed task's result is its exception and its descendants
 get the ancestor string, ``raise_errors`` stops at the first failure.
+
+Task output (:mod:`taskmap.runtime.capture`): ``run`` and ``run_async``
+capture this process's streams and root logger for the run, and each task
+runs with the context variable ``capture.owner`` naming it (set around its
+call; a coroutine's asyncio task copies it when created; a plain io
+function's thread sets it itself), so the run's collector gets its lines.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Unpack
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.element_book import functions_of
 from taskmap.errors import TASK_ERRORS, RunCancelled
 from taskmap.graph import Graph
 from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
+from taskmap.runtime import capture
 from taskmap.scheduling.state import SchedulingState
 
 # io-bound plain functions run in threads so their waits overlap; a stress
@@ -37,7 +45,22 @@ def state_for(graph: Graph, resources: tuple[dict, dict] | None = None) -> Sched
     state (:mod:`taskmap.scheduling.resources`)."""
     if graph.checkpoint is not None:
         graph.checkpoint.restore(graph)
-    state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
+    state: SchedulingState
+    if graph.expand:
+        from taskmap.element_book import done_elements
+        from taskmap.scheduling.expansion import ExpandingState
+
+        state = ExpandingState(
+            graph.dependencies,
+            graph.io_bound,
+            graph.done,
+            graph.durations or None,
+            graph.priority,
+            graph.expand,
+            done_elements(graph),
+        )
+    else:
+        state = SchedulingState(graph.dependencies, graph.io_bound, graph.done, graph.durations or None, graph.priority)
     if resources is not None:
         from taskmap.scheduling.resources import build_gate
 
@@ -55,7 +78,8 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     first failure raises :class:`taskmap.TaskFailedError` (its message holds
     the original one; the original is its ``__cause__``).
 
-    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers``,
+    ``limits``, ``rates``, ``output``, ``capture_level`` (see
     :mod:`taskmap.options`).
     """
     return _run(graph, resolve_options("run", graph, raise_errors, options))
@@ -66,10 +90,11 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
     starts nothing more; a coroutine task it is awaiting is cancelled (a
     plain function runs to its end: it cannot be stopped in this thread)."""
     state = state_for(graph, opts.resources)
-    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run")
+    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run", output=opts.output)
     loop: asyncio.AbstractEventLoop | None = None
-    funcs = graph.funcs
+    funcs = functions_of(graph)
     names = state.names
+    sink = book.collector
     cancel = opts.cancel
     awaiting: list[asyncio.Task] = []  # the coroutine task being awaited, if any
     woken = threading.Event()  # a rate wait ends early on cancel
@@ -83,6 +108,10 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
 
         forget = cancel.on_cancel(wake)
     run_error: BaseException | None = None
+    capture.install(sink.level, sink.skip)
+    # one task at a time: the owner is set once, its key per task
+    held: list = [sink, None]
+    owned = capture.owner.set(held)
     book.start()
     try:
         while True:
@@ -100,6 +129,7 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
             name = names[i]
             state.started(i)
             book.starting(i)
+            held[1] = i  # (a coroutine's asyncio task sees the same list)
             try:
                 value = funcs[name](*book.args(i))
                 if inspect.isawaitable(value):
@@ -114,16 +144,24 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
                     finally:
                         awaiting.clear()
             except TASK_ERRORS as error:
+                held[1] = None
+                if sink.open:
+                    sink.finish(i)
                 if cancel is not None and cancel.is_set and isinstance(error, asyncio.CancelledError):
                     graph.in_progress[:] = [name]  # cancelled by the run's cancel, not failed
                     raise RunCancelled() from None
                 book.failed(i, error)
             else:
+                held[1] = None
+                if sink.open:
+                    sink.finish(i)
                 book.succeeded(i, value)
     except BaseException as exc:
         run_error = exc
         raise
     finally:
+        capture.owner.reset(owned)
+        capture.uninstall(sink.level, sink.skip)
         if forget is not None:
             forget()
         if loop is not None:
@@ -156,7 +194,8 @@ def run_async(graph: Graph, sleep: float = 0.01, raise_errors: bool = False, **o
     ``sleep`` is accepted for compatibility and ignored: nothing polls.
     Returns the graph.  With ``raise_errors`` the first failure cancels what
     is running and raises :class:`taskmap.TaskFailedError`, a ``RuntimeError``.
-    ``options``: ``progress``, ``trace``, ``summary``, ``observers`` (see
+    ``options``: ``progress``, ``trace``, ``summary``, ``observers``,
+    ``limits``, ``rates``, ``output``, ``capture_level`` (see
     :mod:`taskmap.options`).
     """
     del sleep
@@ -199,7 +238,7 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
     cancelled run (``opts.cancel``) cancels this coroutine: the io tasks
     running are cancelled and :class:`taskmap.RunCancelled` is raised."""
     state = state_for(graph, opts.resources)
-    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run_async")
+    book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run_async", output=opts.output)
     loop = asyncio.get_running_loop()
     cancel = opts.cancel
     forget = None
@@ -211,9 +250,15 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
             loop.call_soon_threadsafe(main.cancel)
 
         forget = cancel.on_cancel(wake)
-    funcs, names, is_io = graph.funcs, state.names, state.is_io
+    funcs, names, is_io = functions_of(graph), state.names, state.is_io
     threads = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="taskmap-io")
     running: dict[asyncio.Future, int] = {}
+    sink = book.collector
+    owner = capture.owner
+    # plain functions run inline one at a time: the loop's owner is set
+    # once, its key per task; an asyncio task gets an owner of its own
+    held: list = [sink, None]
+    owner.set(held)  # (this coroutine's own context)
 
     def launch(i: int) -> None:
         """Start task i; returns after a plain cpu task has run inline."""
@@ -223,20 +268,36 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
         func = funcs[name]
         args = book.args(i)
         if is_io[i] and not inspect.iscoroutinefunction(func):
-            running[asyncio.ensure_future(_in_thread(loop, threads, func, args))] = i
+            # (the asyncio task awaiting the thread, which may return an
+            # awaitable, copies the owner set around its creation)
+            owned = owner.set((sink, i))
+            call = _in_thread(loop, threads, capture.call_owned, (sink, i, func, args))
+            running[asyncio.ensure_future(call)] = i
+            owner.reset(owned)
             return
+        held[1] = i
         try:
             value = func(*args)
         except TASK_ERRORS as error:
+            held[1] = None
+            if sink.open:
+                sink.finish(i)
             book.failed(i, error)
             return
+        held[1] = None
         if inspect.isawaitable(value):
+            owned = owner.set((sink, i))
             running[asyncio.ensure_future(value)] = i
-        else:
-            book.succeeded(i, value)
+            owner.reset(owned)
+            return
+        if sink.open:
+            sink.finish(i)
+        book.succeeded(i, value)
 
     def collect(fut: asyncio.Future) -> None:
         i = running.pop(fut)
+        if sink.open:
+            sink.finish(i)
         if fut.cancelled():  # the task raised CancelledError itself
             try:
                 fut.result()
@@ -252,6 +313,7 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
             raise error
 
     run_error: BaseException | None = None
+    capture.install(sink.level, sink.skip)
     try:
         book.start()
         while not state.all_finished:
@@ -294,6 +356,7 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
             await asyncio.gather(*running, return_exceptions=True)
             graph.in_progress[:] = [names[i] for i in running.values()]
         threads.shutdown(wait=False, cancel_futures=True)
+        capture.uninstall(sink.level, sink.skip)
         book.finish(run_error)
 
 
@@ -392,4 +455,5 @@ def _run_parallel_with(graph: Graph, ncores: int, opts: RunOptions) -> Graph:
         opts.keep,
         opts.resources,
         opts.cancel,
+        opts.output,
     )

@@ -314,7 +314,17 @@ def test_a_new_store_has_the_versioned_schema_in_wal_mode(tmp_path):
         assert meta["created_by"].startswith("taskmap ")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
-        assert columns == ["key", "fingerprint", "status", "payload", "checksum", "error", "finished", "attempts"]
+        assert columns == [
+            "key",
+            "fingerprint",
+            "status",
+            "payload",
+            "checksum",
+            "error",
+            "finished",
+            "attempts",
+            "output",
+        ]
     finally:
         conn.close()
     with pytest.raises(ValueError, match="synchronous"):
@@ -860,3 +870,39 @@ def test_sigkill_mid_run_then_resume_runs_each_task_at_most_once(tmp_path):
     with open(out) as f:
         resumed = json.load(f)
     assert resumed == taskmap.run(taskmap.create_graph(funcs, deps, io_bound=io)).results
+
+
+def _prints_then_fails():
+    for k in range(150):
+        print(f"line {k}")
+    raise ValueError("broke")
+
+
+@pytest.mark.parametrize("runner", ["run", "run_parallel_async"])
+def test_a_failed_tasks_row_keeps_its_output_tail(tmp_path, runner):
+    db = tmp_path / "run.db"
+    funcs = {"bad": _prints_then_fails, "fine": lambda: print("fine") or 1}
+    graph = RUNNERS[runner](taskmap.create_graph(funcs, {"bad": [], "fine": []}, checkpoint=db), output="capture")
+    with open_checkpoint(db) as store:
+        assert store.entry("bad").output == "\n".join(f"line {k}" for k in range(50, 150))
+        assert store.entry("fine").output is None  # (only failed tasks keep it)
+    graph.checkpoint.close()
+
+
+def test_a_store_without_the_output_column_opens_and_gets_it_when_a_run_takes_it(tmp_path):
+    db = tmp_path / "old.db"
+    funcs = {"bad": _prints_then_fails}
+    taskmap.run(taskmap.create_graph(funcs, {"bad": []}, checkpoint=db), output="capture").checkpoint.close()
+    conn = sqlite3.connect(db)  # as an earlier taskmap wrote it: no output column
+    conn.execute("ALTER TABLE tasks DROP COLUMN output")
+    conn.commit()
+    conn.close()
+    with open_checkpoint(db) as store:  # read: no column needed, none added
+        assert store.entry("bad").output is None and store.failed_tasks() == ["bad"]
+    conn = sqlite3.connect(db)
+    assert "output" not in [r[1] for r in conn.execute("PRAGMA table_info(tasks)")]
+    conn.close()
+    graph = taskmap.create_graph(funcs, {"bad": []}, checkpoint=db)
+    taskmap.run(graph, output="capture")
+    assert graph.checkpoint.entry("bad").output.endswith("line 149")
+    graph.checkpoint.close()

@@ -362,3 +362,60 @@ def test_shm_threshold_option_rejects_what_is_not_a_size(tmp_path, capsys):
     path = write(tmp_path, "big.py", SHM_PIPE)
     assert main(["run", str(path), "--shm-threshold", "lots"]) == 2
     assert "'lots' is not a size" in capsys.readouterr().err
+
+
+CHATTY = """\
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def talk():
+    print("talking")
+    return 1
+
+
+def fragile(x):
+    for k in range(30):
+        print(f"step {k}")
+    print("about to check", file=sys.stderr)
+    if not (HERE / "fixed").exists():
+        raise RuntimeError("not fixed yet")
+    return x
+
+
+funcs = {"talk": talk, "fragile": fragile}
+dependencies = {"talk": [], "fragile": ["talk"]}
+"""
+
+
+def test_run_prefixes_task_output_and_prints_a_failed_tasks_last_lines_under_it(tmp_path):
+    write(tmp_path, "chatty.py", CHATTY)
+    proc = cli("run", "chatty.py", "--ncores", "1", "--checkpoint", "run.db", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[talk] talking\n" in proc.stdout and "[fragile] step 29\n" in proc.stdout  # the CLI's default: prefix
+    assert "[fragile] about to check\n" in proc.stderr
+    failure = proc.stderr[proc.stderr.index("FAILED fragile: RuntimeError: not fixed yet") :]
+    tail = [line.strip() for line in failure.splitlines()[2:22]]
+    assert tail == [f"step {k}" for k in range(11, 30)] + ["about to check"]
+    # and the summary table ends with it too
+    assert "output of failed task fragile (its last lines):\n    step 11\n" in proc.stdout
+
+    proc = cli("rerun-failed", "chatty.py", "--checkpoint", "run.db", "--output", "capture", cwd=tmp_path)
+    assert proc.returncode == 1
+    shown = proc.stderr[proc.stderr.index("last output of fragile when it failed:") :]
+    assert "    step 29\n    about to check\n" in shown
+    assert "[fragile]" not in proc.stdout + proc.stderr  # capture: nothing shown live
+
+
+def test_output_options_reach_the_runner(tmp_path, capsys, isolated_imports):
+    write(tmp_path, "chatty.py", CHATTY)
+    (tmp_path / "fixed").touch()
+    argv = ["run", str(tmp_path / "chatty.py"), "--runner", "sequential", "--no-summary"]
+    assert main([*argv, "--output", "pass"]) == 0
+    assert capsys.readouterr().out == "talking\n" + "".join(f"step {k}\n" for k in range(30))
+    assert main([*argv, "--output", "capture"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main([*argv, "--capture-level", "LOUD"]) == 2
+    assert "capture_level 'LOUD' is not a logging level name" in capsys.readouterr().err

@@ -228,17 +228,21 @@ def test_a_fixed_port_and_announcing_the_address(tmp_path, capsys):
     taskmap.run(graph, dashboard=port)
     err = capsys.readouterr().err
     assert re.search(rf"taskmap: live page of fixed at http://127\.0\.0\.1:{port}/\?token=[\w-]+ ", err), err
-    # a port in use fails the run before its first task, saying which
+    # a port in use: the run goes on without its page, and a warning says why
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
+        taken = busy.getsockname()[1]
         graph = taskmap.create_graph({"a": quick}, {"a": []})
-        with pytest.raises(OSError):
-            taskmap.run(graph, dashboard=busy.getsockname()[1], progress=True)
-        assert graph.done == []
+        with pytest.warns(RuntimeWarning, match=rf"no live page for this run: 127\.0\.0\.1:{taken}"):
+            taskmap.run(graph, dashboard=taken)
+        assert graph.results == {"a": 1}
+        graph = taskmap.create_graph({"a": quick}, {"a": []})
+        with pytest.warns(RuntimeWarning, match="no live page"):
+            run = taskmap.start(graph, runner="run", dashboard=taken)
+            assert run.dashboard_url is None
+            assert run.wait(timeout=30).results == {"a": 1}
     assert not dashboard_threads()
-    # (the page starts first: the progress bar never started its thread)
-    assert not [t for t in threading.enumerate() if t.name == "taskmap-progress"]
 
 
 def test_a_run_without_a_dashboard_has_no_url():
@@ -372,6 +376,46 @@ def test_a_failures_output_tail_is_read_when_the_state_is_sent():
         "traceback": error.remote_traceback,  # type: ignore[attr-defined]
         "output": "reading input\nabout to fail\n",
     }
+
+
+def numbers(release: str) -> list[int]:
+    wait_for_file(release)
+    return [1, 2, 3]
+
+
+def double(x: int, *args: object) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return 2 * x
+
+
+def test_an_expanded_tasks_elements_count_and_colour_its_node(tmp_path):
+    release = tmp_path / "release"
+    graph = taskmap.create_graph(
+        {"numbers": _partial(numbers, str(release)), "double": double, "total": quick},
+        {"numbers": [], "double": ["numbers"], "total": ["double"]},
+        expand={"double": "numbers"},
+        name="fan-out",
+    )
+    run = taskmap.start(graph, runner="run", dashboard=True)
+    url = run.dashboard_url
+    assert url is not None
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
+    reader.start()
+    time.sleep(0.5)  # the viewer is connected and sees `numbers` running
+    release.touch()
+    run.wait(timeout=30)
+    reader.join(30)
+    events = box["events"]
+    final = [data for _, event, data in events if event == "state"][-1]
+    names = [n[0] for n in [data for _, event, data in events if event == "graph"][0]["nodes"]]
+    # numbers, three elements of double and double itself ran (one element failed); total was skipped
+    assert final["counts"] == {"total": 6, "done": 3, "failed": 2, "skipped": 1, "running": 0, "pending": 0}
+    assert dict(zip(names, final["status"])) == {"numbers": "d", "double": "f", "total": "s"}
+    assert [f["task"] for f in final["failures"]] == ["double[1]", "double"]
+    bars = sorted(bar[0] for _, event, data in events if event == "bars" for bar in data)
+    assert bars == ["double[0]", "double[1]", "double[2]", "numbers"]
 
 
 # -- the layout ---------------------------------------------------------------------------

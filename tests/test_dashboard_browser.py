@@ -61,11 +61,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    me = psutil.Process()
+    chromedriver = psutil.Process(driver.service.process.pid)
     try:
         yield driver
     finally:
-        started = me.children(recursive=True)
+        # chromedriver and the browser it started (not the warm pool's workers)
+        started = [chromedriver, *chromedriver.children(recursive=True)]
         driver.quit()
         # chromedriver and Chromium's helpers end a moment after quit()
         _, alive = psutil.wait_procs(started, timeout=15)
@@ -176,6 +177,10 @@ def test_the_page_shows_a_run_live_and_ends_with_its_results(browser, tmp_path):
         )
         assert len(failures) == 1 and "clean_prices" in failures[0] and "KeyError" in failures[0]
         assert "no such column: price" in failures[0]
+        # its output tail (graph.output), as the page shows it
+        wait_until(
+            lambda: "reading the broken input..." in text(browser, "failures"), message="the failed task's output"
+        )
         # the task stream has a row per worker lane and bars in it
         assert browser.execute_script("return document.getElementById('stream').height") > 0
         mid = tmp_path / "dashboard-mid-run.png"

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -1042,3 +1043,72 @@ def test_gather_false_without_a_client_is_refused_saying_why():
     graph = taskmap.create_graph({"a": five}, {"a": []})
     with pytest.raises(ValueError, match="need a client"):
         taskmap.run_dask(graph, gather=False)
+
+
+# -- task output -------------------------------------------------------------------
+
+
+async def chatty(k: int) -> int:
+    """Interleaves with the other coroutines of its worker's io loop."""
+    for j in range(4):
+        print(f"task {k} line {j}")
+        await asyncio.sleep(0.002)
+        sys.stdout.write(f"task {k} ")
+        await asyncio.sleep(0)
+        sys.stdout.write(f"piece {j}\n")
+        print(f"task {k} err {j}", file=sys.stderr)
+        await asyncio.sleep(0)
+    return k
+
+
+def chatty_expected(k: int) -> str:
+    return "".join(f"task {k} line {j}\ntask {k} piece {j}\ntask {k} err {j}\n" for j in range(4))
+
+
+def threaded_printer(k: int) -> int:
+    for j in range(20):
+        print(f"thread {k} line {j}")
+        time.sleep(0.001)
+    return k
+
+
+def prints_and_fails():
+    logger = logging.getLogger("test_dask_runner.task")
+    logger.setLevel(logging.INFO)
+    print("before the failure")
+    logger.info("a record")
+    raise ValueError("broken")
+
+
+def test_each_task_gets_exactly_its_own_output_on_dask_workers(client):
+    funcs = {f"co{k}": functools.partial(chatty, k) for k in range(60)}
+    funcs.update({f"th{k}": functools.partial(threaded_printer, k) for k in range(8)})
+    funcs["bad"] = prints_and_fails
+    funcs["quiet"] = five
+    io = [name for name in funcs if name.startswith(("co", "th"))]
+    graph = taskmap.create_graph(funcs, {name: [] for name in funcs}, io_bound=io)
+    taskmap.run_dask(graph, client=client, output="capture")
+    assert len(worker_pids(client)) == 2
+    for k in range(60):
+        assert graph.output[f"co{k}"] == chatty_expected(k), k
+    for k in range(8):
+        assert graph.output[f"th{k}"] == "".join(f"thread {k} line {j}\n" for j in range(20))
+    assert graph.output["bad"] == "before the failure\nINFO:test_dask_runner.task:a record\n"
+    assert isinstance(graph.results["bad"], ValueError)
+    assert "quiet" not in graph.output
+
+
+def test_dask_shows_each_line_as_it_is_written_with_its_prefix(client, capsys):
+    funcs = {f"co{k}": functools.partial(chatty, k) for k in range(10)}
+    graph = taskmap.create_graph(funcs, {name: [] for name in funcs}, io_bound=list(funcs))
+    taskmap.run_dask(graph, client=client, output="prefix")
+    out, err = "", ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and out.count("\n") < 80:  # (events may trail the results a little)
+        time.sleep(0.05)
+        shown = capsys.readouterr()
+        out, err = out + shown.out, err + shown.err
+    assert sorted(out.splitlines()) == sorted(
+        f"[co{k}] task {k} {what} {j}" for k in range(10) for j in range(4) for what in ("line", "piece")
+    )
+    assert all(re.fullmatch(r"\[co(\d+)\] task \1 err \d", line) for line in err.splitlines())

@@ -56,10 +56,11 @@ async def started_then_nap(mark, seconds, *_):
 
 
 def staggered_graph():
-    """io tasks that end 0.05 s apart in a known order, a failure and the
+    """io tasks that end 0.15 s apart in a known order, a failure and the
     task it skips, and a task that depends on two of them."""
     order = ["d", "b", "e", "a", "c"]  # finishing order of the naps
-    funcs = {t: functools.partial(nap, 0.05 * (k + 1)) for k, t in enumerate(order)}
+    # (0.15 s apart: a busy machine may delay a result by tens of ms)
+    funcs = {t: functools.partial(nap, 0.15 * (k + 1)) for k, t in enumerate(order)}
     funcs |= {"bad": fails, "skipped": ok, "sum": ok}
     deps = {t: [] for t in order} | {"bad": [], "skipped": ["bad"], "sum": ["a", "c"]}
     return taskmap.create_graph(funcs, deps, io_bound=order)
@@ -296,3 +297,38 @@ def test_a_graph_being_run_is_refused_a_second_start(tmp_path):
     # once it ended, the graph may run again
     graph.funcs["io"] = ok
     assert taskmap.start(graph, "run_async").wait().results["io"] == 0
+
+
+EXIT_WITH_A_LIVE_RUN = """
+import os, sys, time, taskmap
+
+def sleeper(*_):
+    open(os.path.join(sys.argv[1], "started" + str(os.getpid())), "w").close()
+    time.sleep(60)
+
+graph = taskmap.create_graph({"a": sleeper, "b": sleeper}, {"a": [], "b": []})
+run = taskmap.start(graph, "run_parallel", ncores=2)
+while len(os.listdir(sys.argv[1])) < 2:
+    time.sleep(0.01)
+print("PID", os.getpid(), flush=True)
+"""
+
+
+def test_a_process_that_exits_during_a_run_cancels_it_and_leaves_nothing(tmp_path):
+    """The run's thread is a daemon: at exit the run is cancelled before the
+    pools shut down, no replacement worker is started, nothing is printed."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_live.py"
+    script.write_text(EXIT_WITH_A_LIVE_RUN)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(script), str(marks)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("PID"), proc.stderr
+    assert proc.stderr == ""  # (a replacement worker started at exit would print a broken pipe here)
+    workers = [int(m.name[len("started") :]) for m in marks.iterdir()]
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=10)
+    assert not alive

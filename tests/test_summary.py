@@ -167,3 +167,35 @@ def test_critical_path_is_the_heaviest_chain():
     assert critical_path(graph, {"a": 1.0, "b": 2.0, "c": 5.0, "d": 1.0}) == (["a", "c", "d"], 7.0)
     assert critical_path(graph, {"b": 2.0}) == (["b"], 2.0)
     assert critical_path(graph, {}) == ([], None)
+
+
+def _noisy_failure(lines: int):
+    def task():
+        for k in range(lines):
+            print(f"line {k}")
+        raise ValueError("broke")
+
+    return task
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_the_summary_prints_the_output_tail_of_each_failed_task(runner):
+    funcs = {"bad": _noisy_failure(50), "silent_bad": boom, "fine": lambda: print("fine") or 1}
+    graph = taskmap.create_graph(funcs, {name: [] for name in funcs})
+    RUNNERS[runner](graph, output="capture")
+    summary = taskmap.summarize(graph)
+    assert list(summary.failed_output) == ["bad"]  # (silent_bad wrote nothing; fine did not fail)
+    assert summary.failed_output["bad"] == "\n".join(f"line {k}" for k in range(30, 50))
+    text = str(summary)
+    assert text.endswith(
+        "  output of failed task bad (its last lines):\n" + "".join(f"    line {k}\n" for k in range(30, 50))
+    )
+
+
+def test_the_summary_names_how_many_more_failed_tasks_wrote_something():
+    funcs = {f"bad{k}": _noisy_failure(1) for k in range(7)}
+    graph = taskmap.create_graph(funcs, {name: [] for name in funcs})
+    taskmap.run(graph, output="capture")
+    text = str(taskmap.summarize(graph))
+    assert text.count("output of failed task") == 5
+    assert "... and 2 more failed tasks with output (graph.output)" in text

@@ -236,3 +236,21 @@ def test_rows_are_coloured_greedily_and_cpu_overlap_spills_into_extra_rows():
     assert rows[tid["y"]] == "cpu 2" and tid["y"] not in (1, 2, 3)
     x = next(e for e in events if e["name"] == "x")
     assert x["ts"] == pytest.approx(0.0) and x["dur"] == pytest.approx(2000.0)
+
+
+def _talks_then_fails():
+    for k in range(80):
+        print(f"line {k}")
+    raise ValueError("broke")
+
+
+@pytest.mark.parametrize("runner", ["run", "run_parallel_async"])
+def test_a_failed_tasks_event_carries_its_output_tail(tmp_path, runner):
+    path = tmp_path / "output.json"
+    graph = taskmap.create_graph(
+        {"bad": _talks_then_fails, "fine": lambda: print("fine") or 1}, {"bad": [], "fine": []}
+    )
+    RUNNERS[runner](graph, trace=path, output="capture")
+    slices = {e["name"]: e for e in load(path)["traceEvents"] if e["ph"] == "X" and e["cat"] == "cpu"}
+    assert slices["bad"]["args"]["output"] == "\n".join(f"line {k}" for k in range(30, 80))
+    assert "output" not in slices["fine"]["args"]  # (only failed tasks carry it)

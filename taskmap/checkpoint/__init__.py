@@ -20,7 +20,9 @@ Schema (version :data:`SCHEMA_VERSION`)::
           checksum INTEGER,       CRC-32 of key, fingerprint, status and payload
           error TEXT,             traceback text of a failure, or why a result was not stored
           finished REAL,          time.time() when the outcome was recorded
-          attempts INTEGER)       how often the task was started in that run
+          attempts INTEGER,       how often the task was started in that run
+          output TEXT)            a failed task's output tail (its last 100 lines), or NULL;
+                                  added to an older store when a run takes it
 
 Commit policy.  The run's observer turns each outcome into a row on the
 coordinator's thread (a DONE result from a worker is stored as the very bytes

@@ -9,6 +9,7 @@ from typing import Any
 
 from taskmap.checkpoint.log import log
 from taskmap.checkpoint.schema import NATIVE_KEYS, encode_key
+from taskmap.expand import Element
 
 
 class TaskFingerprints:
@@ -88,6 +89,9 @@ class TaskFingerprints:
         """``(key, fingerprint)`` of a task (one added to the graph since)."""
         found = self.entries.get(task)
         if found is None:
-            parent_keys = [self.key(p) for p in self.graph.dependencies[task]]
-            found = self.entries[task] = (self.key(task), self._combine(self._function_of.get(task, b""), parent_keys))
+            # an element (taskmap.expand.Element) is fingerprinted as its task:
+            # the same function over the same dependencies
+            of = task.task if type(task) is Element else task
+            parent_keys = [self.key(p) for p in self.graph.dependencies[of]]
+            found = self.entries[task] = (self.key(task), self._combine(self._function_of.get(of, b""), parent_keys))
         return found

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from taskmap.checkpoint.log import log
 from taskmap.checkpoint.schema import NOT_STORED, row_checksum
 from taskmap.observe.observers import DONE, FAILED, Observer, RunInfo, TaskEvent
+from taskmap.runtime.capture import tail_lines
 
 if TYPE_CHECKING:
     from taskmap.checkpoint.fingerprints import TaskFingerprints
@@ -25,6 +26,9 @@ _COMMIT_INTERVAL = 0.005
 # when thousands of outcomes arrived while the previous one was written.
 _MAX_BATCH_ROWS = 5000
 _MAX_BATCH_BYTES = 64 << 20
+# A failed task's output tail, as its row keeps it
+STORED_TAIL_LINES = 100
+STORED_TAIL_CHARS = 16_000
 # Rows waiting past which the coordinator commits a batch itself (a flood of
 # tiny tasks, with which the writer thread cannot keep up).
 _HELP_ROWS = 500
@@ -40,7 +44,7 @@ class CheckpointObserver(Observer):
     the writer, which would otherwise contend with the coordinator for the GIL.
     """
 
-    __slots__ = ("_encode", "entries", "fingerprints", "graph_name", "max_payload", "store", "writer")
+    __slots__ = ("_encode", "entries", "fingerprints", "graph_name", "max_payload", "outputs", "store", "writer")
 
     def __init__(self, store: CheckpointStore) -> None:
         from taskmap.runtime.codec import encode
@@ -52,9 +56,11 @@ class CheckpointObserver(Observer):
         self.entries: dict = {}
         self.graph_name = "taskmap"
         self.max_payload = store.max_payload
+        self.outputs: dict = {}
 
     def run_started(self, graph: Any, info: RunInfo) -> None:
         self.graph_name = graph.name
+        self.outputs = graph.output  # (the bookkeeper fills it before calling observers)
         self.writer, self.fingerprints = self.store._start_writer(graph)
         self.entries = self.fingerprints.entries
 
@@ -63,7 +69,7 @@ class CheckpointObserver(Observer):
         if writer is None:
             return
         status = event.status
-        error_text = None
+        error_text = output = None
         if status == DONE:
             payload = event.payload
             if payload is None:
@@ -82,6 +88,9 @@ class CheckpointObserver(Observer):
         elif status == FAILED:
             error = event.value
             error_text = _traceback_text(error)
+            text = self.outputs.get(event.name) if self.outputs else None
+            if text:
+                output = tail_lines(text, STORED_TAIL_LINES, STORED_TAIL_CHARS)
             try:
                 payload = self._encode(error)
             except Exception:  # noqa: BLE001 - the text is kept; rerunning needs no error object
@@ -92,7 +101,17 @@ class CheckpointObserver(Observer):
         # (set with the writer: not None here)
         key, fp = self.entries.get(name) or cast("TaskFingerprints", self.fingerprints).entry(name)
         writer.put(
-            (key, fp, status, payload, row_checksum(key, fp, status, payload), error_text, time.time(), event.attempts)
+            (
+                key,
+                fp,
+                status,
+                payload,
+                row_checksum(key, fp, status, payload),
+                error_text,
+                time.time(),
+                event.attempts,
+                output,
+            )
         )
 
     def run_finished(self, graph: Any, error: BaseException | None) -> None:

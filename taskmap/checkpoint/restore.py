@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from taskmap.checkpoint.schema import NOT_STORED, row_checksum
+from taskmap.expand import Element, items_of
 from taskmap.observe.status import DONE, FAILED, NOT_RUN, SKIPPED
 from taskmap.scheduling.state import topological_order
 
@@ -44,21 +45,26 @@ class _Plan(NamedTuple):
     report: RestoreReport
     values: list  # (task, decoded value), parents first
     delete: list  # keys of rows to delete
+    # (expanded task, its list with the stored elements' results, a flag per element)
+    elements: list
 
 
 def plan_restore(graph: Any, rows: list, fingerprints: TaskFingerprints) -> _Plan:
     from taskmap.runtime import codec
 
     if not rows:  # a new store: nothing to restore, nothing to take back
-        return _Plan(RestoreReport(), [], [])
+        return _Plan(RestoreReport(), [], [], [])
     deps = graph.dependencies
     done, results = graph.done, graph.results
     by_task: dict = {}
+    by_element: dict = {}
     for row in rows:
         try:
             task = codec.decode(row[0])
             if task in deps:
                 by_task[task] = row
+            elif type(task) is Element and task.task in graph.expand:
+                by_element[task] = row
         except (codec.DecodeError, TypeError):
             continue  # a damaged or unhashable key: no task to give it to
     report = RestoreReport()
@@ -102,7 +108,56 @@ def plan_restore(graph: Any, rows: list, fingerprints: TaskFingerprints) -> _Pla
     # tasks without rows below a rerun task were added to ``rerun`` above;
     # report them all, in graph order
     report.rerun = [t for t in deps if t in rerun]
-    return _Plan(report, values, delete)
+    elements = _plan_elements(graph, by_element, fingerprints, kept, dict(values)) if by_element else []
+    return _Plan(report, values, delete, elements)
+
+
+def _plan_elements(graph: Any, rows: dict, fingerprints: TaskFingerprints, kept: set, restored: dict) -> list:
+    """The stored elements of expanded tasks that are not done whole, kept
+    when everything their task depends on is kept, their row is sound and
+    their function unchanged, and (along a chain of expansion) the element
+    they pair with is kept: a resumed run reruns only the others."""
+    from taskmap.runtime import codec
+
+    deps, expand, results = graph.dependencies, graph.expand, graph.results
+    count: dict = {}  # expanded task -> its number of elements, where known
+    flags_of: dict = {}
+    out = []
+    for task in topological(deps):
+        mapped = expand.get(task)
+        if mapped is None or task in kept:
+            continue
+        if not all(p in kept for p in deps[task] if p != mapped):
+            continue
+        if mapped in kept:
+            try:
+                n = len(items_of(task, restored[mapped] if mapped in restored else results.get(mapped)))
+            except TypeError:
+                continue
+            above = None
+        elif mapped in count:
+            n, above = count[mapped], flags_of[mapped]
+        else:
+            continue
+        values: list = [None] * n
+        flags = bytearray(n)
+        for k in range(n):
+            row = rows.get(Element(task, k))
+            if row is None or (above is not None and not above[k]):
+                continue
+            key, stored_fp, status, payload, checksum = row
+            if status != DONE or payload is None or bytes(stored_fp) != fingerprints.entry(Element(task, k))[1]:
+                continue
+            if row_checksum(key, stored_fp, status, payload) != checksum:
+                continue
+            try:
+                values[k] = codec.decode(payload)
+            except codec.DecodeError:
+                continue
+            flags[k] = 1
+        count[task], flags_of[task] = n, flags
+        out.append((task, values, flags))
+    return out
 
 
 def plan_statuses(graph: Any, rows: list, fingerprints: TaskFingerprints) -> dict:

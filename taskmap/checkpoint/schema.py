@@ -28,10 +28,15 @@ SCHEMA = (
         checksum    INTEGER NOT NULL,
         error       TEXT,
         finished    REAL NOT NULL,
-        attempts    INTEGER NOT NULL
+        attempts    INTEGER NOT NULL,
+        output      TEXT
     )""",
 )
-COLUMNS = ("key", "fingerprint", "status", "payload", "checksum", "error", "finished", "attempts")
+COLUMNS = ("key", "fingerprint", "status", "payload", "checksum", "error", "finished", "attempts", "output")
+# columns added to the schema since version 1, nullable, with their types: a
+# store that lacks one gets it added when a run takes the store (reading it
+# needs none of them), so the schema version stays 1 and older stores open
+ADDED_COLUMNS = {"output": "TEXT"}  # a failed task's output tail (taskmap.observe.output)
 _ROW_PLACES = f"({', '.join('?' * len(COLUMNS))})"
 CHUNK_SIZES = (256, 64, 16, 4, 1)  # rows per INSERT statement, largest first
 

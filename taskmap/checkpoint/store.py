@@ -18,7 +18,15 @@ from taskmap.checkpoint.hold import RunHold
 from taskmap.checkpoint.log import log
 from taskmap.checkpoint.recorder import CheckpointObserver, Writer
 from taskmap.checkpoint.restore import RestoreReport, plan_restore, plan_statuses
-from taskmap.checkpoint.schema import CHUNK_SIZES, COLUMNS, SCHEMA, SCHEMA_VERSION, encode_key, insert_sql
+from taskmap.checkpoint.schema import (
+    ADDED_COLUMNS,
+    CHUNK_SIZES,
+    COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    encode_key,
+    insert_sql,
+)
 from taskmap.errors import CheckpointError
 from taskmap.observe.observers import FAILED, Observer
 
@@ -75,6 +83,7 @@ class StoredEntry(NamedTuple):
     attempts: int
     error: str | None  # a failure's traceback text, or why a result was not stored
     has_payload: bool
+    output: str | None = None  # a failed task's output tail (None: it wrote nothing)
 
 
 class CheckpointStore:
@@ -106,6 +115,7 @@ class CheckpointStore:
         self._writer: Writer | None = None
         self._chunk_sizes: tuple[int, ...] = CHUNK_SIZES
         self.max_payload = 0
+        self._lacking: list[str] = []  # ADDED_COLUMNS this file does not have yet
         self._conn: sqlite3.Connection | None = None
         self._conn = self._connect()
 
@@ -213,9 +223,22 @@ class CheckpointStore:
                 f"written by a newer taskmap (schema version {version}; this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade taskmap or use another file"
             )
-        missing = [c for c in COLUMNS if c not in columns]
+        missing = [c for c in COLUMNS if c not in columns and c not in ADDED_COLUMNS]
         if missing:
             raise self._error(f"damaged: its tasks table lacks the columns {missing}; {HINT}")
+        self._lacking = [c for c in ADDED_COLUMNS if c not in columns]
+
+    def _add_columns(self, conn: sqlite3.Connection) -> None:
+        """Give a store written by an earlier taskmap the columns added since
+        (the run holds the store; the caller holds ``_lock``)."""
+        import sqlite3
+
+        try:
+            for column in self._lacking:
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} {ADDED_COLUMNS[column]}")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(f"cannot add the column {column} to its tasks table ({exc}); {HINT}") from exc
+        self._lacking = []
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -253,6 +276,8 @@ class CheckpointStore:
         with self._lock:
             # everything is read before anything is written: a store found
             # damaged is left as it was
+            if self._lacking:
+                self._add_columns(conn)
             try:
                 owner = conn.execute("SELECT value FROM meta WHERE name = 'graph_name'").fetchone()
                 rows = conn.execute("SELECT key, fingerprint, status, payload, checksum FROM tasks").fetchall()
@@ -282,6 +307,11 @@ class CheckpointStore:
         for task, value in plan.values:
             results[task] = value
             done.append(task)
+        for task, values, flags in plan.elements:
+            # an expanded task's finished elements (taskmap.expand): a run
+            # reruns only the others
+            results[task] = values
+            graph.elements[task] = flags
         self._fingerprints = fingerprints
         self.last_restore = plan.report
         log(
@@ -422,14 +452,16 @@ class CheckpointStore:
 
     def entry(self, task: Any) -> StoredEntry | None:
         """What the store holds for ``task``, or None."""
+        output = "NULL" if "output" in self._lacking else "output"
         rows = self._query(
-            "SELECT status, fingerprint, finished, attempts, error, payload IS NOT NULL FROM tasks WHERE key = ?",
+            "SELECT status, fingerprint, finished, attempts, error, payload IS NOT NULL, "
+            f"{output} FROM tasks WHERE key = ?",
             (encode_key(task),),
         )
         if not rows:
             return None
-        status, fp, finished, attempts, error, has_payload = rows[0]
-        return StoredEntry(task, status, bytes(fp).hex(), finished, attempts, error, bool(has_payload))
+        status, fp, finished, attempts, error, has_payload, output_tail = rows[0]
+        return StoredEntry(task, status, bytes(fp).hex(), finished, attempts, error, bool(has_payload), output_tail)
 
     def _query(self, sql: str, params: tuple = ()) -> list:
         import sqlite3

@@ -69,6 +69,13 @@ what it sends every 10 ms; the mixed ETL benchmark ran 20% faster)::
   an io coroutine past its limit is cancelled; any other task is reported as
   timed out and its thread left to finish unwatched (Dask cannot stop a
   running thread, and killing the worker would lose every result it holds).
+* Output: each task's output (printed lines, log records; see
+  :mod:`taskmap.runtime.capture`) comes back bounded with its
+  :class:`Outcome` or :class:`TaskFailure`, for ``graph.output``; with
+  ``output='pass'``/``'prefix'`` its lines are also shown as they are written:
+  the worker publishes them as Dask events on a topic of the run's own, to
+  which the caller subscribes for the run.  (A task whose value stays on the
+  cluster, ``gather=``, returns no envelope: its output is shown, not kept.)
 * Values: a task whose result the caller wants returns an :class:`Outcome`
   (the value plus worker pid and wall-clock start/end, for observers and
   ``graph.durations``); its children unwrap it on their worker.  A task whose
@@ -97,6 +104,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 from taskmap.bookkeeping import Bookkeeper
 from taskmap.cancellation import Cancellation
 from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
+from taskmap.element_book import functions_of
 from taskmap.errors import (
     RunCancelled,
     SerializationError,
@@ -104,8 +112,10 @@ from taskmap.errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from taskmap.expand import Element, result_of
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
+from taskmap.observe.output import CAPTURE, DEFAULT, OutputOptions
 from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.runners import state_for
@@ -246,9 +256,20 @@ def _run_dask_with(
     cancels the futures Dask still runs for it and raises
     :class:`taskmap.RunCancelled`."""
     wanted = None if opts.keep is None else set(opts.keep)
+    if wanted is not None:
+        # an expansion counts the items of a whole task's result here
+        wanted |= {m for m in graph.expand.values() if m not in graph.expand}
     with _connect(client, address, ncores) as dask_client:
         _DaskRun(
-            graph, dask_client, opts.raise_errors, opts.limits, opts.observers, wanted, opts.resources, opts.cancel
+            graph,
+            dask_client,
+            opts.raise_errors,
+            opts.limits,
+            opts.observers,
+            wanted,
+            opts.resources,
+            opts.cancel,
+            opts.output,
         ).run()
     return graph
 
@@ -328,6 +349,11 @@ def _kill_workers(client: Client) -> None:
 # -- the coordinator ------------------------------------------------------------------
 
 
+# seconds a rated task's start is shifted after its slot, so that starts on
+# the workers are spaced as the slots are (see TaskCall.start_at)
+RATE_SHIFT = 0.1
+
+
 class _DaskRun:
     """One run of a graph on a Dask client (see the module docstring)."""
 
@@ -341,6 +367,7 @@ class _DaskRun:
         wanted: set | None,
         resources: tuple[dict, dict] | None = None,
         cancel: Cancellation | None = None,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.cancellation = cancel
         # limits and rates are the state's gate, as in every runner: a task
@@ -355,8 +382,9 @@ class _DaskRun:
         n = len(self.names)
         cpu_slots, self.cpu_resource = _cpu_slots(client)
         self.book = Bookkeeper(
-            graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots, measures_durations=True
+            graph, state, raise_errors, observers, "run_dask", ncores=cpu_slots, measures_durations=True, output=output
         )
+        self.output = self.book.collector
         self.attempts = [0] * n
         self.book.attempts = self.attempts
         # tasks this run handles (the others were done before it started)
@@ -376,12 +404,22 @@ class _DaskRun:
         self.timers: list[tuple[float, int]] = []  # (when, task): delayed retries
         self.submissions = [0] * n
         self.token = uuid.uuid4().hex[:8]
+        # the topic workers publish tasks' lines on, when they are shown
+        self.output_topic = None if output.mode == CAPTURE else f"taskmap-output-{self.token}"
         # the caller's user modules: a task's worker must run this code
         self.code_versions = process_setup.snapshot().modules
         # worker wall clock -> this process's monotonic clock
         self.clock_offset = time.time() - time.monotonic()
         top = max(state.priority, default=0.0) + 1.0
         self.dask_priority = [top if state.is_io[i] else state.priority[i] for i in range(n)]
+        self.funcs = functions_of(graph)
+        # create_graph(expand=...): an expanded task never runs itself, and
+        # what lies below one is submitted when the state makes it ready
+        # (its elements exist only then); the rest goes at once, as ever
+        self.collectors: dict[int, int] = state.mapped if state.expanding else {}  # type: ignore[attr-defined]
+        self.later = _below_collectors(state) if self.collectors else set()
+        if self.book.elements is not None:
+            self.book.elements.on_expanded = self.grow
 
     # -- the run ------------------------------------------------------------------
 
@@ -389,7 +427,16 @@ class _DaskRun:
         state, book = self.state, self.book
         run_error: BaseException | None = None
         cancel = self.cancellation
-        self.submit_all()  # a function that cannot be sent stops the run before it starts
+        if self.output_topic is not None:
+            # before any task is submitted: the subscription travels to the
+            # scheduler in the client's stream ahead of the tasks, so no line
+            # is published before it
+            self.client.subscribe_topic(self.output_topic, self._show_output)
+        try:
+            self.submit_all()  # a function that cannot be sent stops the run before it starts
+        except BaseException:
+            self.unsubscribe()
+            raise
         # a cancel wakes the one wait: a None on the queue of finished futures
         forget = cancel.on_cancel(lambda: self.inbox.put(None)) if cancel is not None else None
         try:
@@ -415,7 +462,18 @@ class _DaskRun:
                 forget()
             self.finish(run_error)
 
+    def _show_output(self, event: tuple) -> None:
+        # (called on the client's event loop thread) event: (time, [task, stream, text])
+        key, stream, text = event[1]
+        self.output.show(key, stream, text)
+
+    def unsubscribe(self) -> None:
+        if self.output_topic is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(self.output_topic)
+
     def finish(self, error: BaseException | None) -> None:
+        self.unsubscribe()
         names = self.names
         self.graph.attempts.update((names[i], k) for i, k in enumerate(self.attempts) if k)
         # dropping our futures lets Dask free what no one else holds
@@ -444,7 +502,10 @@ class _DaskRun:
         parents' futures)."""
         self.check_functions()
         self.given = _scatter_given_results(self.client, self.graph, self.state, self.in_run)
-        order = sorted((i for i in range(len(self.names)) if self.in_run[i]), key=self.rank.__getitem__)
+        later = self.later
+        order = sorted(
+            (i for i in range(len(self.names)) if self.in_run[i] and i not in later), key=self.rank.__getitem__
+        )
         try:
             for i in order:
                 if self.may_submit(i):
@@ -457,7 +518,7 @@ class _DaskRun:
         """Pickle each distinct function once, before anything is submitted:
         one that cannot be sent to a worker stops the run before it starts
         (Dask would only refuse it at its own submit, after its parents')."""
-        funcs, names = self.graph.funcs, self.names
+        funcs, names = self.funcs, self.names
         seen: set[int] = set()
         pickler = codec.FunctionPickler()
         for i, name in enumerate(names):
@@ -472,13 +533,20 @@ class _DaskRun:
 
     def submit(self, i: int) -> Future:
         name = self.names[i]
-        args = []
-        for p in self.state.parents[i]:
-            if self.in_run[p]:
+        args: list = []
+        state, collectors = self.state, self.collectors
+        for p in state.parents[i]:
+            if p in collectors:
+                args.append(list(self.graph.results[self.names[p]]))  # (values, or futures Dask resolves)
+            elif self.in_run[p]:
                 args.append(self.live[p])
             elif p in self.given:
                 args.append(self.given[p])
-        func = self.graph.funcs[name]
+            else:
+                args.append(result_of(self.graph.results, self.names[p]))  # (None is left out on the worker)
+        if collectors and i >= state.n_static:  # type: ignore[attr-defined]
+            self._insert_item(i, args)
+        func = self.funcs[name]
         module = function_module(func)
         version = self.code_versions.get(module) if module else None
         call = TaskCall(
@@ -486,8 +554,12 @@ class _DaskRun:
             func,
             bool(self.state.is_io[i]),
             self.limits.timeout[i],
-            self.wanted is None or name in self.wanted,
+            self.wanted is None or _task_of(name) in self.wanted,
             (module, version) if module and version is not None else None,  # (no module: no version)
+            self.start_at(i),
+            self.output_topic,
+            i,
+            self.output.level,
         )
         self.submissions[i] += 1
         key = f"{str(name)[:80]}-{self.token}-{i}-{self.submissions[i]}"
@@ -507,6 +579,14 @@ class _DaskRun:
         future.add_done_callback(functools.partial(self._on_done, i))
         return future
 
+    def start_at(self, i: int) -> float | None:
+        """A rated task's start on the workers' wall clock: the slot the gate
+        gave it, plus RATE_SHIFT (longer than Dask's usual latency from
+        submit to start, which varies from task to task)."""
+        gate = self.state.gate
+        slot = gate.slot_taken(i) if gate is not None and self.gated[i] else None
+        return None if slot is None else slot + self.clock_offset + RATE_SHIFT
+
     def _on_done(self, i: int, future: Future) -> None:
         # called in Dask's callback thread: only hand over
         self.inbox.put((i, future))
@@ -517,9 +597,9 @@ class _DaskRun:
         earlier retry of another of its ancestors submitted it) keeps it; one
         with another parent still waiting for its own retry is submitted by
         that parent's retry."""
-        live = self.live
+        live, collectors = self.live, self.collectors
         for j in sorted(_waiting_descendants(self.state, self.in_run, i) | {i}, key=self.rank.__getitem__):
-            if j in live or not (j == i or self.may_submit(j)):
+            if j in live or j in collectors or not (j == i or self.may_submit(j)):
                 continue
             self.early.pop(j, None)
             live[j] = self.submit(j)
@@ -530,8 +610,44 @@ class _DaskRun:
         (such a task goes when it starts, its units taken)."""
         if self.gated[i] and self.state.state[i] != TaskState.RUNNING:
             return False
-        live, in_run = self.live, self.in_run
-        return all(p in live or not in_run[p] for p in self.state.parents[i])
+        live, in_run, collectors = self.live, self.in_run, self.collectors
+        # (an expanded task has no future: its list is passed as a value)
+        return all(p in live or not in_run[p] or p in collectors for p in self.state.parents[i])
+
+    # -- expansion (create_graph(expand=...)) -------------------------------------------
+
+    def grow(self, t: int, first: int, n: int) -> None:
+        """Collector t ran as elements ``first..first+n-1``: the per-task
+        tables take them (as their task's), and their parents count them
+        among their unfinished children (a retry needs their futures)."""
+        state: Any = self.state
+        limits = self.limits
+        limits.timeout.extend([limits.timeout[t]] * n)
+        limits.retries.extend([limits.retries[t]] * n)
+        if state.gate is None:  # (else the gate's own list, which its extend_like grew)
+            self.gated.extend([False] * n)
+        for e in range(first, first + n):
+            in_run = state.state[e] != TaskState.DONE
+            self.attempts.append(0)
+            self.submissions.append(0)
+            self.rank.append(self.rank[t])
+            self.dask_priority.append(self.dask_priority[t])
+            self.in_run.append(in_run)
+            self.unfinished_children.append(0)
+            if in_run:
+                for p in state.parents[e]:
+                    if self.in_run[p]:
+                        self.unfinished_children[p] += 1
+
+    def _insert_item(self, e: int, args: list) -> None:
+        """Element e's item in its task's mapped dependency's place."""
+        state: Any = self.state
+        t, k = state.element_of(e)
+        pos = state.item_pos.get(t)
+        if pos is not None:
+            elements = self.book.elements
+            assert elements is not None
+            args.insert(pos, elements.items[t][k])
 
     # -- the state's side --------------------------------------------------------------
 
@@ -606,7 +722,8 @@ class _DaskRun:
                 error, pid, start, end = self.error_of(i, future)
                 if start is not None:
                     self.graph.durations[self.names[i]] = end - start
-                self.failed(i, error, pid, start, end)
+                failure = future.exception()
+                self.failed(i, error, pid, start, end, failure.output if isinstance(failure, TaskFailure) else None)
             elif future.status == "cancelled":
                 self.failed(i, TaskmapError(f"Dask cancelled task {self.names[i]!r} (taskmap did not)"))
             else:
@@ -616,7 +733,7 @@ class _DaskRun:
         """Whether task i's value comes back to the caller now."""
         if future.status in ("error", "cancelled"):
             return False
-        return self.wanted is None or self.names[i] in self.wanted
+        return self.wanted is None or _task_of(self.names[i]) in self.wanted
 
     def fetch(self, finished: list[tuple[int, Future]]) -> tuple[dict, dict]:
         """The outcomes of ``finished`` in one ``gather``; a value that cannot
@@ -658,6 +775,7 @@ class _DaskRun:
             start = outcome.start - self.clock_offset
             end = outcome.end - self.clock_offset
             self.graph.durations[name] = end - start
+            self.output.set_text(i, getattr(outcome, "output", None))
             self.book.succeeded(i, outcome.value, outcome.pid, start, end)
         self.release_futures(i)
 
@@ -668,6 +786,7 @@ class _DaskRun:
         pid: int | None = None,
         start: float | None = None,
         end: float | None = None,
+        output: str | None = None,
     ) -> None:
         self.running.discard(i)
         self.live.pop(i, None)
@@ -683,6 +802,7 @@ class _DaskRun:
             return
         self.cancel(dropped + self.drop_futures(_skipped_by(self.state, i)))
         self.release_futures(i)
+        self.output.set_text(i, output)
         self.book.failed(i, error, pid, start, end)  # skips the descendants; may raise
 
     def error_of(self, i: int, future: Future) -> tuple:
@@ -803,6 +923,24 @@ def _scatter_given_results(client: Client, graph: Graph, state: SchedulingState,
             raise _unsendable(to_send, values, names, error) from error
         given.update(zip(to_send, futures))
     return given
+
+
+def _task_of(name: Any) -> Any:
+    """The task whose value ``gather`` names: an element's is its task's."""
+    return name.task if type(name) is Element else name
+
+
+def _below_collectors(state: Any) -> set[int]:
+    """The expanded tasks of an expanding state and every task below them."""
+    found: set[int] = set()
+    stack = list(state.mapped)
+    while stack:
+        i = stack.pop()
+        if i not in found:
+            found.add(i)
+            stack.extend(state.children[i])
+            stack.extend(state.expanders.get(i, ()))
+    return found
 
 
 def _submission_order(state: SchedulingState) -> list[int]:

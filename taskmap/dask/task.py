@@ -6,13 +6,24 @@ after leaving the worker's thread pool with its coroutine on a per-process
 event loop, a cpu task in its thread slot; a failure is raised as a
 :class:`TaskFailure` carrying the exception encoded by :mod:`taskmap.runtime.codec`.
 Workers import this module, not the runner.
+
+Output (:mod:`taskmap.runtime.capture`): the first task a worker process runs
+installs the capture there for the process's life.  Each task owns its
+output through the context variable (set in its thread; a coroutine on the
+io loop inherits it, as does the helper thread of a time limit), kept
+bounded in a :class:`_TaskText` that travels back in the task's
+:class:`Outcome` or :class:`TaskFailure`; when the caller shows output
+(``output='pass'`` or ``'prefix'``) each complete line is also published at
+once as a Dask event on the run's topic, which the caller subscribes to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -22,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 from taskmap.errors import TASK_ERRORS, StaleCodeError
-from taskmap.runtime import codec
+from taskmap.runtime import capture, codec
 
 # A failure's message is cut to this many characters in Dask's own display of
 # the error (the full text travels encoded); Dask replaces an exception whose
@@ -47,8 +58,10 @@ class TaskFailure(Exception):
         pid: int,
         start: float,
         end: float,
+        output: str | None = None,
     ) -> None:
         super().__init__(task, type_name, message[:_SHORT_MESSAGE])
+        self.output = output  # what the task wrote (bounded), or None
         self.task = task
         self.blob = blob
         self.type_name = type_name
@@ -70,6 +83,7 @@ class TaskFailure(Exception):
                 self.pid,
                 self.start,
                 self.end,
+                self.output,
             ),
         )
 
@@ -92,18 +106,29 @@ class TaskCall(NamedTuple):
     # the caller's version of the user module whose code func runs (None: not
     # a user module): a worker holding another version fails the task
     code: tuple[str, tuple] | None = None
+    # a rated task's start on the worker's wall clock: the slot the caller's
+    # gate gave it, shifted by RATE_SHIFT (see run_task)
+    start_at: float | None = None
+    # the task's output: the Dask event topic its lines are published on as
+    # they are written (None: the caller shows none), its number in the run
+    # (the caller's key for it), and the least level of a log record kept
+    output_topic: str | None = None
+    output_key: int = 0
+    capture_level: int = logging.INFO
 
 
 class Outcome:
-    """A task's value with where and when it ran (worker pid, wall clock)."""
+    """A task's value with where and when it ran (worker pid, wall clock),
+    and what it wrote (bounded; None: nothing)."""
 
-    __slots__ = ("end", "pid", "start", "value")
+    __slots__ = ("end", "output", "pid", "start", "value")
 
-    def __init__(self, value: Any, pid: int, start: float, end: float) -> None:
+    def __init__(self, value: Any, pid: int, start: float, end: float, output: str | None = None) -> None:
         self.value, self.pid, self.start, self.end = value, pid, start, end
+        self.output = output
 
     def __reduce__(self):
-        return (Outcome, (self.value, self.pid, self.start, self.end))
+        return (Outcome, (self.value, self.pid, self.start, self.end, self.output))
 
     def __sizeof__(self) -> int:
         # Dask's memory accounting (dask.sizeof falls back to sys.getsizeof):
@@ -132,22 +157,100 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
         # leave the worker's thread pool: the wait holds a thread, not one of
         # the worker's nthreads slots, so io tasks overlap and cpu tasks run
         secede()
+    if call.start_at is not None:
+        _start_on_its_slot(call)
     return _run(call, args)
+
+
+def _start_on_its_slot(call: TaskCall) -> None:
+    """A rated task starts at its slot (shifted): submitted at the slot, it
+    arrives after Dask's latency, which varies from one task to the next; a
+    fixed shift longer than that latency keeps the starts as far apart as
+    the slots.  A cpu task waits out of the worker's thread slots."""
+    delay = call.start_at - time.time() if call.start_at is not None else 0.0
+    if delay <= 0:
+        return
+    from distributed import rejoin, secede
+
+    if not call.io:
+        secede()
+    time.sleep(delay)
+    if not call.io:
+        rejoin()
 
 
 def _run(call: TaskCall, args: list) -> Any:
     pid, start = os.getpid(), time.time()
+    text = _TaskText(call)
+    owned = capture.owner.set((text, call.output_key))
     try:
         if call.code is not None:
             _check_code(*call.code)
         value = _call_io(call, args) if call.io else _call_cpu(call, args)
     except _TimedOut:
-        raise TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time()) from None
+        output = text.end(owned)
+        raise TaskFailure(call.label, None, "TaskTimeoutError", "", "", True, pid, start, time.time(), output) from None
     except TASK_ERRORS as error:  # the task's own failure, its result
-        raise _failure(call.label, error, pid, start) from None
+        output = text.end(owned)
+        raise _failure(call.label, error, pid, start, output) from None
+    except BaseException:
+        text.end(owned)
+        raise
+    output = text.end(owned)
     if call.envelope:
-        return Outcome(value, pid, start, time.time())
+        return Outcome(value, pid, start, time.time(), output)
     return value
+
+
+class _TaskText(capture.Sink):
+    """One task's output on a Dask worker: kept (bounded) to travel back
+    with its outcome, and each complete line published on the run's topic
+    when the caller shows output."""
+
+    def __init__(self, call: TaskCall) -> None:
+        super().__init__()
+        _capture_here(call.capture_level)
+        self.kept: capture.KeptText | None = None
+        self.topic = call.output_topic
+        self.worker: Any = None
+        if self.topic is not None:
+            from distributed import get_worker
+
+            with contextlib.suppress(ValueError):  # (not on a Dask worker: nothing to publish on)
+                self.worker = get_worker()
+
+    def lines(self, key: Any, stream: int, text: str) -> None:
+        if self.kept is None:
+            self.kept = capture.KeptText()
+        self.kept.add(text)
+        if stream in capture.SHOWN and self.worker is not None:
+            with contextlib.suppress(Exception):  # (the worker is closing: the text is still kept)
+                self.worker.log_event(self.topic, [key, stream, text])
+
+    def end(self, owned: contextvars.Token) -> str | None:
+        """The task ended: its output, or None when it wrote nothing."""
+        capture.owner.reset(owned)
+        if self.open:
+            for key in list(self.open):
+                self.finish(key)
+        return None if self.kept is None else self.kept.text()
+
+
+_capture_lock = threading.Lock()
+_capture_handler: dict[int, logging.Handler] = {}  # pid -> the process's log handler
+
+
+def _capture_here(level: int) -> None:
+    """Capture output in this worker process (once per process); records
+    at ``level`` and above are kept (the last run's level)."""
+    handler = _capture_handler.get(os.getpid())
+    if handler is None:
+        with _capture_lock:
+            handler = _capture_handler.get(os.getpid())
+            if handler is None:
+                handler = _capture_handler[os.getpid()] = capture.install_for_process(level)
+    if handler.level != level:
+        handler.setLevel(level)
 
 
 # module name -> (module object, its spec, the version of its file read the
@@ -177,14 +280,14 @@ def _check_code(module: str, version: tuple) -> None:
         )
 
 
-def _failure(label: str, error: BaseException, pid: int, start: float) -> TaskFailure:
+def _failure(label: str, error: BaseException, pid: int, start: float, output: str | None = None) -> TaskFailure:
     end = time.time()
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     try:
         blob: bytes | None = codec.encode(error)
     except Exception:  # noqa: BLE001 - the coordinator gets a RemoteTaskError instead
         blob = None
-    return TaskFailure(label, blob, type(error).__qualname__, str(error), text, False, pid, start, end)
+    return TaskFailure(label, blob, type(error).__qualname__, str(error), text, False, pid, start, end, output)
 
 
 def _call_cpu(call: TaskCall, args: list) -> Any:
@@ -245,7 +348,9 @@ def _in_thread_with_limit(work: Callable[[], Any], limit: float, label: str) -> 
         except BaseException as error:  # noqa: BLE001 - re-raised in the waiting thread
             box["error"] = error
 
-    thread = threading.Thread(target=target, name=f"taskmap-limited {label}", daemon=True)
+    # (the helper thread runs in a copy of this context: the task owns its output there too)
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), name=f"taskmap-limited {label}", daemon=True)
     thread.start()
     thread.join(limit)
     if thread.is_alive():

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskmap.observe.dashboard_server import PageServer, PageSource, sse
-from taskmap.observe.dashboard_view import RunView
+from taskmap.observe.dashboard_view import Added, RunView
 from taskmap.observe.observers import Observer, RunInfo, TaskEvent
 
 if TYPE_CHECKING:
@@ -78,7 +79,9 @@ class Dashboard(Observer, PageSource):
     bounds, shown beside the units in use; ``announce(graph, url)``: called
     when the page is up (default: a line on stderr; None: silent).
     :attr:`url` is the page's address once the run has started, ``None``
-    before; ``on_url`` callbacks are called with it then.
+    before; ``on_url`` callbacks are called with it then (with None when the
+    page cannot be served: its port is taken; the run goes on without it,
+    with a ``RuntimeWarning``).
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class Dashboard(Observer, PageSource):
         self.rates = rates
         self.announce = announce
         self.url: str | None = None
-        self.on_url: list[Callable[[str], None]] = []
+        self.on_url: list[Callable[[str | None], None]] = []
         self._events: deque[Any] = deque()
         self._changed = threading.Condition()  # guards everything below
         self._view: RunView | None = None
@@ -112,7 +115,19 @@ class Dashboard(Observer, PageSource):
             self._view = RunView(graph, info, self.limits, self.rates)
             self._state, self._version = b"", 0
             self._closing = self._watched = False
-        server = PageServer(self.port, self, self._tick, TICK)
+        try:
+            server = PageServer(self.port, self, self._tick, TICK)
+        except OSError as error:
+            # a page that cannot be served (its port is taken) must not stop
+            # the run it would have shown: the run goes on without it
+            with self._changed:
+                self._view = None
+            warnings.warn(
+                f"taskmap: no live page for this run: 127.0.0.1:{self.port}: {error}", RuntimeWarning, stacklevel=2
+            )
+            for callback in self.on_url:
+                callback(None)
+            return
         self._server = server
         self.url = server.url
         server.start()
@@ -126,6 +141,9 @@ class Dashboard(Observer, PageSource):
 
     def task_finished(self, event: TaskEvent) -> None:
         self._events.append(event)
+
+    def tasks_added(self, task: Any, elements: list) -> None:
+        self._events.append(Added(task, len(elements)))
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         server, self._server = self._server, None

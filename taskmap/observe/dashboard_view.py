@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from taskmap.observe.dashboard_layout import Layout, layout
 from taskmap.observe.observers import DONE, FAILED, RunInfo, TaskEvent
@@ -48,6 +48,14 @@ FAILURES_SHOWN = 50  # latest failures listed
 OUTPUT_TAIL = 2000  # characters of a failed task's output shown
 TRACEBACK_TAIL = 2000  # characters of a failed task's traceback shown
 RATE_WINDOW = 10.0  # seconds the current rate is measured over
+
+
+class Added(NamedTuple):
+    """``elements`` (how many) of the expanded task ``task`` joined the run
+    (:meth:`~taskmap.observe.observers.Observer.tasks_added`)."""
+
+    task: Any
+    elements: int
 
 
 def output_tail(graph: Graph, task: Any, chars: int = OUTPUT_TAIL) -> str | None:
@@ -118,9 +126,10 @@ class RunView:
 
     def apply(self, events: Iterable[Any]) -> None:
         """Take the run's events: ``(task, worker, lane, when)`` tuples for a
-        task handed out, :class:`TaskEvent` for a task that ended.  (The
-        hottest code of the page: one pass, no call per event but dict and
-        list operations, about a microsecond an event.)"""
+        task handed out, :class:`TaskEvent` for a task that ended,
+        :class:`Added` for an expanded task's elements.  An element is drawn
+        as its task's node.  (The hottest code of the page: one pass, no call
+        per event but dict and list operations, about a microsecond an event.)"""
         if self._index is None:
             self._build_index()
         index, status = self._index, self._status
@@ -137,6 +146,9 @@ class RunView:
                 if ev[1] not in workers:
                     workers[ev[1]] = None
                 code = RUNNING
+            elif type(ev) is Added:
+                self.total += ev.elements
+                continue
             else:
                 name = ev.name
                 running.pop(name, None)
@@ -150,7 +162,9 @@ class RunView:
                 if code == FAILED_CODE:
                     self._failure(ev)
             i = index.get(name)
-            if i is not None:  # (always, for a task of the graph)
+            if i is None:  # an element of an expanded task (taskmap.Element): its task's node
+                i = index.get(getattr(name, "task", None))
+            if i is not None:
                 if group is not None:
                     row = counts[group[i]]  # type: ignore[index]
                     row[status[i]] -= 1

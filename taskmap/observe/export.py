@@ -7,6 +7,8 @@ parallelograms, the flowchart symbol for input/output; cpu-bound tasks are
 boxes).  Edges point from a dependency to the task that uses it.  Node ids are
 ``n0``, ``n1``, ... in graph order and the task's name is the label, escaped,
 so any name (quotes, backslashes, spaces, unicode, non-string names) is safe.
+An expanded task (``create_graph(expand=...)``) is drawn, once a run expanded
+it, as a stack labelled with its name and its number of elements (``parse \u00d74``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ COLOURS = {
 
 def _node_ids(graph: Graph) -> dict:
     return {task: f"n{k}" for k, task in enumerate(graph.dependencies)}
+
+
+def element_count(graph: Graph, task: object) -> int | None:
+    """How many elements an expanded task ran as (``create_graph(expand=...)``),
+    once a run expanded it; None otherwise.  The pictures draw such a task as
+    a stack, labelled with its count."""
+    if task in graph.expand:
+        values = graph.results.get(task)
+        if isinstance(values, list):
+            return len(values)
+    return None
+
+
+def _label(task: object, count: int | None) -> str:
+    return str(task) if count is None else f"{task} \u00d7{count}"
 
 
 # -- Graphviz DOT -------------------------------------------------------------
@@ -71,8 +88,11 @@ def to_dot(graph: Graph, *, rankdir: str = "LR", legend: bool = True, status: Ma
         lane = "io" if task in io else "cpu"
         shape = "parallelogram" if lane == "io" else "box"
         dashed = ', style="filled,dashed"' if st == NOT_RUN else ""
+        count = element_count(graph, task)
+        if count is not None:  # a stack: its elements
+            shape = "parallelogram, peripheries=3" if lane == "io" else "box3d"
         lines.append(
-            f"  {node} [label={dot_quote(task)}, shape={shape}, "
+            f"  {node} [label={dot_quote(_label(task, count))}, shape={shape}, "
             f'fillcolor="{fill}", color="{border}", '
             f"tooltip={dot_quote(f'{task}: {st}, {lane}')}{dashed}];"
         )
@@ -139,7 +159,13 @@ def to_mermaid(graph: Graph, *, direction: str = "LR", status: Mapping | None = 
         dash = ",stroke-dasharray:4 3" if st == NOT_RUN else ""
         lines.append(f"  classDef {_mermaid_class(st)} fill:{fill},stroke:{border},color:#000{dash};")
     for task, node in ids.items():
-        label = mermaid_quote(task)
+        count = element_count(graph, task)
+        label = mermaid_quote(_label(task, count))
+        if count is not None:
+            # mermaid's stacked rectangle (11.3+), for an expanded task's elements
+            lines.append(f"  {node}@{{ shape: st-rect, label: {label} }}")
+            lines.append(f"  class {node} {_mermaid_class(status[task])}")
+            continue
         shape = f"[/{label}/]" if task in io else f"[{label}]"
         lines.append(f"  {node}{shape}:::{_mermaid_class(status[task])}")
     for task, parents in graph.dependencies.items():

@@ -11,6 +11,7 @@ events in the same order:
     task_started (each time a task is handed to a worker / started in-process)
     task_finished (once per task that ends: done, failed or skipped; a retried
                    attempt that failed is not reported, only the final outcome)
+    tasks_added  (an expanded task's elements joined the run, see expand=)
     run_finished (once, also when the run is interrupted or raises)
 
 Observers are called in the coordinator's thread and must return quickly: the
@@ -96,6 +97,12 @@ class Observer:
     def task_finished(self, event: TaskEvent) -> None:
         """A task ended for good (after its last attempt) or was skipped."""
 
+    def tasks_added(self, task: Any, elements: list) -> None:
+        """``task`` expanded (``create_graph(expand=...)``): ``elements``
+        (names ``task[i]`` to run, those finished in an earlier run left out)
+        joined the run; each is started and finishes as a task does, and so
+        does ``task`` itself once they all have."""
+
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         """The run ended; ``error`` is what it raises, if anything."""
 
@@ -121,6 +128,10 @@ class Observers:
     def task_finished(self, event: TaskEvent) -> None:
         for o in self.items:
             o.task_finished(event)
+
+    def tasks_added(self, task: Any, elements: list) -> None:
+        for o in self.items:
+            o.tasks_added(task, elements)
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         # every observer hears the end, even when an earlier one raises

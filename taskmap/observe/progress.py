@@ -47,6 +47,8 @@ class ProgressBar(Observer):
         self.refresh = refresh
         self.bar: tqdm | None = None
         self.done = self.failed = self.skipped = 0
+        self.added = 0  # elements of expanded tasks that joined the run
+        self.total = 0
         self.running: set = set()
         self.waiting: Callable[[], int] | None = None  # RunInfo.waiting_for_resources
         self._stop = threading.Event()
@@ -55,7 +57,8 @@ class ProgressBar(Observer):
     # -- the hooks: counters only, called once per task ---------------------
 
     def run_started(self, graph: Graph, info: RunInfo) -> None:
-        self.done = self.failed = self.skipped = 0
+        self.done = self.failed = self.skipped = self.added = 0
+        self.total = len(info.tasks)
         self.running = set()
         self.waiting = info.waiting_for_resources
         self.bar = tqdm(
@@ -75,6 +78,9 @@ class ProgressBar(Observer):
 
     def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
         self.running.add(name)
+
+    def tasks_added(self, task: Any, elements: list) -> None:
+        self.added += len(elements)  # (the bar's total grows at its next redraw)
 
     def task_finished(self, event: TaskEvent) -> None:
         self.running.discard(event.name)
@@ -116,6 +122,7 @@ class ProgressBar(Observer):
 
     def _update(self, bar: tqdm, stopped: BaseException | None = None) -> None:
         bar.n = self.done + self.failed + self.skipped
+        bar.total = self.total + self.added
         bar.set_postfix_str(self.postfix(stopped), refresh=False)
 
     def _draw(self) -> None:

@@ -6,6 +6,8 @@ The graph keeps no per-task state of its own, only ``done`` and
 * ``failed``: done, and its result is an exception;
 * ``skipped``: done, and its result is the ancestor string
   (``'Ancestor task <task> failed; task not run'``);
+* ``failed`` too: an expanded task (``create_graph(expand=...)``) whose list
+  holds an element's exception or ancestor string;
 * ``done``: done otherwise (also a task given as done when the graph was made);
 * ``not run``: not in ``done`` (not reached yet, or the run was stopped).
 """
@@ -47,7 +49,13 @@ def task_status(graph: Graph, task: Hashable) -> str:
         return FAILED
     if is_ancestor_message(result):
         return SKIPPED
+    if type(result) is list and task in graph.expand and any(_unfinished_element(v) for v in result):
+        return FAILED  # an expanded task counts as failed when an element failed or was skipped
     return DONE
+
+
+def _unfinished_element(value: object) -> bool:
+    return isinstance(value, BaseException) or is_ancestor_message(value)
 
 
 def statuses(graph: Graph) -> dict:

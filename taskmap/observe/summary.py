@@ -27,10 +27,16 @@ from typing import TYPE_CHECKING, Any
 from taskmap.observe.observers import CPU, IO
 from taskmap.observe.record import RunRecord, TaskRecord
 from taskmap.observe.status import DONE, FAILED, NOT_RUN, SKIPPED, STATUSES, statuses
+from taskmap.runtime.capture import tail_lines
 from taskmap.scheduling.state import topological_order
 
 if TYPE_CHECKING:
     from taskmap.graph import Graph
+
+# failed tasks whose output tail the table shows, at most, and how much of each
+FAILED_OUTPUTS_SHOWN = 5
+FAILED_TAIL_LINES = 20
+FAILED_TAIL_CHARS = 2000
 
 # detail levels of a summary
 PER_TASK = "per task"  # TaskRecords: times, lanes and workers
@@ -77,7 +83,9 @@ class Summary:
     run to the first task's start (in a fresh process, mostly the worker
     processes starting), when recorded per task; ``unfinished``: tasks still
     running when the run ended (it raised or was interrupted), when recorded
-    per task.  ``detail`` says which of the module
+    per task.  ``failed_output``: failed task -> the tail of what it wrote
+    (its last lines, from ``graph.output``), for failed tasks that wrote
+    something.  ``detail`` says which of the module
     docstring's sources was available; numbers that need a richer source are
     None or empty.  ``str(summary)`` is a printable table.
     """
@@ -102,6 +110,7 @@ class Summary:
     error: str | None = None
     # resource -> {"peak", "waited", "limit", "rate"} when the run bounded any
     resources: dict = field(default_factory=dict)
+    failed_output: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         return format_summary(self)
@@ -116,9 +125,25 @@ def summarize(graph: Graph, top: int = 5) -> Summary:
     counts = dict.fromkeys(STATUSES, 0)  # every status present, maybe 0
     for st in status.values():
         counts[st] += 1
+    outputs = getattr(graph, "output", None) or {}
+    failed_output = {
+        task: tail_lines(outputs[task], FAILED_TAIL_LINES, FAILED_TAIL_CHARS)
+        for task, st in status.items()
+        if st == FAILED and outputs.get(task)
+    }
+    if outputs and getattr(graph, "expand", None):
+        # an expanded task never runs itself: the output is its failed elements'
+        from taskmap.expand import Element
+
+        for task in graph.expand:
+            values = graph.results.get(task)
+            for k, value in enumerate(values if isinstance(values, list) else ()):
+                element = Element(task, k)
+                if isinstance(value, BaseException) and outputs.get(element):
+                    failed_output[element] = tail_lines(outputs[element], FAILED_TAIL_LINES, FAILED_TAIL_CHARS)
     record = graph.last_run if isinstance(graph.last_run, RunRecord) else None
     if record is None:
-        return Summary(str(graph.name), None, None, counts, None, None, None, None, None)
+        return Summary(str(graph.name), None, None, counts, None, None, None, None, None, failed_output=failed_output)
 
     finished = len(graph.done) - record.done_before
     times, workers, detail, retried = _task_times(graph, record, status)
@@ -157,6 +182,7 @@ def summarize(graph: Graph, top: int = 5) -> Summary:
         detail=detail,
         error=record.error,
         resources=dict(record.resources or {}),
+        failed_output=failed_output,
     )
 
 
@@ -251,7 +277,26 @@ def _chain_text(chain: list, limit: int = 12, sep: str = " -> ") -> str:
 
 
 def format_summary(s: Summary) -> str:
-    """The table ``str(summary)`` prints."""
+    """The table ``str(summary)`` prints, and under it the output tails of
+    failed tasks."""
+    return _format_table(s) + _format_failed_output(s)
+
+
+def _format_failed_output(s: Summary) -> str:
+    if not s.failed_output:
+        return ""
+    rows = []
+    shown = list(s.failed_output.items())[:FAILED_OUTPUTS_SHOWN]
+    for task, tail in shown:
+        rows += ["", f"  output of failed task {task} (its last lines):"]
+        rows += [f"    {line}" for line in tail.splitlines()]
+    more = len(s.failed_output) - len(shown)
+    if more:
+        rows += ["", f"  ... and {more} more failed {'task' if more == 1 else 'tasks'} with output (graph.output)"]
+    return "\n".join(rows) + "\n"
+
+
+def _format_table(s: Summary) -> str:
     where = f"{s.runner}, {s.ncores} {'worker' if s.ncores == 1 else 'workers'}" if s.runner else "not run"
     c = s.counts
     tasks = f"{c[DONE]} done, {c[FAILED]} failed, {c[SKIPPED]} skipped, {c[NOT_RUN]} not run"

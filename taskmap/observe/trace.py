@@ -16,7 +16,8 @@ The file opens in https://ui.perfetto.dev and chrome://tracing.  Layout:
   in microseconds from the start of the run, measured by the process that
   ran it (a task still running when the run ended, interrupted or stopped by
   ``raise_errors``, has status ``unfinished`` and is drawn from when it was
-  handed out to the end of the run); ``args`` hold the task's name, status, lane, attempts, error, and
+  handed out to the end of the run); ``args`` hold the task's name, status, lane, attempts, error
+  (and a failed task's ``output``: the last lines it wrote), and
   ``queued_ms`` (handed out by the coordinator -> started) and
   ``returned_ms`` (ended -> outcome recorded by the coordinator);
 * the coordinator's ``scheduler`` row (the next ``tid`` after its lane
@@ -41,18 +42,22 @@ import json
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from taskmap.observe.observers import CPU, FAILED, IO, Observer
 from taskmap.observe.record import UNFINISHED, RunRecord, TaskRecord
+from taskmap.runtime.capture import tail_lines
 
 if TYPE_CHECKING:
     from taskmap.graph import Graph
 
 CPU_TID = 1
 FIRST_IO_TID = 2
+# a failed task's output tail in its event's args
+TRACE_TAIL_LINES = 50
+TRACE_TAIL_CHARS = 8000
 
 
 class _Ran(Protocol):
@@ -109,7 +114,7 @@ def write_trace(graph: Graph, path: str | os.PathLike[str]) -> None:
     if not isinstance(record, RunRecord) or record.tasks is None:
         raise ValueError("the last run of this graph was not recorded per task; run it with trace=PATH or summary=True")
     document = {
-        "traceEvents": trace_events(record, str(graph.name)),
+        "traceEvents": trace_events(record, str(graph.name), getattr(graph, "output", None)),
         "displayTimeUnit": "ms",
         "otherData": {
             "graph": str(graph.name),
@@ -136,8 +141,12 @@ def write_trace(graph: Graph, path: str | os.PathLike[str]) -> None:
         raise
 
 
-def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[str, Any]]:
-    """The trace events of a recorded run (see the module docstring)."""
+def trace_events(
+    record: RunRecord, graph_name: str = "taskmap", output: Mapping[Any, str] | None = None
+) -> list[dict[str, Any]]:
+    """The trace events of a recorded run (see the module docstring);
+    ``output``: the graph's task output, whose tails failed tasks carry."""
+    output = output or {}
     t0 = record.started
     coordinator = record.coordinator_pid if record.coordinator_pid is not None else os.getpid()
     tasks = record.tasks or []
@@ -216,6 +225,8 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
             args["returned_ms"] = round((t.received - t.end) * 1e3, 3)
         if t.error is not None:
             args["error"] = t.error
+        if t.status == FAILED and output.get(t.name):
+            args["output"] = tail_lines(output[t.name], TRACE_TAIL_LINES, TRACE_TAIL_CHARS)
         event = {
             "name": str(t.name),
             "cat": t.lane,
@@ -258,6 +269,8 @@ def trace_events(record: RunRecord, graph_name: str = "taskmap") -> list[dict[st
             args["failed_ancestor"] = str(rec.failed_ancestor)
         if rec.error is not None:
             args["error"] = rec.error
+        if rec.status == FAILED and output.get(rec.name):
+            args["output"] = tail_lines(output[rec.name], TRACE_TAIL_LINES, TRACE_TAIL_CHARS)
         events.append(
             {
                 "name": f"{rec.status} {rec.name}",

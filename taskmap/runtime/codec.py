@@ -423,6 +423,27 @@ def _nbytes(value: Any) -> int:
     return len(value) if type(value) is bytes else value.nbytes
 
 
+def encode_list(blobs: list[bytes]) -> bytes:
+    """The encoding of the list of the values encoded in ``blobs`` (one
+    msgpack array around them, nothing decoded), for the list of an
+    expanded task's element results.  A value in shared memory is decoded
+    and encoded in-band: the array must not hold handles whose segments
+    go with their own task's readers."""
+    n = len(blobs)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    parts = [head]
+    for blob in blobs:
+        if blob and blob[0] in EXT_HEADS and _ext_code(blob) != EXT_PICKLE:
+            blob = encode(decode(blob))
+        parts.append(bytes(blob))
+    return b"".join(parts)
+
+
 def encode_handed_over(label: str) -> bytes:
     """The stand-in sent for a value handed straight to a pinned child
     (``label`` names its task in the error its decoding raises)."""

@@ -29,6 +29,12 @@ result it keeps (``gather``), unlinks a segment when the ledger says nobody
 reads it any more, and removes every segment of its prefix when the run ends,
 however it ends.  On Ctrl-C or an abort it kills the busy workers (all
 workers on Ctrl-C) before the exception leaves the runner.
+
+Task output: workers send what tasks write in ``OUTPUT`` messages, each
+before the outcomes of the tasks that wrote it; the coordinator hands them to
+the bookkeeper's collector (:mod:`taskmap.observe.output`), which shows the
+lines and keeps each task's text until its outcome is recorded.  A task sent
+again (a retry) starts its text afresh.
 """
 
 from __future__ import annotations
@@ -51,14 +57,27 @@ from taskmap.cancellation import Cancellation
 from taskmap.errors import RunCancelled
 from taskmap.graph import Graph
 from taskmap.observe.observers import Observers
-from taskmap.runtime import messages, process_setup, shm
-from taskmap.runtime.messages import HELLO_PID, MSG_KIND, RESULTS_OUTCOMES, SUB_AFTER, SUB_FUNC, SUB_TASK, Kind
+from taskmap.observe.output import DEFAULT, OutputOptions
+from taskmap.runtime import fd_output, messages, process_setup, shm
+from taskmap.runtime.capture import FD_STDERR, FD_STDOUT
+from taskmap.runtime.messages import (
+    HELLO_FD_PIPES,
+    HELLO_PID,
+    MSG_KIND,
+    OUTPUT_CHUNKS,
+    RESULTS_OUTCOMES,
+    SUB_AFTER,
+    SUB_FUNC,
+    SUB_TASK,
+    Kind,
+)
 from taskmap.runtime.pool import WorkerHandle, WorkerPool, take_pool
 from taskmap.runtime.values import CodecValues, ship_functions
 from taskmap.scheduling.ledger import (
     CPU_DEADLINE,
     ArmTimer,
     Dispatch,
+    Expanded,
     Failed,
     Hello,
     Instruction,
@@ -94,6 +113,7 @@ def run_graph(
     gather: frozenset | None = None,
     resources: tuple[dict, dict] | None = None,
     cancel: Cancellation | None = None,
+    output: OutputOptions = DEFAULT,
 ) -> Graph:
     """Run every unfinished task of ``graph`` on ``ncores`` worker processes;
     ``observers`` hear the run's events (:mod:`taskmap.observe.observers`).
@@ -103,7 +123,8 @@ def run_graph(
     run's (limits, rates), enforced where tasks are dispatched; ``cancel``:
     when set, the run stops as at a failure with ``raise_errors`` (the
     workers holding its tasks are killed and replaced) and raises
-    :class:`taskmap.RunCancelled`.  A run takes a pool of warm workers of
+    :class:`taskmap.RunCancelled`; ``output``: what is shown of the tasks'
+    output, and the capture level.  A run takes a pool of warm workers of
     its own: two runs at once in one process do not share workers."""
     from taskmap.runners import state_for  # (runners imports this module lazily)
 
@@ -113,7 +134,7 @@ def run_graph(
     if state.all_finished:
         # nothing to run, but it is a run all the same: graph.last_run and
         # the observers say so (no worker is started for it)
-        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
+        book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, True, output)
         book.start()
         book.finish(None)
         return graph
@@ -134,6 +155,7 @@ def run_graph(
             shm_threshold if pool.shm_prefix is not None else None,
             gather,
             cancel,
+            output,
         ).run()
     return graph
 
@@ -174,6 +196,7 @@ class Coordinator:
         shm_threshold: int | None = None,
         gather: frozenset | None = None,
         cancel: Cancellation | None = None,
+        output: OutputOptions = DEFAULT,
     ) -> None:
         self.graph = graph
         self.cancel = cancel
@@ -181,7 +204,8 @@ class Coordinator:
         self.pool = pool
         self.ncores = ncores
         self.shm_threshold = shm_threshold
-        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, measures_durations=True)
+        self.book = Bookkeeper(graph, state, raise_errors, observers, runner, ncores, True, output)
+        self.output = self.book.collector
         self.run_id = next(_run_ids)
         # cwd, environment, sys.path and user modules, as of the run's start
         self.setup = process_setup.snapshot()
@@ -202,6 +226,8 @@ class Coordinator:
             code_of=self.functions.code_of,
         )
         self.book.attempts = self.ledger.attempts
+        if self.book.elements is not None:
+            self.book.elements.expands = False  # (the ledger expands, with the encoded items)
         # armed timers (cpu time limits, delayed retries): (when, seq, kind,
         # task); wait_once sleeps until the first
         self.timers: list[tuple[float, int, int, int]] = []
@@ -305,6 +331,9 @@ class Coordinator:
             elif type(ins) is StartWorker:
                 w = self.pool.spawn()
                 self.apply(self.ledger.handle(WorkerJoined(w, w.pid, False, w.io_sent)))
+            elif type(ins) is Expanded:
+                assert book.elements is not None
+                book.elements.apply(ins.news)
             elif type(ins) is SweepSegments:
                 if self.pool.shm_prefix is not None:
                     shm.remove_unreported(f"{self.pool.shm_prefix}{ins.pid}-", ins.reported)
@@ -365,9 +394,13 @@ class Coordinator:
             kind = msg[MSG_KIND]
             if kind == Kind.RESULTS:
                 self.apply(self.ledger.handle(ResultsArrived(w, msg[RESULTS_OUTCOMES])))
+            elif kind == Kind.OUTPUT:
+                self.output.arrived(msg[OUTPUT_CHUNKS])
             elif kind == Kind.HELLO:
                 w.ready = True
                 w.pid = msg[HELLO_PID]
+                if len(msg) > HELLO_FD_PIPES and msg[HELLO_FD_PIPES]:
+                    w.fd_pipes = fd_output.open_remote(w.pid, msg[HELLO_FD_PIPES])
                 self.apply(self.ledger.handle(Hello(w, w.pid)))
             if w not in self.pool.workers or not self.pipe_pollers[w].poll(0):
                 return  # (a hang-up reads as readable: recv_bytes sees the EOF)
@@ -397,6 +430,9 @@ class Coordinator:
         drop: list[bytes] = []
         functions, funcs_sent = self.functions, w.funcs_sent
         starting, pid = self.book.starting, w.pid
+        if self.output.kept:  # (an attempt's text starts afresh: a retry's too)
+            for sub in subs:
+                self.output.restart(sub[SUB_TASK])
         for sub in subs:
             fid = sub[SUB_FUNC]
             if fid not in funcs_sent:
@@ -411,7 +447,9 @@ class Coordinator:
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)
-            w.conn.send_bytes(messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes, drop))
+            w.conn.send_bytes(
+                messages.pack_submit(self.run_id, new, subs, self.shm_threshold, codes, drop, self.output.level)
+            )
         except (OSError, ValueError):
             # it died before taking them: they never started, so they go back
             self.apply(self.ledger.handle(SendFailed(w, subs)))
@@ -444,6 +482,8 @@ class Coordinator:
                 msg = messages.unpack(w.conn.recv_bytes())
                 if msg[MSG_KIND] == Kind.RESULTS:
                     self.apply(self.ledger.handle(ResultsArrived(w, msg[RESULTS_OUTCOMES])))
+                elif msg[MSG_KIND] == Kind.OUTPUT:
+                    self.output.arrived(msg[OUTPUT_CHUNKS])
         except (EOFError, OSError):
             pass
         exitcode = w.exitcode()
@@ -455,8 +495,27 @@ class Coordinator:
             exitcode = w.process.exitcode
         slot = w.slot  # (None once kill() closed it)
         flags = bytes(slot.io_flags()) if slot is not None else None
+        if w.fd_pipes:
+            self.left_in_pipes(w, running)
         w.close()
         self.apply(self.ledger.handle(WorkerDied(w, exitcode, running, last_finished, flags)))
+
+    def left_in_pipes(self, w: WorkerHandle, running: int) -> None:
+        """What C code or a subprocess wrote to the dead worker's fds 1 and 2
+        that its forwarder had not passed on: to where it was going (this
+        process's fds 1 and 2, which the worker inherited), and to the cpu
+        task the crash interrupted when that was all the worker ran."""
+        pipes, w.fd_pipes = w.fd_pipes, []
+        held = self.ledger.workers.get(w)
+        owner = running if running >= 0 and held is not None and not held.io_tasks else -1
+        for fd, kind, data in zip((1, 2), (FD_STDOUT, FD_STDERR), fd_output.drain(pipes), strict=False):
+            if not data:
+                continue
+            fd_output.write_all(fd, data)
+            if owner >= 0:
+                self.output.write(owner, kind, data.decode("utf-8", "replace"))
+        if owner >= 0 and self.output.open:
+            self.output.finish(owner)
 
     def _abort(self, exc: BaseException) -> None:
         """Stop promptly: Ctrl-C kills every worker, any other abort (e.g.
@@ -467,7 +526,7 @@ class Coordinator:
         if isinstance(exc, Exception):
             for w in [w for w in self.pool.workers if self.ledger.busy(w)]:
                 self.pool.discard(w, kill=True)
-            if isinstance(exc, RunCancelled):
+            if isinstance(exc, RunCancelled) and not (self.cancel is not None and self.cancel.final):
                 self.pool.resize(self.ncores)  # replacements boot now, warm for the next run
         else:
             self.pool.kill_all()

@@ -24,18 +24,27 @@ coordinator -> worker
                  coordinator gets a stand-in (:func:`codec.encode_handed_over`).
                  ``first``: a cpu task that runs before the cpu tasks already
                  waiting at the worker (it became ready later but is more
-                 critical); the others keep their order.
+                 critical); the others keep their order.  Last, the run's
+                 ``capture_level``: the least level of a log record kept as
+                 task output (:mod:`taskmap.runtime.capture`).
     ``SETUP``    before a run's first SUBMIT to a worker, when anything changed
                  since it last heard: the caller's cwd, environment (bytes),
                  ``sys.path`` and user-module versions, as a dict of only what
                  changed (see :mod:`taskmap.runtime.process_setup`).
     ``SHUTDOWN`` finish now; the worker exits.
 worker -> coordinator
-    ``HELLO``    the worker is up and ready for tasks; carries its pid.
+    ``HELLO``    the worker is up and ready for tasks; carries its pid, and
+                 the numbers of its descriptors reading what reaches its fds
+                 1 and 2 (:mod:`taskmap.runtime.fd_output`; empty when not
+                 redirected), which the coordinator opens too.
     ``RESULTS``  a batch of :class:`Outcome` ``[task, ok, payload, start, end(, type)]``
                  (``type`` names a pickled result's type, for error messages);
                  ``payload`` is the encoded value when ``ok``, else a
                  :class:`Failure` ``[error, type_name, message, traceback, stage]``.
+    ``OUTPUT``   what tasks wrote: a flat list ``[task, stream, text, ...]``
+                 of complete lines (``stream``: 1 stdout, 2 stderr, 0 a log
+                 record), sent as soon as written; a task's last lines are
+                 sent before its outcome (both under the worker's send lock).
 
 Closing the pipe is also a message: a worker whose pipe reaches EOF exits at
 once (its coordinator is gone); a coordinator that reads EOF treats the worker
@@ -56,6 +65,7 @@ class Kind(IntEnum):
     RESULTS = 2
     SHUTDOWN = 4  # (3 was CANCEL: io time limits are kept by the worker itself)
     SETUP = 5
+    OUTPUT = 6
 
 
 class Stage(IntEnum):
@@ -73,9 +83,10 @@ class Stage(IntEnum):
 # bookkeeping); everything else may use the NamedTuples below, whose fields
 # are in the same order.
 MSG_KIND = 0  # every message
-HELLO_PID = 1
-SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES, SUBMIT_DROP = 1, 2, 3, 4, 5, 6
+HELLO_PID, HELLO_FD_PIPES = 1, 2
+SUBMIT_RUN_ID, SUBMIT_FUNCS, SUBMIT_TASKS, SUBMIT_SHM, SUBMIT_CODES, SUBMIT_DROP, SUBMIT_CAPTURE_LEVEL = range(1, 8)
 RESULTS_OUTCOMES = 1
+OUTPUT_CHUNKS = 1
 
 # Submission
 (SUB_TASK, SUB_FUNC, SUB_IO, SUB_ARGS, SUB_AFTER, SUB_SLOTS, SUB_TIMEOUT, SUB_RELEASE, SUB_DIRECT, SUB_FIRST) = range(
@@ -117,8 +128,8 @@ class Outcome(NamedTuple):
     # optional 6th element: the type name of a pickled result
 
 
-def pack_hello(pid: int) -> bytes:
-    return cast(bytes, msgpack.packb((Kind.HELLO, pid)))
+def pack_hello(pid: int, fd_pipes: list[int] | None = None) -> bytes:
+    return cast(bytes, msgpack.packb((Kind.HELLO, pid, fd_pipes or [])))
 
 
 def pack_submit(
@@ -128,17 +139,24 @@ def pack_submit(
     shm_threshold: int | None = None,
     codes: dict[int, list[Any]] | None = None,
     drop: list[bytes] | None = None,
+    capture_level: int = 20,
 ) -> bytes:
     return cast(
         bytes,
         msgpack.packb(
-            (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}, drop or []), use_bin_type=True
+            (Kind.SUBMIT, run_id, funcs, submissions, shm_threshold, codes or {}, drop or [], capture_level),
+            use_bin_type=True,
         ),
     )
 
 
 def pack_results(outcomes: list[list[Any]]) -> bytes:
     return cast(bytes, msgpack.packb((Kind.RESULTS, outcomes), use_bin_type=True))
+
+
+def pack_output(chunks: list[Any]) -> bytes:
+    """An OUTPUT message: ``chunks`` is ``[task, stream, text, ...]``."""
+    return cast(bytes, msgpack.packb((Kind.OUTPUT, chunks), use_bin_type=True))
 
 
 def pack_setup(body: dict[str, Any]) -> bytes:

@@ -46,6 +46,7 @@ class WorkerHandle:
         "codes_held",
         "codes_sent",
         "conn",
+        "fd_pipes",
         "funcs_sent",
         "io_sent",
         "pid",
@@ -73,6 +74,8 @@ class WorkerHandle:
         self.run_id: int | None = None
         # the caller's setup this worker last heard
         self.setup_heard: CallerSetup | None = None
+        # our descriptors on the pipes its fds 1 and 2 write to (drained when it dies)
+        self.fd_pipes: list[int] = []
 
     @property
     def sentinel(self):
@@ -113,6 +116,12 @@ class WorkerHandle:
             self.conn.close()
         except OSError:
             pass
+        for fd in self.fd_pipes:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fd_pipes = []
         if self.slot is not None:
             self.slot.close()
             self.slot = None

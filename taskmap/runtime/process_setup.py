@@ -418,11 +418,21 @@ class WorkerSetup:
             except OSError:
                 pass
         self.disturbed[0] = False  # (our own chdir raised the audit event)
-        if isinstance(self.stdout, _GuardedStream) and self.stdout.closed:
-            self.stdout = _stream_over(1, self.stdout, self.disturbed)
-        if isinstance(self.stderr, _GuardedStream) and self.stderr.closed:
-            self.stderr = _stream_over(2, self.stderr, self.disturbed)
+        self.stdout = self._reopened(self.stdout, 1)
+        self.stderr = self._reopened(self.stderr, 2)
         sys.stdout, sys.stderr = self.stdout, self.stderr
+
+    def _reopened(self, stream: Any, fd: int) -> Any:
+        """``stream``, with a closed guarded stream rebuilt over ``fd``
+        (also inside the stand-in that captures task output)."""
+        from taskmap.runtime.capture import OwnedStream
+
+        if isinstance(stream, OwnedStream):
+            stream.inner = self._reopened(stream.inner, fd)
+            return stream
+        if isinstance(stream, _GuardedStream) and stream.closed:
+            return _stream_over(fd, stream, self.disturbed)
+        return stream
 
 
 def function_module(func: Any) -> str | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskmap.errors import SerializationError, StaleCodeError, TaskTimeoutError
+from taskmap.expand import items_of, result_of
 from taskmap.graph import Graph
 from taskmap.results import NotKept
 from taskmap.runtime import codec, functions
@@ -48,7 +49,7 @@ class CodecValues:
         """Encode a result the run did not produce (given in ``results`` or
         cleared by a reset); the error names both tasks."""
         names = self.names
-        value = self.results.get(names[p])
+        value = result_of(self.results, names[p])
         try:
             if type(value) is NotKept:
                 raise ValueError(
@@ -60,6 +61,11 @@ class CodecValues:
             raise SerializationError(
                 names[i], f"argument from task {names[p]!r}", type(value).__qualname__, str(error)
             ) from error
+
+    def items(self, t: int, blob: bytes) -> list[Any]:
+        """The items of the result task t expands over; TypeError when it
+        has none (a string, a mapping)."""
+        return items_of(self.names[t], codec.decode(blob))
 
     def not_kept(self, i: int) -> NotKept:
         return NotKept(self.names[i])

@@ -23,6 +23,19 @@ memory segments (nobody else would until the next coordinator starts).
 SIGINT is ignored: on Ctrl-C the coordinator decides and stops the workers
 itself.
 
+Output (:mod:`taskmap.runtime.capture`): ``sys.stdout``/``sys.stderr`` and the
+root logger are captured for the worker's life.  While a task runs, the
+context variable ``capture.owner`` names it (set around a cpu task's call, in
+an io coroutine's own asyncio task, in the io thread around a plain
+function), and each complete line it writes goes into the outbox, sent to the
+coordinator in an ``OUTPUT`` message as soon as the loop thread gets to it.
+Every send of results first drains the outbox under the send lock, so a
+task's lines always arrive before its outcome.  A task that writes nothing
+costs a context variable set and reset, and one test of an empty dict.
+What reaches the fds 1 and 2 themselves (C code, subprocesses) goes through
+pipes (:mod:`taskmap.runtime.fd_output`): forwarded to the original
+descriptors as it arrives, and the running cpu task's when no io task runs.
+
 Big results (:mod:`taskmap.runtime.shm`): with the run's threshold set, a result's
 big buffers go into a shared memory segment and only a handle is sent.  A
 task's arguments are dropped as soon as its function returns, and the inputs
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import queue
 import signal
@@ -45,7 +59,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from taskmap.runtime import codec, messages, shm
+from taskmap.runtime import capture, codec, fd_output, messages, shm
 from taskmap.runtime.functions import FunctionTable
 from taskmap.runtime.messages import (
     MSG_KIND,
@@ -63,6 +77,7 @@ from taskmap.runtime.messages import (
     SUB_SLOTS,
     SUB_TASK,
     SUB_TIMEOUT,
+    SUBMIT_CAPTURE_LEVEL,
     SUBMIT_CODES,
     SUBMIT_DROP,
     SUBMIT_SHM,
@@ -75,6 +90,24 @@ from taskmap.runtime.slot import IO_RING
 IO_THREADS = 256
 BATCH_SECONDS = 0.001  # longest a finished cpu result waits for batch-mates
 SMALL_MESSAGE = 1 << 16  # loop thread sends up to this much inline
+OUTBOX_MAX = 1 << 16  # characters of output waiting past which the writing thread sends them itself
+
+
+class _RunOutput(capture.Sink):
+    """One run's task output in a worker: complete lines go to the
+    worker's outbox.  A sink of an earlier run (a thread left running past
+    its time limit) passes its lines to the worker's own streams."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+        self.current = True
+
+    def lines(self, key: Any, stream: int, text: str) -> None:
+        if self.current:
+            self.worker.output_lines(key, stream, text)
+        elif stream in capture.SHOWN:  # (what reached fds 1 and 2 was forwarded already)
+            capture.original(stream).write(text)
 
 
 class _BrokenFunction:
@@ -119,11 +152,21 @@ class Worker:
         self.setup = WorkerSetup()
         # code resolved by name stays across runs (see taskmap.runtime.functions)
         self.function_table = FunctionTable()
+        # what tasks write: lines waiting to be sent, [task, stream, [pieces], ...]
+        self.output = _RunOutput(self)
+        self.outbox: list = []
+        self.outbox_size = 0
+        self.outbox_lock = threading.Lock()
+        self.log_handler: logging.Handler | None = None
+        # fds 1 and 2 through pipes, for what C code and subprocesses write
+        self.tee: fd_output.DescriptorTee | None = None
+        self.fd_pipes: list[int] = []
+        self.cpu_owner: list[Any] = [None, None]
 
     # -- threads ----------------------------------------------------------
 
     def serve(self) -> None:
-        self.conn.send_bytes(messages.pack_hello(os.getpid()))
+        self.conn.send_bytes(messages.pack_hello(os.getpid(), self.fd_pipes))
         threading.Thread(target=self.read, name="taskmap-reader", daemon=True).start()
         threading.Thread(target=self.run_cpu, name="taskmap-cpu", daemon=True).start()
         asyncio.set_event_loop(self.loop)
@@ -144,6 +187,7 @@ class Worker:
                         self.function_table.new_run()
                         self.set_shm_threshold(msg[SUBMIT_SHM] if len(msg) > SUBMIT_SHM else None)
                         self.setup.new_run()
+                        self.new_output(msg[SUBMIT_CAPTURE_LEVEL] if len(msg) > SUBMIT_CAPTURE_LEVEL else logging.INFO)
                     if msg[SUBMIT_CODES] or msg[SUBMIT_DROP]:
                         self.function_table.add_codes(msg[SUBMIT_CODES], msg[SUBMIT_DROP])
                     if funcs:
@@ -180,6 +224,74 @@ class Worker:
         except (EOFError, OSError):
             self.coordinator_gone()  # the coordinator closed the pipe or died
         _exit_now()
+
+    def new_output(self, level: int) -> None:
+        """A new run: its own sink, and its capture level."""
+        self.output.current = False
+        self.output = _RunOutput(self)
+        if self.log_handler is not None:
+            self.log_handler.setLevel(level)
+
+    # -- output ---------------------------------------------------------------
+
+    def output_lines(self, task: int, stream: int, text: str) -> None:
+        """Any thread: complete lines a task wrote, to be sent."""
+        with self.outbox_lock:
+            box = self.outbox
+            if box and box[-3] == task and box[-2] == stream:
+                box[-1].append(text)
+            else:
+                box += (task, stream, [text])
+            first = self.outbox_size == 0
+            self.outbox_size += len(text)
+            # (what reached fds 1 and 2 goes at once: it is often a dying
+            # process's last words, and the process may not live to the loop)
+            full = self.outbox_size > OUTBOX_MAX or stream >= capture.FD_STDOUT
+        if full:
+            self.send_output()  # (the writer waits for the pipe: backpressure)
+        elif first:
+            try:
+                self.loop.call_soon_threadsafe(self.flush_output)
+            except RuntimeError:
+                pass  # (the loop is closed: the worker is exiting)
+
+    def take_output(self) -> bytes | None:
+        """The outbox as an OUTPUT message (None: empty); under the send lock."""
+        with self.outbox_lock:
+            box = self.outbox
+            if not box:
+                return None
+            self.outbox = []
+            self.outbox_size = 0
+        for k in range(2, len(box), 3):
+            box[k] = "".join(box[k])
+        return messages.pack_output(box)
+
+    def flush_output(self) -> None:
+        """Loop thread: send what is in the outbox, inline when the send lock
+        is free, else from the sender thread (the loop never waits)."""
+        if not self.outbox:
+            return
+        if self.send_lock.acquire(blocking=False):
+            try:
+                data = self.take_output()
+                if data is not None:
+                    self.conn.send_bytes(data)
+            except OSError:
+                self.coordinator_gone()
+            finally:
+                self.send_lock.release()
+        else:
+            self.sender.submit(self.send_output)
+
+    def send_output(self) -> None:
+        try:
+            with self.send_lock:
+                data = self.take_output()
+                if data is not None:
+                    self.conn.send_bytes(data)
+        except OSError:
+            self.coordinator_gone()
 
     def set_shm_threshold(self, threshold: int | None) -> None:
         writer = self.shm_writer
@@ -243,6 +355,10 @@ class Worker:
         task and reruns the finished ones whose results were still batched."""
         cpu_queue, waiting = self.cpu_queue, self.cpu_waiting
         coroutine_loop = asyncio.new_event_loop()
+        # this thread's output owner: [sink, the task running or None]
+        capture.owner.set(self.cpu_owner)
+        if self.tee is not None:
+            self.tee.owner = self.cpu_owner
         while True:
             cpu_queue.get()  # (a task was put in the deque before its token)
             self.execute_chain(waiting.popleft(), coroutine_loop)
@@ -262,6 +378,10 @@ class Worker:
             with self.send_lock:
                 batch = self.take_cpu_batch()
                 if batch:
+                    if self.outbox:  # (a task's lines go before its outcome)
+                        data = self.take_output()
+                        if data is not None:
+                            self.conn.send_bytes(data)
                     self.conn.send_bytes(messages.pack_results(batch))
         except OSError:
             self.coordinator_gone()
@@ -368,6 +488,10 @@ class Worker:
         memory: it is handed over here, the coordinator gets a stand-in."""
         start = time.monotonic()
         release: list[str] = []
+        output = self.output
+        cpu_owner = self.cpu_owner
+        cpu_owner[0] = output
+        cpu_owner[1] = sub[SUB_TASK]  # (and bytes reaching fds 1 and 2 are its now)
         try:
             func, args, release = self.prepare(sub, parent_value)
             value = func(*args)
@@ -380,6 +504,13 @@ class Worker:
         except BaseException as error:  # noqa: BLE001 - the task's failure
             shm.unlink(release)
             return failure(sub[SUB_TASK], error, Stage.RUN, start), None
+        finally:
+            tee = self.tee
+            if tee is not None and tee.maybe:
+                tee.end()  # (what it wrote to fds 1 and 2 and the pipe still holds)
+            cpu_owner[1] = None
+            if output.open:
+                output.finish(sub[SUB_TASK])
         writer = self.shm_writer
         if writer is None:
             segments = None
@@ -409,16 +540,19 @@ class Worker:
         start = time.monotonic()
         task = sub[SUB_TASK]
         release: list[str] = []
+        output = self.output
+        # (this asyncio task's own context: no reset needed)
+        capture.owner.set(owned := (output, task))
         try:
             func, args, release = self.prepare(sub)
             limit = sub[SUB_TIMEOUT]
             if limit is None:
-                value = await self.call_io(func, args, thread_flag)
+                value = await self.call_io(func, args, thread_flag, owned)
             else:
                 deadline = asyncio.timeout(limit)
                 try:
                     async with deadline:
-                        value = await self.call_io(func, args, thread_flag)
+                        value = await self.call_io(func, args, thread_flag, owned)
                 except TimeoutError as error:
                     if not deadline.expired():
                         raise  # the task's own TimeoutError
@@ -431,12 +565,20 @@ class Worker:
                 return  # the worker's loop is shutting down
             # the task's own code raised it (say, it awaited something that
             # was cancelled): a failure like any other, or the run would hang
+            if output.open:
+                output.finish(task)
             outcome = failure(task, error, Stage.RUN, start)
         except _StageError as err:
+            if output.open:
+                output.finish(task)
             outcome = failure(task, err.error, err.stage, start, type_name=err.what)
         except BaseException as error:  # noqa: BLE001
+            if output.open:
+                output.finish(task)
             outcome = failure(task, error, Stage.RUN, start)
         else:
+            if output.open:
+                output.finish(task)
             del args  # the inputs' mappings go before the result is written
             outcome = success(task, value, start, self.task_segments(release))
             release = []
@@ -449,12 +591,13 @@ class Worker:
             # results finishing in the same loop iteration travel together
             self.loop.call_soon(self.flush_io)
 
-    async def call_io(self, func, args, thread_flag: int | None):
+    async def call_io(self, func, args, thread_flag: int | None, owned: tuple):
         """Await a coroutine function's call here, or call a plain function in
-        an io thread, which sets its io flag ``thread_flag`` first."""
+        an io thread, which sets its io flag ``thread_flag`` first and owns
+        its output as ``owned``."""
         if thread_flag is None:
             return await func(*args)
-        value = await self.loop.run_in_executor(self.io_threads, _begin, self.io_flags, thread_flag, func, args)
+        value = await self.loop.run_in_executor(self.io_threads, _begin, self.io_flags, thread_flag, func, args, owned)
         if inspect.isawaitable(value):
             value = await value
         return value
@@ -467,6 +610,10 @@ class Worker:
         # the loop thread must not wait behind a big send: hand those over
         if len(data) <= SMALL_MESSAGE and self.send_lock.acquire(blocking=False):
             try:
+                if self.outbox:  # (a task's lines go before its outcome)
+                    output = self.take_output()
+                    if output is not None:
+                        self.conn.send_bytes(output)
                 self.conn.send_bytes(data)
             except OSError:
                 self.coordinator_gone()
@@ -478,6 +625,10 @@ class Worker:
     def send(self, data: bytes) -> None:
         try:
             with self.send_lock:
+                if self.outbox:  # (a task's lines go before its outcome)
+                    output = self.take_output()
+                    if output is not None:
+                        self.conn.send_bytes(output)
                 self.conn.send_bytes(data)
         except OSError:
             self.coordinator_gone()
@@ -503,10 +654,15 @@ def _runs_in_a_thread(func) -> bool:
     return callable(func) and not isinstance(func, _BrokenFunction) and not inspect.iscoroutinefunction(func)
 
 
-def _begin(flags: memoryview, flag: int, func, args):
-    """In an io thread: mark the task begun, then call its function."""
+def _begin(flags: memoryview, flag: int, func, args, owned: tuple):
+    """In an io thread: mark the task begun, then call its function, its
+    output owned by the task (a thread does not inherit the loop's context)."""
     flags[flag] = 1
-    return func(*args)
+    token = capture.owner.set(owned)
+    try:
+        return func(*args)
+    finally:
+        capture.owner.reset(token)
 
 
 def success(task: int, value, start: float, segments: shm.TaskSegments | None = None) -> list:
@@ -564,12 +720,17 @@ def failure(
     return [task, False, [blob, type_name, message, text, int(stage)], start, end]
 
 
+_tee: fd_output.DescriptorTee | None = None
+
+
 def _exit_now() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
+    if _tee is not None:
+        _tee.flush()
     os._exit(0)
 
 
@@ -604,4 +765,14 @@ def worker_main(conn, progress, memory_limit: int | None = None, shm_prefix: str
     sys.setswitchinterval(SWITCH_INTERVAL)
     worker = Worker(conn, progress, shm_prefix)
     worker.setup.guard()
+    # what tasks write is theirs (the guarded streams are wrapped: cwd and
+    # streams are still put back after each task)
+    worker.log_handler = capture.install_for_process(logging.INFO)
+    worker.setup.stdout, worker.setup.stderr = sys.stdout, sys.stderr
+    global _tee
+    if os.environ.get("TASKMAP_FD_OUTPUT", "1") != "0":
+        _tee = worker.tee = fd_output.DescriptorTee(lambda: bool(worker.io_tasks))
+        worker.fd_pipes = worker.tee.start()
+        if not worker.fd_pipes:
+            _tee = worker.tee = None
     worker.serve()

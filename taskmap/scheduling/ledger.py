@@ -208,7 +208,15 @@ class ArmTimer(NamedTuple):
     task: int
 
 
-Instruction = Send | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer
+class Expanded(NamedTuple):
+    """Record what an expanding state did during the event (tasks run as
+    elements, tasks whose elements all finished, elements skipped at their
+    creation: :class:`~taskmap.scheduling.expansion.News`)."""
+
+    news: Any
+
+
+Instruction = Send | Succeeded | Failed | Kill | StartWorker | Release | SweepSegments | ArmTimer | Expanded
 
 
 class Values(Protocol):
@@ -222,6 +230,11 @@ class Values(Protocol):
     def given(self, i: int, p: int) -> bytes:
         """Parent p's result, not produced in this run, encoded for task i;
         raises the error that fails task i when it cannot be."""
+
+    def items(self, t: int, blob: bytes) -> list[Any]:
+        """The items of the encoded result ``blob`` that the expanded task t
+        maps over; raises the error that fails t when it has none (a
+        string, a mapping)."""
 
     def not_kept(self, i: int) -> Any:
         """The stand-in for task i's result when it is not kept (``gather``)."""
@@ -398,6 +411,8 @@ class Ledger:
         self.timed_out: set[int] = set()  # tasks whose worker was killed for their time limit
         self.rate_timer_at: float | None = None  # when the armed RATE timer fires
         self.start_failures = 0
+        # expanded task -> the items its elements map over (create_graph(expand=...))
+        self.items: dict[int, list[Any]] = {}
         self.dispatcher = Dispatcher(self)
         self._handlers = {
             Dispatch: self.dispatcher.dispatch,
@@ -413,6 +428,8 @@ class Ledger:
         """Apply one event; the instructions to carry out, in order."""
         out: list[Instruction] = []
         self._handlers[type(event)](event, out)  # type: ignore[operator]
+        if self.state.expanding and not self.stopped:
+            self._expansions(out)
         if self.state.gate is not None:
             self._arm_rate_timer(out)
         if self.validating:
@@ -583,6 +600,52 @@ class Ledger:
         if self.stop_on_failure:
             self.stopped = True  # (its record raises: the run ends half-way through this event)
         return True
+
+    # -- expansion (create_graph(expand=...)) -------------------------------------
+
+    def _expansions(self, out: list[Instruction]) -> None:
+        """Expand the tasks whose mapped result came (its items encoded one
+        by one), grow the per-task tables for the new elements, and pass the
+        state's news on to the bookkeeper."""
+        state: Any = self.state
+        encoded = self.encoded
+        while state.to_expand:
+            t = state.to_expand[0]
+            m = state.mapped[t]
+            try:
+                blob = encoded.get(m)
+                if blob is None:
+                    blob = encoded[m] = self.values.given(t, m)
+                items = self.values.items(t, blob)
+            except Exception as error:  # noqa: BLE001 - it fails the expanding task
+                out.append(Failed(t, error, None, None, None, state.fail_expansion(t)))
+                if self.stop_on_failure:
+                    self.stopped = True
+                    return
+                continue
+            self.items[t] = items
+            state.expand(t, len(items))
+        news = state.take_news()
+        if not (news.expanded or news.collected or news.skipped):
+            return
+        limits, keep = self.limits, self.segments.keep
+        for t, _first, n in news.expanded:
+            self.attempts.extend([0] * n)
+            limits.timeout.extend([limits.timeout[t]] * n)
+            limits.retries.extend([limits.retries[t]] * n)
+            self.func_of.extend([self.func_of[t]] * n)
+            if self.code_of is not self.func_of:
+                self.code_of.extend([self.code_of[t]] * n)
+            if keep is not None and t in keep:
+                keep.update(range(_first, _first + n))
+        for t in news.collected:
+            if state.state[t] == DONE:
+                blobs = []
+                for e in state.elements(t):
+                    blob = encoded.get(e)
+                    blobs.append(blob if blob is not None else self.values.given(t, e))
+                encoded[t] = codec.encode_list(blobs)
+        out.append(Expanded(news))
 
     # -- timers ---------------------------------------------------------------
 
@@ -763,6 +826,7 @@ class Dispatcher:
         self.pinned_behind = ledger.pinned_behind
         self.ahead_of = ledger.ahead_of
         self.shm = ledger.shm
+        self.items = ledger.items
         self.stop_on_failure = ledger.stop_on_failure
         self._fail = ledger._fail
 
@@ -813,6 +877,23 @@ class Dispatcher:
         for w, subs in batches.items():
             out.append(Send(w, subs))
 
+    def _item(self, i: int) -> bytes | BaseException | None:
+        """Task i's item, encoded, if it is an element over a whole task's
+        result (None otherwise); the error that fails it if the item cannot
+        be encoded.  (Encoded when sent, not at the expansion: a decoded item
+        costs less memory than its encoding and a dict entry.)"""
+        state: Any = self.state
+        if i < state.n_static:
+            return None
+        t, k = state.element_of(i)
+        items = self.items.get(t)
+        if items is None:
+            return None
+        try:
+            return codec.encode(items[k])
+        except Exception as error:  # noqa: BLE001 - it fails the element
+            return error
+
     def _queue_to_jump(self, ready: list[Held], i: int) -> Held | None:
         """A worker where cpu task i should run next, ahead of the one task
         waiting there behind the running one, because i's chain below is
@@ -845,6 +926,7 @@ class Dispatcher:
         state, segments, encoded = self.state, self.segments, self.encoded
         args: list[bytes] = []
         release: list[int] = []
+        item = self._item(i) if self.items else None
         for p in state.parents[i]:
             blob = encoded.get(p)
             if blob is None:
@@ -860,6 +942,13 @@ class Dispatcher:
                 if segments.users and segments.may_release(i, blob):
                     release.append(len(args))
                 args.append(blob)
+        if item is not None:
+            if isinstance(item, BaseException):  # (the item could not be encoded: it fails the element)
+                state.started(i)
+                if self._fail(i, item, None, None, None, out, retry=False) and self.stop_on_failure:
+                    raise _Stop from None
+                return
+            _insert_item(state, i, item, args, release, encoded)
         state.started(i)
         self.attempts[i] += 1
         limit = self.limits.timeout[i]
@@ -890,6 +979,8 @@ class Dispatcher:
         # there, so the limit still holds); a rated one never: its start is
         # what the rate spaces
         gate = state.gate
+        # an expanded task never runs itself: not pinned (its elements are)
+        collectors = state.mapped if state.expanding else None  # type: ignore[attr-defined]
         for _ in range(MAX_PINNED):
             best = -1
             for c in children[parent]:
@@ -900,6 +991,7 @@ class Dispatcher:
                     and attempts[c] == 0
                     and (best < 0 or priority[c] > priority[best])
                     and (gate is None or not gate.gated[c] or (gate.unrated[c] and gate.blocked(c, 0.0) is None))
+                    and (collectors is None or c not in collectors)
                 ):
                     best = c
             if best < 0:
@@ -952,7 +1044,7 @@ def check_invariants(ledger: Ledger) -> None:
     if ledger.stopped:
         return
     state = ledger.state
-    status, names, parents = state.state, state.names, state.parents
+    status, names = state.state, state.names
     n = len(names)
     holders: dict[int, list[Worker]] = {}
     for w, held in ledger.workers.items():
@@ -978,7 +1070,7 @@ def check_invariants(ledger: Ledger) -> None:
         else:
             assert i not in holders, f"{names[i]!r} ({s}) is held by {holders[i]!r}"
         assert ledger.attempts[i] >= 0
-        left = sum(1 for p in parents[i] if status[p] != DONE)
+        left = state.expected_remaining(i)
         assert state.remaining[i] == left, f"{names[i]!r}: remaining {state.remaining[i]} != {left}"
         if s == READY:
             assert left == 0, f"ready task {names[i]!r} waits for a parent"
@@ -1027,6 +1119,20 @@ def check_invariants(ledger: Ledger) -> None:
 
 class _Stop(Exception):
     """A failure was recorded during dispatch and the run stops."""
+
+
+def _insert_item(
+    state: Any, e: int, item: bytes, args: list[bytes], release: list[int], encoded: dict[int, bytes]
+) -> None:
+    """Put element e's item among its arguments, where its task's mapped
+    dependency was (None left out, as ever)."""
+    if codec.is_none(item):
+        return
+    t, _ = state.element_of(e)
+    pos = state.item_pos[t]
+    k = sum(1 for p in state.parents[e][:pos] if not codec.is_none(encoded[p]))
+    args.insert(k, item)
+    release[:] = [r + 1 if r >= k else r for r in release]
 
 
 def _io_load(held: Held) -> int:

@@ -195,6 +195,14 @@ class ResourceGate:
                 # and does not drift; after an idle spell the grid restarts
                 self.next_start[r] = slot + interval if now - slot < interval else now + interval
 
+    def slot_taken(self, i: int) -> float | None:
+        """The start slot task i took with its rate slots (the latest of
+        them, on the state's clock), right after :meth:`take`; None when it
+        uses no rated resource.  (A runner whose start lags its dispatch,
+        run_dask's, starts the task on its worker at this slot, shifted.)"""
+        slots = [self.next_start[r] - interval for r, _ in self.need[i] if (interval := self.interval[r]) is not None]
+        return max(slots) if slots else None
+
     def park(self, i: int, r: int, now: float) -> None:
         """Task i waits in resource r's line (in rank order)."""
         self.seq += 1
@@ -258,6 +266,15 @@ class ResourceGate:
             self.spans.append((i, r, since, now))
             out.append(i)
         return out
+
+    def extend_like(self, t: int, n: int, rank: Any) -> None:
+        """n tasks were appended to the run, each using what task t uses
+        (the elements of an expanded task: uses apply per element)."""
+        self.uses.extend([self.uses[t]] * n)
+        self.need.extend([self.need[t]] * n)
+        self.unrated.extend([self.unrated[t]] * n)
+        self.gated.extend([self.gated[t]] * n)
+        self.rank.extend([rank] * n)  # type: ignore[attr-defined]
 
     # -- checks and reports ---------------------------------------------------------
 

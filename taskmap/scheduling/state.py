@@ -33,12 +33,13 @@ class TaskState(IntEnum):
     DONE = 3  # finished with a result (or was done before the run)
     FAILED = 4  # raised, crashed or timed out; its result is the error
     SKIPPED = 5  # an ancestor failed; result is the ancestor string
+    EXPANDED = 6  # an expanded task: runs as elements, some not finished (scheduling.expansion)
 
 
 # The same states as plain ints, for the paths a run takes several times per
 # task: comparing a bytearray item with an IntEnum member goes through the
 # class attribute and int's subclass path (~140 ns against ~25 ns).
-WAITING, READY, RUNNING, DONE, FAILED, SKIPPED = (int(s) for s in TaskState)
+WAITING, READY, RUNNING, DONE, FAILED, SKIPPED, EXPANDED = (int(s) for s in TaskState)
 FINISHED = frozenset((DONE, FAILED, SKIPPED))
 
 
@@ -87,6 +88,10 @@ class SchedulingState:
         "state",
         "unfinished",
     )
+
+    # whether tasks may be added during the run (create_graph(expand=...):
+    # taskmap.scheduling.expansion.ExpandingState); static graphs pay nothing
+    expanding = False
 
     def __init__(
         self,
@@ -351,6 +356,12 @@ class SchedulingState:
         """When the next task waiting for a rate may start (``clock`` time),
         or None."""
         return None if self.gate is None else self.gate.next_wakeup()
+
+    def expected_remaining(self, i: int) -> int:
+        """What ``remaining[i]`` must be: the parents of task i not done
+        (for checks)."""
+        state = self.state
+        return sum(1 for p in self.parents[i] if state[p] != DONE)
 
     def waiting_in_gate(self) -> int:
         return 0 if self.gate is None else self.gate.waiting_count
