@@ -205,13 +205,15 @@ def test_a_viewer_gets_pushed_updates_at_most_five_a_second_and_the_end(tmp_path
     events = box["events"]
     kinds = [e for _, e, _ in events]
     assert kinds[0] == "graph" and kinds[1] == "state" and kinds[-1] == "end"
-    states = [(t, data) for t, e, data in events if e == "state"]
+    # when each state was made (the run's clock, read by the server: what
+    # the viewer's arrival times would blur on a busy machine)
+    states = [(data["elapsed"], data) for _, e, data in events if e == "state"]
     # the first state comes with the graph on connecting, the last with the end;
     # in between they are the ticks: never more than 5 a second
-    span = states[-1][0] - states[0][0]
-    assert len(states) - 2 <= 5 * span + 1, (len(states), span)
-    gaps = [b[0] - a[0] for a, b in zip(states[1:-1], states[2:-1])]
-    assert all(g > 0.1 for g in gaps), gaps
+    ticks = states[1:-1]
+    assert len(ticks) >= 3, len(ticks)
+    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
+    assert all(g >= 0.199 for g in gaps), gaps
     assert states[0][1]["counts"]["running"] == 1  # the gate
     final = states[-1][1]
     assert final["ended"] and final["counts"]["done"] == ticks + 1 and final["eta"] is None
