@@ -1001,8 +1001,12 @@ def test_a_started_dask_run_is_awaited_and_yields_results_as_they_finish(client)
 
 
 def _started_then_wait(path, *_):
+    """Until the test releases it: Dask cannot stop a running thread, and a
+    thread left sleeping would hold the worker's one slot for later tests."""
     Path(path).touch()
-    time.sleep(60)
+    deadline = time.monotonic() + 60
+    while not Path(path + ".release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 async def _started_then_nap(path, *_):
@@ -1024,18 +1028,21 @@ def test_cancel_stops_a_dask_run_and_leaves_nothing_on_the_cluster(client, tmp_p
         io_bound=["io"],
     )
     run = taskmap.start(graph, "run_dask", client=client)
-    deadline = time.monotonic() + 30
-    while not all(m.exists() for m in marks) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    cancelled_at = time.monotonic()
-    threading.Thread(target=run.cancel).start()
-    with pytest.raises(taskmap.RunCancelled):
-        run.wait(timeout=10)
-    assert time.monotonic() - cancelled_at < 1.0
-    assert graph.results == {"a": 5} and sorted(graph.in_progress) == ["cpu", "io"]
-    assert not left_on_cluster(client, held)  # every future of the run released
-    # (the cpu task's thread sleeps on: Dask cannot stop a running thread;
-    # its worker is not killed, it holds other results)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cancelled_at = time.monotonic()
+        threading.Thread(target=run.cancel).start()
+        with pytest.raises(taskmap.RunCancelled):
+            run.wait(timeout=10)
+        assert time.monotonic() - cancelled_at < 1.0
+        assert graph.results == {"a": 5} and sorted(graph.in_progress) == ["cpu", "io"]
+        assert not left_on_cluster(client, held)  # every future of the run released
+    finally:
+        # (the cpu task's thread runs on: Dask cannot stop a running thread;
+        # its worker is not killed, it holds other results)
+        Path(str(marks[1]) + ".release").touch()
 
 
 def test_gather_false_without_a_client_is_refused_saying_why():

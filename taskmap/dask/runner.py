@@ -103,7 +103,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from taskmap.bookkeeping import Bookkeeper
 from taskmap.cancellation import Cancellation
-from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task
+from taskmap.dask.task import Outcome, TaskCall, TaskFailure, run_task, warm_up
 from taskmap.element_book import functions_of
 from taskmap.errors import (
     RunCancelled,
@@ -351,7 +351,7 @@ def _kill_workers(client: Client) -> None:
 
 # seconds a rated task's start is shifted after its slot, so that starts on
 # the workers are spaced as the slots are (see TaskCall.start_at)
-RATE_SHIFT = 0.1
+RATE_SHIFT = 0.25
 
 
 class _DaskRun:
@@ -434,6 +434,7 @@ class _DaskRun:
             self.client.subscribe_topic(self.output_topic, self._show_output)
         try:
             self.submit_all()  # a function that cannot be sent stops the run before it starts
+            self.warm_up_rated()
         except BaseException:
             self.unsubscribe()
             raise
@@ -578,6 +579,22 @@ class _DaskRun:
             raise SerializationError(name, "function", type(call.func).__qualname__, str(error)) from error
         future.add_done_callback(functools.partial(self._on_done, i))
         return future
+
+    def warm_up_rated(self) -> None:
+        """With rates: have every worker load the rated tasks' functions (and
+        set up what a first task does) before the first slot; a start that
+        waited for an import would come after its slot and bunch up with
+        the next ones."""
+        gate = self.state.gate
+        if gate is None or not gate.rated:
+            return
+        rated = [i for i in range(len(self.names)) if self.in_run[i] and gate.slot_needed(i)]
+        if not rated:
+            return
+        funcs = list({id(f): f for f in (self.graph.funcs[self.names[i]] for i in rated)}.values())
+        io = any(self.state.is_io[i] for i in rated)
+        with contextlib.suppress(Exception):  # (a worker that cannot: its first start may be late, no more)
+            self.client.run(warm_up, funcs, self.output.level, io)
 
     def start_at(self, i: int) -> float | None:
         """A rated task's start on the workers' wall clock: the slot the gate

@@ -162,11 +162,26 @@ def run_task(call: TaskCall, *parent_results: Any) -> Any:
     return _run(call, args)
 
 
+def warm_up(funcs: list, capture_level: int, io: bool) -> None:
+    """Run on every worker (``client.run``) before a run with rates: the
+    rated tasks' functions have been unpickled to get here (their modules
+    imported), and what a first task sets up is set up, so that no first
+    start comes after its slot by an import's length."""
+    del funcs
+    _capture_here(capture_level)
+    if io:
+        _io_loop()
+
+
 def _start_on_its_slot(call: TaskCall) -> None:
     """A rated task starts at its slot (shifted): submitted at the slot, it
     arrives after Dask's latency, which varies from one task to the next; a
     fixed shift longer than that latency keeps the starts as far apart as
     the slots.  A cpu task waits out of the worker's thread slots."""
+    # what a worker's first task sets up, now rather than after the slot
+    _capture_here(call.capture_level)
+    if call.io:
+        _io_loop()
     delay = call.start_at - time.time() if call.start_at is not None else 0.0
     if delay <= 0:
         return
