@@ -210,9 +210,9 @@ def test_a_viewer_gets_pushed_updates_at_most_five_a_second_and_the_end(tmp_path
     states = [(data["elapsed"], data) for _, e, data in events if e == "state"]
     # the first state comes with the graph on connecting, the last with the end;
     # in between they are the ticks: never more than 5 a second
-    ticks = states[1:-1]
-    assert len(ticks) >= 3, len(ticks)
-    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
+    pushed = states[1:-1]
+    assert len(pushed) >= 3, len(pushed)
+    gaps = [b[0] - a[0] for a, b in zip(pushed, pushed[1:])]
     assert all(g >= 0.199 for g in gaps), gaps
     assert states[0][1]["counts"]["running"] == 1  # the gate
     final = states[-1][1]
