@@ -5,7 +5,7 @@
     taskmap run pipeline.py[:name] [--ncores N] [--runner R] [--progress | --no-progress]
                 [--trace FILE] [--raise-errors] [--checkpoint FILE] [--summary | --no-summary]
                 [--limit NAME=N ...] [--rate NAME=R ...] [--output pass|prefix|capture]
-                [--capture-level LEVEL]
+                [--capture-level LEVEL] [--dashboard] [--dashboard-port PORT]
     taskmap graph pipeline.py[:name] [--format dot|mermaid|svg|png|pdf] [-o FILE] [--checkpoint FILE]
     taskmap rerun-failed pipeline.py[:name] --checkpoint FILE [the options of run]
 
@@ -148,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the run's timeline to FILE (Chrome trace-event JSON; "
         "open it in https://ui.perfetto.dev or chrome://tracing)",
+    )
+    group.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve a live page of the run on 127.0.0.1 while it lasts; its address, "
+        "with the token it needs, is printed on stderr when the run starts",
+    )
+    group.add_argument(
+        "--dashboard-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="the live page's port (implies --dashboard; default: a free one)",
     )
     group.add_argument(
         "--output",
@@ -344,11 +357,15 @@ def run_and_report(graph: Graph, args: argparse.Namespace) -> int:
     runner = _runner(args.runner, args.ncores, args.shm_threshold)
     status = OK
     stopped: BaseException | None = None
-    bounds = {}
+    bounds: dict[str, Any] = {}
     if args.limit:
         bounds["limits"] = dict(args.limit)
     if args.rate:
         bounds["rates"] = dict(args.rate)
+    if args.dashboard_port is not None:
+        bounds["dashboard"] = args.dashboard_port
+    elif args.dashboard:
+        bounds["dashboard"] = True  # (the page's address is printed on stderr by taskmap.observe.dashboard)
     try:
         runner(
             graph,
@@ -426,6 +443,16 @@ def _runner(
     if kind == "async":
         return runners.run_async
     return runners.run
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, not {n}")
+    return n
 
 
 def _named_number(kind: type) -> Callable[[str], tuple[str, Any]]:

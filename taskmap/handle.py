@@ -114,6 +114,13 @@ def start(
     atexit.unregister(_cancel_live_runs)
     atexit.register(_cancel_live_runs)
     feed.run = run
+    if opts.given.get("dashboard") not in (None, False):
+        from taskmap.observe.dashboard import Dashboard
+
+        run._has_dashboard = True
+        for observer in opts.observers.items:
+            if isinstance(observer, Dashboard):
+                observer.on_url.append(run._dashboard_ready)
     run._begin(body)
     return run
 
@@ -153,6 +160,9 @@ class Run:
         # (loop, future) of coroutines waiting for the next change
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._thread: threading.Thread | None = None
+        self._has_dashboard = False  # dashboard= was given
+        self._dashboard_url: str | None = None
+        self._dashboard_known = False  # the page is served, or could not be
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancel.is_set else ("done" if self._ended else "running")
@@ -185,6 +195,13 @@ class Run:
             self._finished.append((task, result))
             self._notify()
 
+    def _dashboard_ready(self, url: str | None) -> None:
+        """The page is served at ``url`` (None: it could not be)."""
+        with self._changed:
+            self._dashboard_url = url
+            self._dashboard_known = True
+            self._changed.notify_all()
+
     def _notify(self) -> None:
         """Wake every waiter (the lock is held)."""
         self._changed.notify_all()
@@ -200,6 +217,19 @@ class Run:
         thread, any number of times.  No effect once the run has ended."""
         if not self._ended:
             self._cancel.cancel()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The address of the run's live page (``dashboard=``), its token
+        included; None for a run without one, or whose page could not be
+        served (its port was taken: a ``RuntimeWarning`` said so).  Blocks
+        until the page is served (the run's start) or the run has ended
+        before that.  The page is served until the run ends."""
+        if not self._has_dashboard:
+            return None
+        with self._changed:
+            self._changed.wait_for(lambda: self._dashboard_known or self._ended)
+            return self._dashboard_url
 
     def done(self) -> bool:
         """Whether the run has ended (finished, failed, or cancelled)."""

@@ -48,6 +48,15 @@ their own).
     Bytes from which a result's buffers travel through shared memory;
     ``"auto"`` (``$TASKMAP_SHM_THRESHOLD``, else 256 KiB) or ``None`` (off).
     Parallel runners.
+``dashboard``
+    ``True`` (a free port) or a port number: a live page of the run is
+    served on ``http://127.0.0.1:PORT/?token=...`` while it lasts (a request
+    without the token gets 403): the graph coloured by status, a task stream
+    per worker lane, counts, rate and ETA, failures, resources in use.  Its
+    address is printed on stderr when the run starts and is
+    ``Run.dashboard_url`` on :func:`taskmap.start`'s handle; a port that is
+    taken leaves the run without its page (a ``RuntimeWarning`` says so)
+    (see :mod:`taskmap.observe.dashboard`).  Every runner.
 ``output``
     What a task writes with ``print``/``sys.stdout``/``sys.stderr`` (and the
     log records emitted while it runs) is kept, per task, in
@@ -62,8 +71,8 @@ their own).
     when its logger emits it: taskmap never lowers a logger's level.  Every
     runner.
 
-With none of ``progress``, ``trace``, ``summary``, ``observers`` a run pays
-nothing per task for them.
+With none of ``progress``, ``trace``, ``summary``, ``observers``, ``dashboard`` a run
+pays nothing per task for them.
 """
 
 from __future__ import annotations
@@ -105,6 +114,7 @@ class RunnerOptions(TypedDict, total=False):
     shm_threshold: ThresholdSpec
     limits: Mapping[str, int] | None
     rates: Mapping[str, float] | None
+    dashboard: bool | int | None
     output: str
     capture_level: int | str
 
@@ -128,6 +138,7 @@ OPTIONS: dict[str, _Option] = {
     "shm_threshold": _Option("auto", PARALLEL),
     "limits": _Option(None, EVERY),
     "rates": _Option(None, EVERY),
+    "dashboard": _Option(None, EVERY),
     "output": _Option("pass", EVERY),
     "capture_level": _Option(logging.INFO, EVERY),
 }
@@ -179,6 +190,13 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
         given.get("memory_limit"),
     )
     observers = build_observers(graph, given["progress"], given["trace"], given["observers"], given["summary"])
+    if given["dashboard"] is not None and given["dashboard"] is not False:
+        # (imported only when asked for: a plain run never loads http.server)
+        from taskmap.observe.dashboard import Dashboard, check_port
+
+        port = check_port(given["dashboard"])
+        assert port is not None
+        observers.items.append(Dashboard(port, given.get("limits"), given.get("rates")))
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
     return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given, output)
