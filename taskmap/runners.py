@@ -112,8 +112,8 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
     # one task at a time: the owner is set once, its key per task
     held: list = [sink, None]
     owned = capture.owner.set(held)
-    book.start()
     try:
+        book.start()  # (inside: an observer that raises at the start still undoes the capture)
         while True:
             if cancel is not None and cancel.is_set:
                 raise RunCancelled()

@@ -332,3 +332,26 @@ def test_a_process_that_exits_during_a_run_cancels_it_and_leaves_nothing(tmp_pat
     workers = [int(m.name[len("started") :]) for m in marks.iterdir()]
     _, alive = psutil.wait_procs([psutil.Process(p) for p in workers if psutil.pid_exists(p)], timeout=10)
     assert not alive
+
+
+class _FailsAtStart(taskmap.Observer):
+    def run_started(self, graph, info):
+        raise RuntimeError("observer broke")
+
+
+@pytest.mark.parametrize("runner", LOCAL)
+def test_an_observer_that_raises_at_the_start_ends_the_run_cleanly(runner):
+    """(Found with the live page: ``run`` started its bookkeeping outside
+    its ``try``, leaving the output capture installed and the cancel's
+    waker registered.)"""
+    import sys
+
+    use_every_worker()
+    stdout, before = sys.stdout, snapshot()
+    kwargs = {"ncores": 2} if runner in PARALLEL else {}
+    run = taskmap.start(staggered_graph(), runner, observers=[_FailsAtStart()], **kwargs)
+    with pytest.raises(RuntimeError, match="observer broke"):
+        run.wait(timeout=30)
+    assert sys.stdout is stdout  # the capture is undone
+    use_every_worker()
+    compare(before, snapshot(), same_workers=True)  # no thread, descriptor or process left

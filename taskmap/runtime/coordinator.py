@@ -245,10 +245,12 @@ class Coordinator:
         state, ledger = self.state, self.ledger
         self.pool.resize(self.ncores)
         forget = self.listen_for_cancel()
-        self.book.start()
-        for w in self.pool.workers:
-            self.apply(ledger.handle(WorkerJoined(w, w.pid, w.ready, w.io_sent)))
         try:
+            # (inside: an observer that raises at the start still ends the
+            # run's bookkeeping and undoes the cancel's wake-up pipe)
+            self.book.start()
+            for w in self.pool.workers:
+                self.apply(ledger.handle(WorkerJoined(w, w.pid, w.ready, w.io_sent)))
             while not state.all_finished:
                 self.apply(ledger.handle(_DISPATCH))
                 if state.all_finished:
