@@ -19,6 +19,7 @@ import pytest
 import taskmap
 from taskmap.runtime import process_setup
 from taskmap.runtime.pool import get_pool
+from taskmap.scheduling.ledger import IO_CHUNK
 
 RUNNERS = [taskmap.run_parallel, taskmap.run_parallel_async]
 
@@ -55,8 +56,10 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
-def spread_graph(func, n: int = 4):
-    """n io tasks of ``func`` (results: (version, pid))."""
+def spread_graph(func, n: int = 2 * IO_CHUNK):
+    """n io tasks of ``func`` (results: (version, pid)); by default enough
+    for both workers (io tasks ready together go to a worker IO_CHUNK at a
+    time)."""
     names = [f"t{k}" for k in range(n)]
     return taskmap.create_graph({t: func for t in names}, {t: [] for t in names}, io_bound=names)
 
@@ -279,13 +282,13 @@ def test_a_module_edited_without_reload_is_refused_where_a_worker_would_import_t
     os.utime(user_module.__file__, ns=(1, 1))  # (a known, different stat)
     run(runner, spread_graph(where_am_i))  # the caller's version is read now: v1's stat
     user_module.write("v333")  # edited on disk, not reloaded in the caller
-    graph = run(runner, spread_graph(user_module.where, 2))
+    graph = run(runner, spread_graph(user_module.where))
     for result in graph.results.values():
         assert isinstance(result, taskmap.StaleCodeError), result
         assert "changed after the caller loaded it" in str(result)
     # once the caller reloads, the workers run what it runs
     importlib.reload(user_module)
-    graph = run(runner, spread_graph(user_module.where, 2))
+    graph = run(runner, spread_graph(user_module.where))
     assert {v for v, _ in graph.results.values()} == {"v333"}
 
 
