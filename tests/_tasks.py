@@ -30,3 +30,17 @@ def max_overlap(intervals) -> int:
         now += step
         peak = max(peak, now)
     return peak
+
+
+def fail_once(marker, *_):
+    """Fails its first run (it leaves ``marker``), then holds 50 ms; returns
+    (start, end, pid).  Use with ``functools.partial(fail_once, path)``."""
+    import os
+    import time
+
+    start = time.time()
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt")
+    time.sleep(0.05)
+    return start, time.time(), os.getpid()

@@ -30,7 +30,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from _tasks import max_overlap  # noqa: E402
+from _tasks import fail_once, max_overlap  # noqa: E402
 
 import taskmap  # noqa: E402
 from taskmap.dask.runner import DaskWorkerCrashedError  # noqa: E402
@@ -942,19 +942,10 @@ async def _too_slow_async(*_):
     await asyncio.sleep(5)
 
 
-def _fail_once(marker):
-    start = time.time()
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError("first attempt")
-    time.sleep(0.05)
-    return start, time.time(), os.getpid()
-
-
 def test_timeouts_and_retries_under_a_limit_leak_no_unit(client, tmp_path):
     names = [f"t{k}" for k in range(6)]
     funcs = {t: _held_short for t in names}
-    funcs["flaky"] = functools.partial(_fail_once, str(tmp_path / "failed"))
+    funcs["flaky"] = functools.partial(fail_once, str(tmp_path / "failed"))
     funcs["slow"] = _too_slow_async
     every = [*names, "flaky", "slow"]
     graph = taskmap.create_graph(funcs, {t: [] for t in every}, io_bound=["slow"], uses={t: "db" for t in every})

@@ -11,11 +11,12 @@ exceeding it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 
 import pytest
-from _tasks import max_overlap
+from _tasks import fail_once, max_overlap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -301,18 +302,6 @@ def crash_once(marker):
     return task
 
 
-def fail_once(marker):
-    def task(*_):
-        start = time.time()
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            raise RuntimeError("first attempt")
-        time.sleep(0.05)
-        return start, time.time(), os.getpid()
-
-    return task
-
-
 def too_slow(*_):
     time.sleep(5)
 
@@ -322,7 +311,7 @@ def test_crashes_timeouts_and_retries_under_a_limit_leak_no_unit(runner, tmp_pat
     names = [f"t{k}" for k in range(6)]
     funcs = {t: hold(0.05) for t in names}
     funcs["crash"] = crash_once(str(tmp_path / "crashed"))
-    funcs["flaky"] = fail_once(str(tmp_path / "failed"))
+    funcs["flaky"] = functools.partial(fail_once, str(tmp_path / "failed"))
     funcs["slow"] = too_slow
     every = [*names, "crash", "flaky", "slow"]
     graph = taskmap.create_graph(funcs, {t: [] for t in every}, uses={t: "db" for t in every})
