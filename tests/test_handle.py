@@ -254,9 +254,15 @@ def test_ctrl_c_during_wait_cancels_the_run_and_raises_keyboard_interrupt(tmp_pa
     run = taskmap.start(taskmap.create_graph(funcs, {"cpu": []}), "run_parallel", ncores=1)
     wait_for_file(mark)
     main = threading.main_thread().ident
-    threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        run.wait(timeout=30)
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even when pytest was
+    # started with SIGINT ignored (a job in the background of a script, as CI)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            run.wait(timeout=30)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert run.done() and run.graph.in_progress == ["cpu"]
     with pytest.raises(taskmap.RunCancelled):
         run.wait()
