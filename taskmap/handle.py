@@ -110,7 +110,12 @@ def start(
         _running_graphs.add(id(graph))
         _live_runs.add(run)
     # registered again at every start, so that it runs before the pools'
-    # shutdown (atexit calls the last registered first)
+    # shutdown (atexit calls the last registered first; the pool registers
+    # its own at its creation, made here if it has not happened yet)
+    if runner in ("run_parallel", "run_parallel_async"):
+        from taskmap.runtime.pool import get_pool
+
+        get_pool()
     atexit.unregister(_cancel_live_runs)
     atexit.register(_cancel_live_runs)
     feed.run = run
