@@ -49,8 +49,7 @@ if TYPE_CHECKING:
 
 RUNNERS = ("run", "run_async", "run_parallel", "run_parallel_async", "run_dask")
 
-_running_graphs: set[int] = set()  # id() of the graphs a started run is running
-_live_runs: set[Run] = set()
+_live_runs: set[Run] = set()  # started runs not ended yet
 _running_lock = threading.Lock()
 
 
@@ -105,9 +104,8 @@ def start(
     body = _runner_body(runner, graph, opts, ncores, client, address)
     run = Run(graph, runner, cancel)
     with _running_lock:
-        if id(graph) in _running_graphs:
+        if any(live.graph is graph for live in _live_runs):
             raise RuntimeError("this graph is being run by another taskmap.start; wait for it or cancel it first")
-        _running_graphs.add(id(graph))
         _live_runs.add(run)
     # registered again at every start, so that it runs before the pools'
     # shutdown (atexit calls the last registered first; the pool registers
@@ -189,7 +187,6 @@ class Run:
             self._error = error
         finally:
             with _running_lock:
-                _running_graphs.discard(id(self.graph))
                 _live_runs.discard(self)
             with self._changed:
                 self._ended = True

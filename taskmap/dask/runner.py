@@ -588,7 +588,7 @@ class _DaskRun:
         gate = self.state.gate
         if gate is None or not gate.rated:
             return
-        rated = [i for i in range(len(self.names)) if self.in_run[i] and gate.slot_needed(i)]
+        rated = [i for i in range(len(self.names)) if self.in_run[i] and not gate.unrated[i]]
         if not rated:
             return
         funcs = list({id(f): f for f in (self.graph.funcs[self.names[i]] for i in rated)}.values())

@@ -195,10 +195,6 @@ class ResourceGate:
                 # and does not drift; after an idle spell the grid restarts
                 self.next_start[r] = slot + interval if now - slot < interval else now + interval
 
-    def slot_needed(self, i: int) -> bool:
-        """Whether task i uses a rated resource (its start takes a slot)."""
-        return any(self.interval[r] is not None for r, _ in self.need[i])
-
     def slot_taken(self, i: int) -> float | None:
         """The start slot task i took with its rate slots (the latest of
         them, on the state's clock), right after :meth:`take`; None when it
