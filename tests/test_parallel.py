@@ -487,6 +487,10 @@ def test_a_more_critical_task_goes_ahead_of_one_waiting_at_the_worker(runner):
 
 
 def test_io_loop_keeps_serving_while_a_big_message_arrives():
+    # the same ticker alone first: what this machine's load alone does to it
+    alone = taskmap.run_parallel_async(
+        taskmap.create_graph({"tick": lambda: _ticker(1.0)}, {"tick": []}, io_bound=["tick"]), ncores=1
+    ).results["tick"]
     big = b"x" * (200 * 1024 * 1024)
     funcs = {
         "tick": lambda: _ticker(2.0),
@@ -502,7 +506,7 @@ def test_io_loop_keeps_serving_while_a_big_message_arrives():
     # released; what still stalls the loop is copying the value out of the
     # message (memcpy under the GIL; about 0.2-0.5 s here).  Reading it on the
     # loop thread would add the whole transfer (over 1.2 s measured here).
-    assert graph.results["tick"] < 0.75
+    assert graph.results["tick"] < 0.75 + alone, (graph.results["tick"], alone)
 
 
 async def raises_cancelled():
