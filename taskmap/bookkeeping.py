@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING
 from taskmap.errors import TaskFailedError
 from taskmap.graph import Graph
 from taskmap.observe.logs import RunLog
-from taskmap.observe.observers import CPU, DONE, FAILED, IO, SKIPPED, Observers, RunInfo, TaskEvent
+from taskmap.observe.observers import (
+    CPU,
+    DONE,
+    FAILED,
+    IO,
+    SKIPPED,
+    FinishedBatch,
+    Observers,
+    RunInfo,
+    StartedBatch,
+    TaskEvent,
+)
 from taskmap.observe.output import DEFAULT, OutputCollector, OutputOptions
 from taskmap.observe.record import RunRecord
 from taskmap.scheduling.state import SchedulingState, TaskState, ancestor_failed_message
@@ -139,10 +150,27 @@ class Bookkeeper:
     def starting(self, i: int, pid: int | None = None) -> None:
         """Task i was started (in-process) or handed to worker ``pid``."""
         self.log.starting(self.names[i], pid)
-        if self.observers:
+        observers = self.observers
+        if observers is not None:
             now = time.monotonic()
             self.started_at[i] = now
-            self.observers.task_started(self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now)
+            if observers.started:
+                observers.task_started(self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now)
+
+    def started_together(self, tasks: list[int], pid: int | None) -> None:
+        """``tasks`` were handed to worker ``pid`` in one message: the
+        observers hear them as one batch."""
+        log = self.log
+        if log.worker_on:
+            names = self.names
+            for i in tasks:
+                log.starting(names[i], pid)
+        observers = self.observers
+        if observers is not None:
+            now = time.monotonic()
+            self.started_at.update(dict.fromkeys(tasks, now))
+            if observers.started:
+                observers.tasks_started(StartedBatch(tasks, self.names, self.state.is_io, pid or os.getpid(), now))
 
     def finish(self, error: BaseException | None = None) -> None:
         """The run ended (``error``: what it raises); tell the observers."""
@@ -196,9 +224,11 @@ class Bookkeeper:
         end: float | None,
         payload: bytes | None,
         became: int,
+        notify: bool = True,
     ) -> None:
         """Record task i's result, the state already told (``became``: how
-        many children became ready); see :meth:`succeeded`."""
+        many children became ready); see :meth:`succeeded`.  ``notify``:
+        False when the caller tells the observers (a batch)."""
         name = self.names[i]
         elements = self.elements
         if elements is not None and i >= elements.n_static:
@@ -209,13 +239,37 @@ class Bookkeeper:
         if self.collector.kept or self.outputs:
             self._take_output(i, name)
         self.log.finished(name, pid)
-        if self.observers:
-            self.observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
+        if notify:
+            observers = self.observers
+            if observers is not None and observers.finished:
+                observers.task_finished(self._event(i, DONE, value, pid, start, end, payload))
         if became and self.log.manager_on:
             state, names = self.state, self.names
             self.log.queueing(names[c] for c in state.children[i] if state.state[c] == TaskState.READY)
         if elements is not None:
             elements.after_event()
+
+    def recorded_successes(self, rows: list[tuple]) -> None:
+        """One results message's successes, the state already told: the
+        ledger's rows ``(task, value, pid, start, end, payload, became,
+        follower)``; a ``follower`` >= 0 (the task pinned behind it) starts
+        now.  The observers hear the outcomes as one batch, then the starts."""
+        one, starting = self.recorded_success, self.starting
+        observers = self.observers
+        if observers is None or not observers.finished:
+            for task, value, pid, start, end, payload, became, follower in rows:
+                one(task, value, pid, start, end, payload, became)
+                if follower >= 0:
+                    starting(follower, pid)
+            return
+        followers = []
+        for task, value, pid, start, end, payload, became, follower in rows:
+            one(task, value, pid, start, end, payload, became, False)
+            if follower >= 0:
+                followers.append((follower, pid))
+        observers.tasks_finished(FinishedBatch(rows, self.names, self.state.is_io, self.attempts))
+        for follower, pid in followers:
+            starting(follower, pid)
 
     def _take_output(self, i: int, name) -> None:
         """graph.output[name]: what task i wrote in this run, or nothing."""
@@ -258,7 +312,9 @@ class Bookkeeper:
             self._take_output(i, name)
         self.log.failed(name, error, pid)
         observers = self.observers
-        if observers:
+        if observers is not None and not observers.finished:
+            observers = None  # (nobody hears outcomes)
+        if observers is not None:
             observers.task_finished(self._event(i, FAILED, error, pid, start, end))
         if skipped:
             message = ancestor_failed_message(name)
@@ -273,7 +329,7 @@ class Bookkeeper:
                     done.append(names[s])
                 if outputs:
                     outputs.pop(names[s], None)  # (from an earlier run)
-                if observers:
+                if observers is not None:
                     observers.task_finished(
                         TaskEvent(  # (positional, see _event)
                             names[s],
@@ -305,7 +361,7 @@ class Bookkeeper:
         else:
             self.results[names[s]] = message
             self.done.append(names[s])
-        if self.observers:
+        if self.observers is not None and self.observers.finished:
             lane = IO if self.state.is_io[s] else CPU
             self.observers.task_finished(
                 TaskEvent(names[s], SKIPPED, lane, None, None, None, 0, message, None, names[root])

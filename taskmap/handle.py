@@ -100,7 +100,7 @@ def start(
     cancel = Cancellation()
     opts = resolve_options(runner, graph, raise_errors, dict(options))._replace(cancel=cancel)
     feed = _Feed()
-    opts.observers.items.append(feed)
+    opts.observers.add(feed)
     body = _runner_body(runner, graph, opts, ncores, client, address)
     run = Run(graph, runner, cancel)
     with _running_lock:

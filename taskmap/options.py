@@ -196,7 +196,7 @@ def resolve(runner: str, graph: Graph, raise_errors: bool, options: Mapping[str,
 
         port = check_port(given["dashboard"])
         assert port is not None
-        observers.items.append(Dashboard(port, given.get("limits"), given.get("rates")))
+        observers.add(Dashboard(port, given.get("limits"), given.get("rates")))
     keep = resolve_gather(graph, given["gather"]) if "gather" in given else None
     threshold = resolve_threshold(given["shm_threshold"]) if "shm_threshold" in given else None
     return RunOptions(runner, bool(raise_errors), limits, observers, keep, threshold, resources, given, output)

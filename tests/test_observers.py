@@ -143,3 +143,104 @@ def test_an_observer_that_raises_stops_the_run():
     with pytest.raises(RuntimeError, match="observer bug"):
         taskmap.run(build(), observers=[Broken(), rec])
     assert rec.calls[-1][0] == "run_finished"  # every observer still hears the end
+
+
+# -- batches: an observer that takes starts and outcomes whole ----------------
+
+
+class BatchRecorder(Observer):
+    """Keeps the batches themselves and reads them only after the run, in
+    another thread: what the live page does."""
+
+    def __init__(self):
+        self.started_batches = []
+        self.finished_batches = []
+
+    def tasks_started(self, batch):
+        self.started_batches.append(batch)
+
+    def tasks_finished(self, batch):
+        self.finished_batches.append(batch)
+
+
+def wide():
+    # 200 independent tasks, then one child of all: results arrive batched
+    funcs = {f"t{i}": ok for i in range(200)}
+    deps = {f"t{i}": [] for i in range(200)}
+    funcs["last"] = ok
+    deps["last"] = [f"t{i}" for i in range(0, 200, 20)]
+    funcs["bad"] = boom
+    deps["bad"] = []
+    funcs["after_bad"] = ok
+    deps["after_bad"] = ["bad"]
+    return taskmap.create_graph(funcs, deps)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_batch_hooks_hear_every_start_and_outcome_once_read_later_elsewhere(runner):
+    batches, single = BatchRecorder(), Recorder()
+    graph = RUNNERS[runner](wide(), observers=[batches, single])
+    got = {}
+
+    def read():  # after the run, in another thread
+        got["started"] = [item for b in batches.started_batches for item in b]
+        got["finished"] = [event for b in batches.finished_batches for event in b]
+
+    import threading
+
+    t = threading.Thread(target=read)
+    t.start()
+    t.join()
+    finished = {e.name: e for e in got["finished"]}
+    assert len(finished) == len(got["finished"]) == len(graph.dependencies)
+    # the same events as the observer that takes them one by one
+    assert finished == single.events
+    assert {n: e.value for n, e in finished.items() if e.status == "done"} == {
+        n: v for n, v in graph.results.items() if n not in ("bad", "after_bad")
+    }
+    assert finished["after_bad"].status == "skipped" and finished["bad"].status == "failed"
+    started = {name: (worker, lane, when) for name, worker, lane, when in got["started"]}
+    assert len(started) == len(got["started"]) == len(graph.dependencies) - 1  # (a skipped task never starts)
+    assert started == single.started
+    # every item also by index and slice, as a Sequence
+    for b in batches.finished_batches + batches.started_batches:
+        assert list(b) == [b[k] for k in range(len(b))] == list(b[:])
+    if runner.startswith("run_parallel"):
+        # outcomes that arrived together came as one batch: fewer batches than tasks
+        assert len(batches.finished_batches) < len(graph.dependencies) / 2, len(batches.finished_batches)
+        assert len(batches.started_batches) < len(graph.dependencies) / 2, len(batches.started_batches)
+
+
+def test_a_run_calls_only_the_hooks_an_observer_overrides():
+    class OnlyOutcomes(Observer):
+        def task_finished(self, event):
+            pass
+
+    class OnlyBatches(Observer):
+        def tasks_started(self, batch):
+            pass
+
+    observers = taskmap.observe.observers.Observers([Observer(), OnlyOutcomes(), OnlyBatches()])
+    assert len(observers.started) == 1 and len(observers.finished) == 1
+    assert len(observers.started_batch) == 1 and len(observers.finished_batch) == 1
+    assert not taskmap.observe.observers.Observers([Observer()]).finished
+
+
+@pytest.mark.parametrize("runner", ["run_parallel", "run_parallel_async"])
+def test_a_batch_of_outcomes_precedes_the_starts_of_the_tasks_sent_behind_them(runner):
+    # a chain: each child is sent pinned behind its parent and starts when the
+    # parent's result arrives; its start is heard after the parent's outcome
+    calls = []
+
+    class Order(Observer):
+        def tasks_started(self, batch):
+            calls.extend(("start", name) for name, *_ in batch)
+
+        def tasks_finished(self, batch):
+            calls.extend(("end", e.name) for e in batch)
+
+    funcs = {f"c{i}": ok for i in range(30)}
+    deps = {f"c{i}": ([f"c{i - 1}"] if i else []) for i in range(30)}
+    RUNNERS[runner](taskmap.create_graph(funcs, deps), observers=[Order()])
+    for i in range(1, 30):
+        assert calls.index(("end", f"c{i - 1}")) < calls.index(("start", f"c{i}")), calls

@@ -12,13 +12,15 @@ the package (``taskmap/observe/dashboard_assets``): it works offline.
 
 Where the work happens, so that the run pays little:
 
-* the coordinator's thread only calls the hooks below, which append the event
-  to a queue (a ``deque``: safe between threads without a lock), and starts
-  and stops the server at the run's start and end;
+* the coordinator's thread only calls the hooks below, which append the
+  batch of starts or outcomes one message carried to a queue (a ``deque``:
+  safe between threads without a lock) -- the batch makes its events when
+  the server's thread reads it --, and starts and stops the server at the
+  run's start and end;
 * the server's own thread (:mod:`taskmap.observe.dashboard_server`) takes the
   queued events into a :class:`~taskmap.observe.dashboard_view.RunView` every
   tick while someone watches (and builds the state message once per tick for
-  every viewer), otherwise only when :data:`DRAIN_AT` have queued up; the
+  every viewer), otherwise only when :data:`DRAIN_AT` batches have queued up; the
   graph's layout is computed when the first viewer asks for it.
 * At the run's end the last events are applied and pushed only if someone has
   watched (nobody else could see them), the streams end, and :meth:`Dashboard.run_finished`
@@ -35,7 +37,8 @@ import sys
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from taskmap.observe.dashboard_server import PageServer, PageSource, sse
@@ -47,10 +50,10 @@ if TYPE_CHECKING:
 
 UPDATES_PER_SECOND = 5
 TICK = 1.0 / UPDATES_PER_SECOND
-# while nobody watches, queued events are applied only past this many (their
+# while nobody watches, queued batches are applied only past this many (their
 # results and payloads are held meanwhile): the server's thread then hardly
 # takes the interpreter's lock from the coordinator
-DRAIN_AT = 5000
+DRAIN_AT = 1000
 
 
 def print_url(graph: Graph, url: str) -> None:
@@ -136,14 +139,16 @@ class Dashboard(Observer, PageSource):
         for callback in self.on_url:
             callback(server.url)
 
-    def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
-        self._events.append((name, worker, lane, when))
+    # (batches are queued whole and read in the server's thread: per task,
+    # the run pays nothing for the page)
+    def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
+        self._events.append(batch)
 
-    def task_finished(self, event: TaskEvent) -> None:
-        self._events.append(event)
+    def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
+        self._events.append(batch)
 
     def tasks_added(self, task: Any, elements: list) -> None:
-        self._events.append(Added(task, len(elements)))
+        self._events.append((Added(task, len(elements)),))
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         server, self._server = self._server, None
@@ -172,7 +177,7 @@ class Dashboard(Observer, PageSource):
         while events:
             taken.append(events.popleft())
         if taken:
-            view.apply(taken)
+            view.apply(chain.from_iterable(taken))
 
     def _publish(self, view: RunView) -> None:
         self._state = sse("state", view.state_message())
@@ -182,7 +187,7 @@ class Dashboard(Observer, PageSource):
     def _tick(self) -> None:
         """Every :data:`TICK` seconds: while someone watches, take the queued
         events and push a new state; while nobody does, take them only when
-        :data:`DRAIN_AT` have queued up."""
+        :data:`DRAIN_AT` batches have queued up."""
         if not self._viewers and len(self._events) < DRAIN_AT:
             return  # (read without the lock: a viewer who just came drains them himself)
         with self._changed:

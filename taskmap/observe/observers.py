@@ -16,13 +16,21 @@ events in the same order:
 
 Observers are called in the coordinator's thread and must return quickly: the
 run waits for them.  An observer that raises stops the run (it is a bug, not a
-task failure).  With no observer the runners pay nothing per task.
+task failure).  With no observer the runners pay nothing per task, and an
+observer pays only for the hooks it overrides.
+
+Starts and outcomes also come in batches (:meth:`Observer.tasks_started`,
+:meth:`Observer.tasks_finished`): what one message to or from a worker
+carried.  Their defaults call the per-task hooks; an observer that overrides
+a batch hook costs the run one call per batch, and the batch builds its
+items only when read, which may be later and in the observer's own thread
+(the live page does so): per task, the run then pays nothing for it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +105,22 @@ class Observer:
     def task_finished(self, event: TaskEvent) -> None:
         """A task ended for good (after its last attempt) or was skipped."""
 
+    def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
+        """Tasks handed out together (one message to one worker), as
+        ``(name, worker, lane, when)`` tuples.  The default calls
+        :meth:`task_started` for each; override it to take the batch whole
+        (it may be kept and read later, from any thread)."""
+        for name, worker, lane, when in batch:
+            self.task_started(name, worker, lane, when)
+
+    def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
+        """Tasks that ended together (one message from one worker), as
+        :class:`TaskEvent` objects.  The default calls :meth:`task_finished`
+        for each; override it to take the batch whole (it may be kept and
+        read later, from any thread)."""
+        for event in batch:
+            self.task_finished(event)
+
     def tasks_added(self, task: Any, elements: list) -> None:
         """``task`` expanded (``create_graph(expand=...)``): ``elements``
         (names ``task[i]`` to run, those finished in an earlier run left out)
@@ -107,12 +131,133 @@ class Observer:
         """The run ended; ``error`` is what it raises, if anything."""
 
 
+class StartedBatch(Sequence[tuple[Any, "int | None", str, float]]):
+    """Tasks handed to one worker at once: a sequence of ``(name, worker,
+    lane, when)``, each made when read.  ``tasks`` are the run's task numbers,
+    ``names`` and ``is_io`` the run's tables (read only; they outlive the
+    run, so a batch may be read after it)."""
+
+    __slots__ = ("is_io", "names", "tasks", "when", "worker")
+
+    def __init__(self, tasks: Sequence[int], names: Sequence[Any], is_io: Any, worker: int | None, when: float) -> None:
+        self.tasks, self.names, self.is_io, self.worker, self.when = tasks, names, is_io, worker, when
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def _item(self, i: int) -> tuple[Any, int | None, str, float]:
+        return (self.names[i], self.worker, IO if self.is_io[i] else CPU, self.when)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self._item(i) for i in self.tasks[k]]
+        return self._item(self.tasks[k])
+
+    def __iter__(self) -> Iterator[tuple[Any, int | None, str, float]]:
+        names, is_io, worker, when = self.names, self.is_io, self.worker, self.when
+        for i in self.tasks:
+            yield (names[i], worker, IO if is_io[i] else CPU, when)
+
+
+class FinishedBatch(Sequence[TaskEvent]):
+    """Tasks that succeeded together (one results message): a sequence of
+    :class:`TaskEvent`, each made when read.  ``rows`` are the runtime's
+    ``(task, value, worker, start, end, payload, ...)``; ``names``, ``is_io``
+    and ``attempts`` the run's tables (read only; a finished task's entries
+    do not change, so a batch may be read later and from another thread)."""
+
+    __slots__ = ("attempts", "is_io", "names", "rows")
+
+    def __init__(self, rows: Sequence[tuple], names: Sequence[Any], is_io: Any, attempts: Sequence[int] | None) -> None:
+        self.rows, self.names, self.is_io, self.attempts = rows, names, is_io, attempts
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _event(self, row: tuple) -> TaskEvent:
+        i = row[0]
+        # (positional: a keyword call of the dataclass costs 4x as much)
+        return TaskEvent(
+            self.names[i],
+            DONE,
+            IO if self.is_io[i] else CPU,
+            row[3],
+            row[4],
+            row[2],
+            self.attempts[i] if self.attempts is not None else 1,
+            row[1],
+            row[5],
+        )
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self._event(row) for row in self.rows[k]]
+        return self._event(self.rows[k])
+
+    def __iter__(self) -> Iterator[TaskEvent]:
+        for row in self.rows:
+            yield self._event(row)
+
+
+def _overrides(observer: Observer, *hooks: str) -> bool:
+    kind = type(observer)
+    return any(getattr(kind, hook) is not getattr(Observer, hook) for hook in hooks)
+
+
+def _start_as_batch(o: Observer) -> Callable[[Any, int | None, str, float], None]:
+    take = o.tasks_started
+
+    def start(name: Any, worker: int | None, lane: str, when: float) -> None:
+        take(((name, worker, lane, when),))
+
+    return start
+
+
+def _outcome_as_batch(o: Observer) -> Callable[[TaskEvent], None]:
+    take = o.tasks_finished
+
+    def outcome(event: TaskEvent) -> None:
+        take((event,))
+
+    return outcome
+
+
 @dataclass(slots=True)
 class Observers:
     """The observers of one run, called in order.  Falsy when empty, so the
-    hot paths test ``if observers:`` and pay nothing otherwise."""
+    hot paths test ``if observers:`` and pay nothing otherwise; ``started``
+    and ``finished`` are the hooks of those observers that override a hook
+    of task starts (of outcomes), each taking one item (a batch-taking
+    observer gets a batch of one): a run pays per task only for hooks
+    someone has, and tests ``if observers.started:`` first."""
 
     items: list[Observer] = field(default_factory=list)
+    started: list[Callable[[Any, int | None, str, float], None]] = field(init=False)
+    finished: list[Callable[[TaskEvent], None]] = field(init=False)
+    started_batch: list[Callable[[Sequence[tuple[Any, int | None, str, float]]], None]] = field(init=False)
+    finished_batch: list[Callable[[Sequence[TaskEvent]], None]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        items, self.items = self.items, []
+        self.started, self.finished, self.started_batch, self.finished_batch = [], [], [], []
+        for o in items:
+            self.add(o)
+
+    def add(self, o: Observer) -> None:
+        """Call ``o`` too, after the others."""
+        self.items.append(o)
+        if _overrides(o, "tasks_started"):
+            self.started.append(_start_as_batch(o))
+            self.started_batch.append(o.tasks_started)
+        elif _overrides(o, "task_started"):
+            self.started.append(o.task_started)
+            self.started_batch.append(o.tasks_started)
+        if _overrides(o, "tasks_finished"):
+            self.finished.append(_outcome_as_batch(o))
+            self.finished_batch.append(o.tasks_finished)
+        elif _overrides(o, "task_finished"):
+            self.finished.append(o.task_finished)
+            self.finished_batch.append(o.tasks_finished)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -122,12 +267,20 @@ class Observers:
             o.run_started(graph, info)
 
     def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
-        for o in self.items:
-            o.task_started(name, worker, lane, when)
+        for hook in self.started:
+            hook(name, worker, lane, when)
 
     def task_finished(self, event: TaskEvent) -> None:
-        for o in self.items:
-            o.task_finished(event)
+        for hook in self.finished:
+            hook(event)
+
+    def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
+        for hook in self.started_batch:
+            hook(batch)
+
+    def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
+        for hook in self.finished_batch:
+            hook(batch)
 
     def tasks_added(self, task: Any, elements: list) -> None:
         for o in self.items:

@@ -312,11 +312,7 @@ class Coordinator:
         # written out, and it costs what one ``kind = type(ins)`` did
         for ins in instructions:
             if type(ins) is Succeeded:
-                succeeded, starting = book.recorded_success, book.starting
-                for task, value, pid, start, end, payload, became, follower in ins.rows:
-                    succeeded(task, value, pid, start, end, payload, became)
-                    if follower >= 0:
-                        starting(follower, pid)
+                book.recorded_successes(ins.rows)
             elif type(ins) is Send:
                 # (the ledger keys workers as Hashable; they are this pool's handles)
                 self.send(cast(WorkerHandle, ins.worker), ins.subs)
@@ -431,7 +427,7 @@ class Coordinator:
         codes: dict[int, list] = {}
         drop: list[bytes] = []
         functions, funcs_sent = self.functions, w.funcs_sent
-        starting, pid = self.book.starting, w.pid
+        started = []
         if self.output.kept:  # (an attempt's text starts afresh: a retry's too)
             for sub in subs:
                 self.output.restart(sub[SUB_TASK])
@@ -445,7 +441,8 @@ class Coordinator:
                         w.codes_sent.add(n)
                         codes[n] = self.code_for(w, n, drop)
             if sub[SUB_AFTER] < 0:  # (a pinned one starts when its parent succeeded)
-                starting(sub[SUB_TASK], pid)
+                started.append(sub[SUB_TASK])
+        self.book.started_together(started, w.pid)
         try:
             if setup is not None:
                 w.conn.send_bytes(setup)  # (the worker applies it before any task)
