@@ -140,8 +140,9 @@ class SchedulingState:
                 k = index.get(name)
                 if k is not None:
                     self.priority[k] += p * scale
-        # io tasks in arrival order, or by priority when the graph gives some
-        self.ready_io: deque[int] = deque()
+        # io tasks in arrival order (a deque), or by priority when the graph
+        # gives some (a heap of (-priority, arrival, task): a list)
+        self.ready_io: deque[int] = [] if self.io_by_priority else deque()  # type: ignore[assignment]
         self.io_seq = 0
         self.ready_cpu: list[tuple[float, int]] = []
         # limits and rates (taskmap.scheduling.resources), attached by the runner
