@@ -79,7 +79,19 @@ def draw_graph(work: Path, store: Path, base_url: str) -> Path:
     )
     out = IMAGES / "etl-graph.svg"
     subprocess.run(
-        [sys.executable, "-m", "taskmap", "graph", str(pipeline), "--checkpoint", str(store), "-f", "svg", "-o", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "taskmap",
+            "graph",
+            str(pipeline),
+            "--checkpoint",
+            str(store),
+            "-f",
+            "svg",
+            "-o",
+            str(out),
+        ],
         check=True,
     )
     return out

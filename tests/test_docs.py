@@ -45,7 +45,7 @@ import taskmap
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-PAGES = sorted(p.relative_to(REPO).as_posix() for p in DOCS.rglob("*.md")) + ["README.md"]
+PAGES = [*sorted(p.relative_to(REPO).as_posix() for p in DOCS.rglob("*.md")), "README.md"]
 PAGE_TIMEOUT = 30  # seconds for all the blocks of one page
 
 RUN = {"python", "bash"}
@@ -103,7 +103,9 @@ def blocks(page: str) -> list[Block]:
             i += 1
         i += 1
         code = "\n".join(body) + "\n"
-        found.append(Block(page, n, source, opening["lang"], code, mark["kind"] if mark else None, mark["arg"] if mark else ""))
+        found.append(
+            Block(page, n, source, opening["lang"], code, mark["kind"] if mark else None, mark["arg"] if mark else "")
+        )
     return found
 
 
@@ -120,7 +122,10 @@ def test_the_pages_have_blocks_and_every_block_says_what_it_is():
             elif b.mark == "file" and not b.arg:
                 problems.append(f"{b.where}: `file` needs a file name: <!-- file: name.py -->")
             elif b.mark is None and b.lang not in RUN | SHOWN:
-                problems.append(f"{b.where}: a ```{b.lang} block runs nowhere: mark it (not-run: reason) or use one of {sorted(RUN | SHOWN)}")
+                problems.append(
+                    f"{b.where}: a ```{b.lang} block runs nowhere: "
+                    f"mark it (not-run: reason) or use one of {sorted(RUN | SHOWN)}"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -181,7 +186,9 @@ def test_the_blocks_of_a_page_run(page, tmp_path, monkeypatch):
                 timeout=left,
                 check=False,
             )
-            assert proc.returncode == 0, f"{b.where}: {shlex.quote(b.code.strip())} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == 0, (
+                f"{b.where}: {shlex.quote(b.code.strip())} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
     assert time.monotonic() < deadline, f"{page}: its blocks took more than {PAGE_TIMEOUT} s"
 
 

@@ -47,7 +47,10 @@ def test_priority_on_a_graph_with_io_tasks_runs(runner):
         return 1
 
     graph = taskmap.create_graph(
-        {"fetch": fetch, "use": lambda x: x + 1}, {"fetch": [], "use": ["fetch"]}, io_bound=["fetch"], priority={"use": 3}
+        {"fetch": fetch, "use": lambda x: x + 1},
+        {"fetch": [], "use": ["fetch"]},
+        io_bound=["fetch"],
+        priority={"use": 3},
     )
     getattr(taskmap, runner)(graph)
     assert graph.results == {"fetch": 1, "use": 2}
