@@ -143,7 +143,7 @@ class Bookkeeper:
             )
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:
-            self.log.queueing(state.names[i] for i in list(state.ready_io) + sorted(i for _, i in state.ready_cpu))
+            self.log.queueing(state.names[i] for i in state.queued_io() + sorted(i for _, i in state.ready_cpu))
         if self.elements is not None:
             self.elements.after_event()
 

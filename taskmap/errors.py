@@ -18,7 +18,15 @@ TASK_ERRORS = (Exception, asyncio.CancelledError)
 
 
 class TaskmapError(Exception):
-    """Base class of every error taskmap itself raises or records."""
+    """Base class of every error taskmap itself raises or records.
+
+    ``except taskmap.TaskmapError`` catches what taskmap raises
+    (:class:`TaskFailedError`, :class:`RunCancelled`, :class:`CheckpointError`,
+    :class:`SerializationError` before a run) and matches the errors it
+    stores as a failed task's result (:class:`WorkerCrashedError`,
+    :class:`TaskTimeoutError`, :class:`StaleCodeError`, ...).  A task's own
+    exception is stored as itself, not wrapped in one of these.
+    """
 
 
 class TaskFailedError(TaskmapError, RuntimeError):
@@ -58,7 +66,16 @@ class WorkerCrashedError(TaskmapError):
 
 
 class TaskTimeoutError(TaskmapError, TimeoutError):
-    """The task ran longer than its time limit and was stopped."""
+    """The task ran longer than its time limit and was stopped.
+
+    Stored as the task's result (and retried first if the task has
+    ``retries=``) when a run's ``timeout=`` runs out: the limit counts from
+    when the task started, not from when it was queued.  An io task is
+    cancelled; a cpu task's worker is killed and replaced (on Dask, and for a
+    plain function in a thread, the task is reported timed out and its thread
+    runs on unwatched).  ``task`` is the task's name, ``limit`` the limit in
+    seconds; also a ``TimeoutError``.
+    """
 
     def __init__(self, task: str, limit: float) -> None:
         self.task = task

@@ -385,7 +385,9 @@ def descendants(children: Mapping, roots: Iterable[Task]) -> set:
 
 
 def get_all_children(graph: Graph, task: Task) -> set:
-    """All descendants of ``task`` (children, their children, ...)."""
+    """All descendants of ``task`` (children, their children, ...), as a set
+    of task names, without ``task`` itself; linear in tasks + edges.  These
+    are the tasks a failure of ``task`` skips and :func:`reset_tasks` reruns."""
     return descendants(children_index(graph), [task])
 
 
@@ -415,13 +417,16 @@ def _as_list(tasks) -> list:
 
 
 def mark_as_done(graph: Graph, tasks) -> Graph:
-    """Add ``tasks`` (one task or an iterable of tasks) to ``graph.done``."""
+    """Add ``tasks`` (one task or an iterable of tasks) to ``graph.done``, so
+    the next run does not run them; their results (``graph.results``, or
+    ``create_graph(results=...)``) are fed to their children.  Returns the graph."""
     graph.done.extend(_as_list(tasks))
     return graph
 
 
 def mark_as_done_except(graph: Graph, tasks) -> Graph:
-    """Mark every task as done except ``tasks`` (one task or an iterable)."""
+    """Mark every task as done except ``tasks`` (one task or an iterable), as
+    :func:`mark_as_done` does: the next run runs only ``tasks``.  Returns the graph."""
     keep = set(_as_list(tasks))
     graph.done.extend(t for t in graph.dependencies if t not in keep)
     return graph

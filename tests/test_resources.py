@@ -41,6 +41,21 @@ def test_uses_and_priority_name_tasks():
     assert graph.priority == {"b": 2}
 
 
+@pytest.mark.parametrize("runner", ["run", "run_async"])
+def test_priority_on_a_graph_with_io_tasks_runs(runner):
+    async def fetch():
+        return 1
+
+    graph = taskmap.create_graph(
+        {"fetch": fetch, "use": lambda x: x + 1},
+        {"fetch": [], "use": ["fetch"]},
+        io_bound=["fetch"],
+        priority={"use": 3},
+    )
+    getattr(taskmap, runner)(graph)
+    assert graph.results == {"fetch": 1, "use": 2}
+
+
 def test_limits_and_rates_are_checked_against_the_uses():
     uses = normalise_uses({"a": "api", "b": ["api", "api"]}, {"a": [], "b": []})
     with pytest.raises(ValueError, match="'apj'"):

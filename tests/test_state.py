@@ -73,6 +73,16 @@ def test_io_first_in_arrival_order():
     assert s.pop_ready() in (s.index["c1"], s.index["c2"])
 
 
+def test_io_by_priority_when_the_graph_gives_priorities():
+    """create_graph(priority=...) with io tasks: the io queue is a heap, higher
+    first, ties in arrival order (it once stayed a deque and crashed)."""
+    deps = {"i1": [], "i2": [], "i3": [], "c": []}
+    s = SchedulingState(deps, ["i1", "i2", "i3"], (), None, {"i3": 5, "c": 9})
+    s.start()
+    assert [s.names[s.pop_io()] for _ in range(3)] == ["i3", "i1", "i2"]
+    assert s.pop_io() is None
+
+
 def test_cpu_by_critical_path_chain_head_before_lone_task():
     deps = {"lone": [], "head": [], "mid": ["head"], "tail": ["mid"]}
     s = make(deps)

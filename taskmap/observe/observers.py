@@ -50,13 +50,18 @@ CPU = "cpu"
 
 @dataclass(slots=True)
 class RunInfo:
-    """What an observer learns when a run starts."""
+    """What an observer learns when a run starts (:meth:`Observer.run_started`)."""
 
     runner: str  # "run", "run_async", "run_parallel", "run_parallel_async", ...
+    """The runner's name: ``"run"``, ``"run_async"``, ``"run_parallel"``, ``"run_parallel_async"`` or ``"run_dask"``."""
     ncores: int  # worker processes (1 for the in-process runners)
+    """Worker processes (1 for the in-process runners)."""
     tasks: list  # names of the tasks this run will try to finish, in graph order
+    """Names of the tasks this run will try to finish, in graph order."""
     started: float  # time.monotonic() when the run started
+    """``time.monotonic()`` when the run started."""
     coordinator_pid: int
+    """The pid of the process that runs the graph (the caller's)."""
     # how many ready tasks wait for a unit or a rate slot now (limits=,
     # rates=); None when the run bounds no resource.  Safe to call from an
     # observer's own thread (it reads one int).
@@ -90,7 +95,20 @@ class TaskEvent:
 
 
 class Observer:
-    """Base class of observers; every hook is a no-op, override what you need."""
+    """Base class of observers; every hook is a no-op, override what you need.
+
+    Pass instances to any runner as ``observers=[...]``.  Each run calls, in
+    this order: :meth:`run_started` once; :meth:`task_started` each time a
+    task is handed out; :meth:`task_finished` once per task that ends for
+    good (done, failed after its last attempt, or skipped);
+    :meth:`tasks_added` when a task expands; :meth:`run_finished` once, also
+    when the run raises or is interrupted.  Hooks are called in the
+    coordinator's thread (the caller's, or the ``taskmap-run`` thread of
+    :func:`taskmap.start`) and the run waits for them, so return quickly.
+    An observer that raises stops the run: it is a bug, not a task failure.
+    The progress bar, the trace, the live page and the checkpoint store are
+    observers.
+    """
 
     def run_started(self, graph: Graph, info: RunInfo) -> None:
         """The run is about to start its first task."""

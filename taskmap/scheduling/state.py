@@ -25,15 +25,29 @@ from typing import Any
 
 
 class TaskState(IntEnum):
-    """The closed set of states a task is in during a run."""
+    """The closed set of states a task is in during a run.
+
+    Every runner's scheduling state moves each task through these, checked:
+    WAITING -> READY -> RUNNING -> DONE or FAILED (a retry goes from RUNNING
+    back to READY), or WAITING/READY -> SKIPPED when an ancestor fails; any
+    other move raises ``IllegalTransition``.  An int enum, so its members
+    compare with the plain ints the hot paths store.
+    """
 
     WAITING = 0  # some dependency has not finished
+    """Some dependency has not finished."""
     READY = 1  # all dependencies finished; queued, not yet handed out
+    """Every dependency finished; queued, not yet handed out."""
     RUNNING = 2  # handed to an executor
+    """Handed to an executor (a worker, a thread, the event loop)."""
     DONE = 3  # finished with a result (or was done before the run)
+    """Finished with a result (or was done before the run)."""
     FAILED = 4  # raised, crashed or timed out; its result is the error
+    """Raised, crashed or timed out; its result is the error."""
     SKIPPED = 5  # an ancestor failed; result is the ancestor string
+    """An ancestor failed; its result is the ancestor string."""
     EXPANDED = 6  # an expanded task: runs as elements, some not finished (scheduling.expansion)
+    """An expanded task (``create_graph(expand=...)``) whose elements have not all finished."""
 
 
 # The same states as plain ints, for the paths a run takes several times per
@@ -140,8 +154,9 @@ class SchedulingState:
                 k = index.get(name)
                 if k is not None:
                     self.priority[k] += p * scale
-        # io tasks in arrival order, or by priority when the graph gives some
-        self.ready_io: deque[int] = deque()
+        # io tasks in arrival order (a deque), or by priority when the graph
+        # gives some (a heap of (-priority, arrival, task): a list)
+        self.ready_io: deque[int] = [] if self.io_by_priority else deque()  # type: ignore[assignment]
         self.io_seq = 0
         self.ready_cpu: list[tuple[float, int]] = []
         # limits and rates (taskmap.scheduling.resources), attached by the runner
