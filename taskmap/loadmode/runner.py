@@ -42,7 +42,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TextIO
 
 from taskmap.cancellation import Cancellation
-from taskmap.errors import RunCancelled, SerializationError
+from taskmap.errors import RemoteTaskError, RunCancelled, SerializationError
 from taskmap.graph import Graph, create_graph
 from taskmap.loadmode.live import LiveTable
 from taskmap.loadmode.report import LoadReport
@@ -130,12 +130,15 @@ class LoadBook:
     ) -> None:
         k, name = self.state.names[i]
         text = self.collector.take(i) if self.collector.kept else None
-        kind = type(error).__qualname__
-        self.report.task(name).failed(kind, str(error), text, k)
+        if isinstance(error, RemoteTaskError):  # (a class the coordinator could not rebuild)
+            kind, message = error.type_name.rpartition(".")[2], error.message
+        else:
+            kind, message = type(error).__qualname__, str(error)
+        self.report.task(name).failed(kind, message, text, k)
         entry = self.live[k]
         entry[1] = max(entry[1], end if end is not None else time.monotonic())
         if entry[2] is None:
-            entry[2] = (kind, f"{name}: {error}")
+            entry[2] = (kind, f"{name}: {message}")
 
 
 class LoadCoordinator(Coordinator):
