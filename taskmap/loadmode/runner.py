@@ -205,6 +205,7 @@ class LoadCoordinator(Coordinator):
         self.shapes: dict[Hashable, tuple[Shape, list[Any], list[Any], list[Any]]] = {}
         self.next_k = 0  # the next arrival to arm
         self.fired = 0  # arrivals that came (started or dropped)
+        self.applying = 0  # depth of apply() calls
         self.t0 = 0.0  # the schedule's start, monotonic
         self.stopped_at: float | None = None
         self.checked_resources = False
@@ -278,8 +279,16 @@ class LoadCoordinator(Coordinator):
             self.arm(self.t0 + self.schedule.duration + self.grace, GRACE)
 
     def apply(self, instructions: list[Any]) -> None:
-        super().apply(instructions)
-        if self.istate.completed:
+        # (nested when an instruction's own events are applied, e.g. a
+        # replacement worker joining: instances are retired only once the
+        # outermost list is carried out, whose later instructions may still
+        # name their tasks)
+        self.applying += 1
+        try:
+            super().apply(instructions)
+        finally:
+            self.applying -= 1
+        if self.istate.completed and not self.applying:
             self.retire_completed()
 
     def fire_timers(self) -> None:
