@@ -52,6 +52,10 @@ _LAZY = {
     "run_dask": "dask.runner",
     "to_dot": "observe.export",
     "to_mermaid": "observe.export",
+    "LoadReport": "loadmode.report",
+    "LoadRun": "loadmode.runner",
+    "load": "loadmode.runner",
+    "start_load": "loadmode.runner",
     "Summary": "observe.summary",
     "summarize": "observe.summary",
 }
@@ -83,6 +87,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         reset_tasks,
     )
     from taskmap.handle import Run, start
+    from taskmap.loadmode.report import LoadReport
+    from taskmap.loadmode.runner import LoadRun, load, start_load
     from taskmap.observe.export import to_dot, to_mermaid
     from taskmap.observe.logs import in_progress
     from taskmap.observe.observers import Observer, RunInfo, TaskEvent
@@ -110,6 +116,8 @@ __all__ = [
     "CheckpointError",
     "Element",
     "Graph",
+    "LoadReport",
+    "LoadRun",
     "NotKept",
     "Observer",
     "RemoteTaskError",
@@ -132,6 +140,7 @@ __all__ = [
     "get_all_children",
     "get_ready_tasks",
     "in_progress",
+    "load",
     "mark_as_done",
     "mark_as_done_except",
     "open_checkpoint",
@@ -143,6 +152,7 @@ __all__ = [
     "run_parallel",
     "run_parallel_async",
     "start",
+    "start_load",
     "summarize",
     "to_dot",
     "to_mermaid",

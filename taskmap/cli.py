@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=cmd_run)
 
+    from taskmap.loadmode.cli import add_parser as add_load_parser
+
+    add_load_parser(commands, _positive_int, _named_number)
+
     graph = commands.add_parser(
         "graph",
         parents=[pipeline],

@@ -269,3 +269,18 @@ def test_stream_service_streams_each_result_as_it_finishes_and_a_disconnect_canc
     assert "stopped:" in out
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"the service left processes behind: {alive}"
+
+
+def test_load_example_runs_and_reports():
+    """examples/load_scenario.py starts its service, runs taskmap.load and
+    prints the report (a failed checkout every 50 instances)."""
+    pytest.importorskip("aiohttp")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "load_scenario.py"), "--duration", "1", "--rate", "100", "--ncores", "1"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rate 100.0/s (target 100.0/s), started 100, completed 100, dropped 0, errors 2 (2.00%)" in done.stdout
+    assert "checkout failed (ClientResponseError)" in done.stdout

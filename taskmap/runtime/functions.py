@@ -277,6 +277,55 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
     return Shipment(func_of, code_of, entries, codes.blobs, needs, digests)
 
 
+class Shipper:
+    """Functions shipped while a run goes (``taskmap.load``: each arrival
+    brings a new instance's functions): :attr:`shipment` grows as
+    :meth:`fid` meets functions, and an entry equal to one already shipped
+    (the same function, a partial of it with equal arguments, a closure of
+    the same code with equal cells) gets that entry's number, so code is
+    pickled once per distinct function, not once per instance.  An entry
+    with data of its own (a partial over the instance's number, say) is one
+    more entry per instance: small, but it stays for the run."""
+
+    ID_CACHE = 4096  # function objects remembered by identity, at most
+
+    def __init__(self) -> None:
+        self.codes = _Codes()
+        self.templates: dict[Any, tuple[int, Any]] = {}
+        self.shipment = Shipment([], [], {}, self.codes.blobs, {}, {})
+        self.by_entry: dict[Any, int] = {}  # an entry as a hashable key -> fid
+        self.code_by_fid: list[int] = []
+        # id(function) -> (function, fid, code): the function kept alive while its id is a key
+        self.by_id: dict[int, tuple[Any, int, int]] = {}
+
+    def fid(self, func: Callable[..., Any]) -> tuple[int, int]:
+        """(fid, code number) of ``func``, shipped if new; raises what
+        :func:`ship` raises for a function that cannot be pickled (as
+        ``error.__cause__``, with index 0)."""
+        known = self.by_id.get(id(func))
+        if known is not None and known[0] is func:
+            return known[1], known[2]
+        try:
+            entry, number = _split(func, self.codes, self.templates)
+        except Exception as error:
+            raise UnsendableFunction(0) from error
+        key = tuple(entry)
+        fid = self.by_entry.get(key)
+        if fid is None:
+            fid = self.by_entry[key] = len(self.code_by_fid)
+            self.code_by_fid.append(number)
+            self.shipment.entries[fid] = entry
+            if type(entry[1]) is int:
+                self.shipment.needs[fid] = (entry[1],)
+                digests = self.shipment.digests
+                if entry[1] not in digests:
+                    digests[entry[1]] = _digest(self.codes.blobs[entry[1]])
+        if len(self.by_id) >= self.ID_CACHE:
+            self.by_id.clear()
+        self.by_id[id(func)] = (func, fid, number)
+        return fid, number
+
+
 def _digest(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 

@@ -648,6 +648,47 @@ class Ledger:
                 encoded[t] = codec.encode_list(blobs)
         out.append(Expanded(news))
 
+    # -- instances (taskmap.load: InstanceState) ------------------------------------
+
+    def place(
+        self,
+        tasks: Sequence[int],
+        func_of: Sequence[int],
+        code_of: Sequence[int],
+        timeout: Sequence[float | None],
+        retries: Sequence[int],
+    ) -> None:
+        """Tasks joined the running state at these numbers (a new number is
+        the next one; a number of a retired task is reused): set their
+        per-task tables, as :meth:`_expansions` grows them for elements."""
+        attempts, limits = self.attempts, self.limits
+        own_code = self.code_of is not self.func_of
+        for e, f, c, t, r in zip(tasks, func_of, code_of, timeout, retries, strict=True):
+            if e == len(attempts):
+                attempts.append(0)
+                limits.timeout.append(t)
+                limits.retries.append(r)
+                self.func_of.append(f)
+                if own_code:
+                    self.code_of.append(c)
+            else:
+                attempts[e] = 0
+                limits.timeout[e] = t
+                limits.retries[e] = r
+                self.func_of[e] = f
+                if own_code:
+                    self.code_of[e] = c
+
+    def retire(self, tasks: Sequence[int]) -> None:
+        """These finished tasks leave the run (their numbers may be reused):
+        forget what the ledger keeps of them."""
+        encoded, cursor = self.encoded, self.segments.cursor
+        for e in tasks:
+            self.attempts[e] = 0
+            encoded.pop(e, None)
+            cursor.pop(e, None)
+            self.timed_out.discard(e)
+
     # -- timers ---------------------------------------------------------------
 
     def _arm_rate_timer(self, out: list[Instruction]) -> None:

@@ -276,6 +276,29 @@ class ResourceGate:
         self.gated.extend([self.gated[t]] * n)
         self.rank.extend([rank] * n)  # type: ignore[attr-defined]
 
+    def place(self, i: int, uses: tuple[int, ...], rank: Any) -> None:
+        """Task i (a new number: the next one; or a reused one) uses the
+        resources ``uses`` (numbers, repeats allowed): a task added to a
+        running load (``taskmap.load``)."""
+        kept = tuple(r for r in uses if self.limit[r] is not None or self.interval[r] is not None)
+        need = tuple((r, kept.count(r)) for r in sorted(set(kept)))
+        unrated = all(self.interval[r] is None for r in kept)
+        if i == len(self.uses):
+            self.uses.append(kept)
+            self.need.append(need)
+            self.unrated.append(unrated)
+            self.gated.append(bool(kept))
+            if i == len(self.rank):
+                self.rank.append(rank)  # type: ignore[attr-defined]
+            else:
+                self.rank[i] = rank  # type: ignore[index]
+        else:
+            self.uses[i] = kept
+            self.need[i] = need
+            self.unrated[i] = unrated
+            self.gated[i] = bool(kept)
+            self.rank[i] = rank  # type: ignore[index]
+
     # -- checks and reports ---------------------------------------------------------
 
     def validate(self) -> None:
