@@ -100,6 +100,12 @@ def add_parser(commands: Any, positive_int: Any, named_number: Any) -> None:
         metavar="T",
         help="time instances may take after the schedule's end (30s)",
     )
+    p.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="measure from the first instance (default: one unmeasured instance per worker runs first)",
+    )
     p.add_argument("--report", default=None, metavar="FILE.json", help="write the report as JSON")
     p.add_argument(
         "--fail-if",
@@ -144,6 +150,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             live=args.live,
             grace=args.grace,
+            warmup=args.warmup,
         )
     except ValueError as error:
         raise PipelineError(str(error)) from None

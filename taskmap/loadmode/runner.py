@@ -88,6 +88,8 @@ class LoadBook:
         self.report = report
         self.collector = collector
         self.attempts: list[int] | None = None
+        # False while the warm-up instances run: nothing of them is measured
+        self.recording = True
         # live instance -> [scheduled arrival, last end, first error or None]
         self.live: dict[int, list[Any]] = {}
 
@@ -100,6 +102,14 @@ class LoadBook:
     def starting(self, i: int, pid: int | None = None) -> None:
         pass
 
+    def started_together(self, tasks: list[int], pid: int | None) -> None:
+        pass
+
+    def recorded_successes(self, rows: list[tuple]) -> None:
+        one = self.recorded_success
+        for task, value, pid, start, end, payload, became, _follower in rows:
+            one(task, value, pid, start, end, payload, became)
+
     def recorded_success(
         self,
         i: int,
@@ -111,7 +121,7 @@ class LoadBook:
         became: int,
     ) -> None:
         k, name = self.state.names[i]
-        if start is not None and end is not None:
+        if start is not None and end is not None and self.recording:
             self.report.task(name).ok(end - start)
             entry = self.live[k]
             if end > entry[1]:
@@ -134,7 +144,8 @@ class LoadBook:
             kind, message = error.type_name.rpartition(".")[2], error.message
         else:
             kind, message = type(error).__qualname__, str(error)
-        self.report.task(name).failed(kind, message, text, k)
+        if self.recording:
+            self.report.task(name).failed(kind, message, text, k)
         entry = self.live[k]
         entry[1] = max(entry[1], end if end is not None else time.monotonic())
         if entry[2] is None:
@@ -159,6 +170,7 @@ class LoadCoordinator(Coordinator):
         output: OutputOptions | None = None,
         live: LiveTable | None = None,
         grace: float = DEFAULT_GRACE,
+        warmup: bool = True,
     ) -> None:
         state = InstanceState()
         limits, rates = resources
@@ -202,6 +214,7 @@ class LoadCoordinator(Coordinator):
         self.retries_spec = retries
         self.live_table = live
         self.grace = grace
+        self.warmup = warmup
         self.shapes: dict[Hashable, tuple[Shape, list[Any], list[Any], list[Any]]] = {}
         self.next_k = 0  # the next arrival to arm
         self.fired = 0  # arrivals that came (started or dropped)
@@ -226,6 +239,8 @@ class LoadCoordinator(Coordinator):
             # start-up is not the service's latency
             while not all(held.ready for held in ledger.workers.values()):
                 self.wait_once()
+            if self.warmup:
+                self.warm_up()
             self.t0 = time.monotonic()
             self.arm_arrival()
             if self.live_table is not None:
@@ -247,6 +262,25 @@ class LoadCoordinator(Coordinator):
         finally:
             forget()
             self.close_report()
+
+    def warm_up(self) -> None:
+        """One unmeasured instance per worker, all at once, until they
+        finish (keys -1, -2, ...: no arrival has them); the book records
+        nothing of them (see :meth:`LoadBook.recording`)."""
+        ledger, state, book = self.ledger, self.istate, self.book
+        book.recording = False  # type: ignore[attr-defined]
+        for j in range(self.ncores):
+            self.place(-1 - j, self.make_scenario(j), time.monotonic())
+        # (a service that never answers: the run ends after grace seconds)
+        self.arm(time.monotonic() + self.grace, GRACE)
+        while state.left:
+            self.apply(ledger.handle(_DISPATCH))
+            self.wait_once()
+            if self.timers:
+                self.fire_timers()
+        self.timers = [t for t in self.timers if t[2] != GRACE]
+        heapq.heapify(self.timers)
+        book.recording = True  # type: ignore[attr-defined]
 
     def close_report(self) -> None:
         report = self.report
@@ -321,9 +355,18 @@ class LoadCoordinator(Coordinator):
         if in_flight >= self.max_in_flight:
             report.dropped += 1
             return
-        graph = self.make_scenario(k)
+        self.place(k, self.make_scenario(k), due)
+        report.started += 1
+        if in_flight + 1 > report.peak_in_flight:
+            report.peak_in_flight = in_flight + 1
+        report.lateness.ok(max(0.0, time.monotonic() - due))
+
+    def place(self, k: int, graph: Graph, due: float) -> None:
+        """Start instance ``k`` (``graph``), due at ``due``: its tasks join
+        the ledger in free slots."""
+        state = self.istate
         if not isinstance(graph, Graph):
-            raise TypeError(f"make_scenario({k}) returned {type(graph).__name__}, not a graph (taskmap.create_graph)")
+            raise TypeError(f"make_scenario returned {type(graph).__name__}, not a graph (taskmap.create_graph)")
         shape, timeouts, retries, uses = self.shape_for(graph)
         slots = state.add(k, shape)
         fids, codes = [], []
@@ -346,10 +389,6 @@ class LoadCoordinator(Coordinator):
                 gate.place(e, u, -priority[e])
         self.book.live[k] = [due, 0.0, None]  # type: ignore[attr-defined]
         state.start_instance(k)
-        report.started += 1
-        if in_flight + 1 > report.peak_in_flight:
-            report.peak_in_flight = in_flight + 1
-        report.lateness.ok(max(0.0, time.monotonic() - due))
 
     def shape_for(self, graph: Graph) -> tuple[Shape, list[Any], list[Any], list[Any]]:
         """The scenario's shape, time limits, retries and resource uses, per
@@ -400,10 +439,13 @@ class LoadCoordinator(Coordinator):
         now = time.monotonic()
         for k in state.completed:
             due, last_end, failure = live.pop(k)
-            report.completed += 1
-            if failure is None:
+            if k < 0:  # (a warm-up instance: not measured)
+                pass
+            elif failure is None:
+                report.completed += 1
                 report.scenario.ok((last_end or now) - due)
             else:
+                report.completed += 1
                 report.scenario.failed(failure[0], failure[1], None, k)
             slots = state.retire(k)
             self.ledger.retire(slots)
@@ -437,6 +479,7 @@ def _run_load(
     output: OutputOptions,
     live: LiveTable | None,
     grace: float,
+    warmup: bool = True,
 ) -> LoadReport:
     with take_pool() as pool, _sigterm_as_interrupt():
         pool.configure(None)
@@ -455,6 +498,7 @@ def _run_load(
             output,
             live,
             grace,
+            warmup,
         ).run()
     return report
 
@@ -524,6 +568,7 @@ def load(
     capture_level: int | str = "WARNING",
     live: bool | TextIO | None = None,
     grace: float = DEFAULT_GRACE,
+    warmup: bool = True,
 ) -> LoadReport:
     """Run instances of a scenario on an open-loop schedule and measure them.
 
@@ -556,6 +601,11 @@ def load(
     terminal; or a stream to write it to).  ``grace``: seconds after the
     schedule's end that running instances may take to finish; those still
     running then are stopped and counted (``report.unfinished``).
+    ``warmup``: before the schedule starts, one instance per worker runs
+    (made by ``make_scenario(0)``, ``make_scenario(1)``, ...) and is not
+    measured nor counted: the workers import the scenario's modules and
+    open their connections before the clock starts, as wrk2's calibration
+    period keeps a cold start out of the figures.
 
     Returns a :class:`~taskmap.loadmode.report.LoadReport`.  Ctrl-C (or
     SIGTERM) stops the run at once, workers stopped, and returns the
@@ -578,7 +628,7 @@ def load(
     )
     report = LoadReport()
     return _run_load(
-        make_scenario, schedule, n, max_in_flight, report, resources, timeout, retries, None, out, table, grace
+        make_scenario, schedule, n, max_in_flight, report, resources, timeout, retries, None, out, table, grace, warmup
     )
 
 
@@ -648,6 +698,7 @@ def start_load(
     capture_level: int | str = "WARNING",
     live: bool | TextIO | None = False,
     grace: float = DEFAULT_GRACE,
+    warmup: bool = True,
 ) -> LoadRun:
     """As :func:`load`, in a thread of its own: returns a :class:`LoadRun`
     at once (options checked first, in the caller)."""
@@ -670,7 +721,19 @@ def start_load(
 
     def body(cancel: Cancellation) -> LoadReport:
         return _run_load(
-            make_scenario, schedule, n, max_in_flight, report, resources, timeout, retries, cancel, out, table, grace
+            make_scenario,
+            schedule,
+            n,
+            max_in_flight,
+            report,
+            resources,
+            timeout,
+            retries,
+            cancel,
+            out,
+            table,
+            grace,
+            warmup,
         )
 
     return LoadRun(body, report)
