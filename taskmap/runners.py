@@ -28,6 +28,7 @@ from taskmap.bookkeeping import Bookkeeper
 from taskmap.element_book import functions_of
 from taskmap.errors import TASK_ERRORS, RunCancelled
 from taskmap.graph import Graph
+from taskmap.heap import frozen_during
 from taskmap.options import RunnerOptions, RunOptions
 from taskmap.options import resolve as resolve_options
 from taskmap.runtime import capture
@@ -85,6 +86,7 @@ def run(graph: Graph, raise_errors: bool = False, **options: Unpack[RunnerOption
     return _run(graph, resolve_options("run", graph, raise_errors, options))
 
 
+@frozen_during
 def _run(graph: Graph, opts: RunOptions) -> Graph:
     """``run`` with resolved options.  A cancelled run (``opts.cancel``)
     starts nothing more; a coroutine task it is awaiting is cancelled (a
@@ -233,6 +235,7 @@ def _run_coroutine(make_coro):
     return box.get("value")
 
 
+@frozen_during
 async def _run_async(graph: Graph, opts: RunOptions) -> None:
     """``run_async`` with resolved options, on the running loop.  A
     cancelled run (``opts.cancel``) cancels this coroutine: the io tasks

@@ -44,6 +44,7 @@ from typing import Any, TextIO
 from taskmap.cancellation import Cancellation
 from taskmap.errors import RemoteTaskError, RunCancelled, SerializationError
 from taskmap.graph import Graph, create_graph
+from taskmap.heap import frozen_during
 from taskmap.loadmode.live import LiveTable
 from taskmap.loadmode.report import LoadReport
 from taskmap.loadmode.schedule import Schedule, make_schedule
@@ -466,6 +467,7 @@ def _per_name(spec: Any, name: Any, empty: Any, what: str, check: Callable[[Any,
     return check(spec, what)
 
 
+@frozen_during
 def _run_load(
     make_scenario: Callable[[int], Graph],
     schedule: Schedule,

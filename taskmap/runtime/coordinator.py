@@ -56,6 +56,7 @@ from taskmap.bookkeeping import Bookkeeper
 from taskmap.cancellation import Cancellation
 from taskmap.errors import RunCancelled
 from taskmap.graph import Graph
+from taskmap.heap import frozen_during
 from taskmap.observe.observers import Observers
 from taskmap.observe.output import DEFAULT, OutputOptions
 from taskmap.runtime import fd_output, messages, process_setup, shm
@@ -102,6 +103,7 @@ CODES_HELD = 1024  # pickled code a worker keeps across runs, at most
 _DISPATCH = Dispatch()
 
 
+@frozen_during
 def run_graph(
     graph: Graph,
     ncores: int,
