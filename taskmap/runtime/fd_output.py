@@ -59,6 +59,7 @@ class DescriptorTee:
         self.lock = threading.Lock()
         self.pipes: list[tuple[int, int, int, Any]] = []  # (read end, original copy, kind, decoder)
         self.maybe = False  # bytes may be waiting: a task's end drains them
+        self.waiting = select.poll()  # the pipes, for a task's end to ask at once
 
     def start(self) -> list[int]:
         """Redirect fds 1 and 2; returns the read ends' numbers (for the
@@ -85,6 +86,8 @@ class DescriptorTee:
             if fd == 1 and tty:
                 _line_buffer_c_stdout()
         if self.pipes:
+            for read_end, _, _, _ in self.pipes:
+                self.waiting.register(read_end, select.POLLIN)
             sys.addaudithook(self._audit)
             threading.Thread(target=self._forward, name="taskmap-fd-output", daemon=True).start()
         return done
@@ -128,10 +131,13 @@ class DescriptorTee:
 
     def end(self) -> None:
         """The cpu task is ending (its key still set): what it wrote and
-        the pipe still holds is its."""
+        the pipe still holds is its.  One ``poll`` tells which pipes hold
+        anything (the usual answer, none, costs one system call)."""
         with self.lock:
+            holding = {fd for fd, _ in self.waiting.poll(0)}
             for read_end, original, kind, decoder in self.pipes:
-                self._pass_on(read_end, original, kind, decoder)
+                if read_end in holding:
+                    self._pass_on(read_end, original, kind, decoder)
                 # (a character cut at the end is not carried to the next task)
                 decoder.reset()
 
