@@ -33,13 +33,14 @@ running then are stopped and counted as unfinished), or when cancelled.
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import math
 import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from taskmap.cancellation import Cancellation
 from taskmap.errors import RemoteTaskError, RunCancelled, SerializationError
@@ -467,40 +468,42 @@ def _per_name(spec: Any, name: Any, empty: Any, what: str, check: Callable[[Any,
     return check(spec, what)
 
 
+class _Plan(NamedTuple):
+    """A load run's arguments, checked and resolved (:func:`_prepare`)."""
+
+    make_scenario: Callable[[int], Graph]
+    schedule: Schedule
+    ncores: int
+    max_in_flight: int
+    resources: tuple[dict[str, int], dict[str, float]]
+    timeout: Any
+    retries: Any
+    output: OutputOptions
+    live: LiveTable | None
+    grace: float
+    warmup: bool
+
+
 @frozen_during
-def _run_load(
-    make_scenario: Callable[[int], Graph],
-    schedule: Schedule,
-    ncores: int,
-    max_in_flight: int,
-    report: LoadReport,
-    resources: tuple[Mapping[str, int], Mapping[str, float]],
-    timeout: Any,
-    retries: Any,
-    cancel: Cancellation | None,
-    output: OutputOptions,
-    live: LiveTable | None,
-    grace: float,
-    warmup: bool = True,
-) -> LoadReport:
+def _run_load(plan: _Plan, report: LoadReport, cancel: Cancellation | None) -> LoadReport:
     with take_pool() as pool, _sigterm_as_interrupt():
         pool.configure(None)
-        pool.resize(ncores)
+        pool.resize(plan.ncores)
         LoadCoordinator(
-            make_scenario,
-            schedule,
+            plan.make_scenario,
+            plan.schedule,
             pool,
-            ncores,
-            max_in_flight,
+            plan.ncores,
+            plan.max_in_flight,
             report,
-            resources,
-            timeout,
-            retries,
+            plan.resources,
+            plan.timeout,
+            plan.retries,
             cancel,
-            output,
-            live,
-            grace,
-            warmup,
+            plan.output,
+            plan.live,
+            plan.grace,
+            plan.warmup,
         ).run()
     return report
 
@@ -515,11 +518,15 @@ def _prepare(
     ncores: int | None,
     limits: Mapping[str, int] | None,
     rates: Mapping[str, float] | None,
+    timeout: Any,
+    retries: Any,
     output: str,
     capture_level: int | str,
     live: bool | TextIO | None,
     grace: float,
-) -> tuple[Schedule, int, tuple[dict[str, int], dict[str, float]], OutputOptions, LiveTable | None]:
+    warmup: bool,
+) -> _Plan:
+    """Check :func:`load`'s arguments (raising as it documents) and resolve them."""
     from taskmap.runners import default_ncores
 
     if not callable(make_scenario):
@@ -544,12 +551,18 @@ def _prepare(
         table = LiveTable(sys.stderr)
     elif live:
         table = LiveTable(live)  # type: ignore[arg-type]
-    return (
+    return _Plan(
+        make_scenario,
         schedule,
         default_ncores(ncores, None, half=True),
+        max_in_flight,
         (lim, rat),
+        timeout,
+        retries,
         resolve_output(output, capture_level),
         table,
+        grace,
+        bool(warmup),
     )
 
 
@@ -613,7 +626,7 @@ def load(
     SIGTERM) stops the run at once, workers stopped, and returns the
     partial report with ``cancelled`` and ``interrupted`` set.
     """
-    schedule, n, resources, out, table = _prepare(
+    plan = _prepare(
         make_scenario,
         rate,
         duration,
@@ -623,15 +636,15 @@ def load(
         ncores,
         limits,
         rates,
+        timeout,
+        retries,
         output,
         capture_level,
         live,
         grace,
+        warmup,
     )
-    report = LoadReport()
-    return _run_load(
-        make_scenario, schedule, n, max_in_flight, report, resources, timeout, retries, None, out, table, grace, warmup
-    )
+    return _run_load(plan, LoadReport(), None)
 
 
 _load_threads = itertools.count(1)
@@ -683,59 +696,14 @@ class LoadRun:
         return self.report
 
 
-def start_load(
-    make_scenario: Callable[[int], Graph],
-    rate: float | None = None,
-    duration: float | None = None,
-    ramp: float | None = None,
-    stages: Sequence[tuple[float, float]] | None = None,
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-    ncores: int | None = None,
-    *,
-    limits: Mapping[str, int] | None = None,
-    rates: Mapping[str, float] | None = None,
-    timeout: float | Mapping[Any, float | None] | None = None,
-    retries: int | Mapping[Any, int] = 0,
-    output: str = CAPTURE,
-    capture_level: int | str = "WARNING",
-    live: bool | TextIO | None = False,
-    grace: float = DEFAULT_GRACE,
-    warmup: bool = True,
-) -> LoadRun:
-    """As :func:`load`, in a thread of its own: returns a :class:`LoadRun`
-    at once (options checked first, in the caller)."""
-    schedule, n, resources, out, table = _prepare(
-        make_scenario,
-        rate,
-        duration,
-        ramp,
-        stages,
-        max_in_flight,
-        ncores,
-        limits,
-        rates,
-        output,
-        capture_level,
-        live,
-        grace,
-    )
+def start_load(*args: Any, **kwargs: Any) -> LoadRun:
+    """As :func:`load`, with the same arguments, in a thread of its own:
+    returns a :class:`LoadRun` at once (the arguments are checked first, in
+    the caller; ``live`` defaults to False here: no table on the caller's
+    terminal unless asked for)."""
+    kwargs.setdefault("live", False)
+    arguments = inspect.signature(load).bind(*args, **kwargs)
+    arguments.apply_defaults()
+    plan = _prepare(**arguments.arguments)
     report = LoadReport()
-
-    def body(cancel: Cancellation) -> LoadReport:
-        return _run_load(
-            make_scenario,
-            schedule,
-            n,
-            max_in_flight,
-            report,
-            resources,
-            timeout,
-            retries,
-            cancel,
-            out,
-            table,
-            grace,
-            warmup,
-        )
-
-    return LoadRun(body, report)
+    return LoadRun(lambda cancel: _run_load(plan, report, cancel), report)
