@@ -157,6 +157,28 @@ class LoadBook:
 class LoadCoordinator(Coordinator):
     """The coordinator of one load run (see the module docstring)."""
 
+    __slots__ = (
+        "applying",
+        "checked_resources",
+        "fired",
+        "grace",
+        "istate",
+        "live_table",
+        "make_scenario",
+        "max_in_flight",
+        "next_k",
+        "report",
+        "resource_names",
+        "retries_spec",
+        "schedule",
+        "shapes",
+        "shipper",
+        "stopped_at",
+        "t0",
+        "timeout_spec",
+        "warmup",
+    )
+
     def __init__(
         self,
         make_scenario: Callable[[int], Graph],

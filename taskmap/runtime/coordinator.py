@@ -185,6 +185,31 @@ def _sigterm_as_interrupt():
 
 
 class Coordinator:
+    # (slots: attribute and method lookups on the hot paths stay fast, also
+    # in subclasses that add their own; see taskmap.runtime.worker.Worker)
+    __slots__ = (
+        "book",
+        "cancel",
+        "func_of",
+        "functions",
+        "graph",
+        "ledger",
+        "ncores",
+        "output",
+        "pipe_pollers",
+        "poller",
+        "pool",
+        "run_id",
+        "setup",
+        "shm_threshold",
+        "state",
+        "timer_seq",
+        "timers",
+        "wakeup_fd",
+        "watched",
+        "watching",
+    )
+
     def __init__(
         self,
         graph: Graph,
