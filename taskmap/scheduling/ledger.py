@@ -371,6 +371,33 @@ class Ledger:
     the invariants after every event (the tests; ``TASKMAP_VALIDATE=1`` for
     a real run)."""
 
+    __slots__ = (
+        "_handlers",
+        "ahead_of",
+        "attempts",
+        "code_of",
+        "cpu_seconds",
+        "dispatcher",
+        "durations",
+        "encoded",
+        "func_of",
+        "items",
+        "limits",
+        "pinned",
+        "pinned_behind",
+        "rate_timer_at",
+        "segments",
+        "shm",
+        "start_failures",
+        "state",
+        "stop_on_failure",
+        "stopped",
+        "timed_out",
+        "validating",
+        "values",
+        "workers",
+    )
+
     def __init__(
         self,
         state: SchedulingState,
