@@ -253,23 +253,26 @@ class Bookkeeper:
         """One results message's successes, the state already told: the
         ledger's rows ``(task, value, pid, start, end, payload, became,
         follower)``; a ``follower`` >= 0 (the task pinned behind it) starts
-        now.  The observers hear the outcomes as one batch, then the starts."""
-        one, starting = self.recorded_success, self.starting
+        now.  The observers hear the outcomes as one batch, then the starts
+        as one batch per worker."""
+        one = self.recorded_success
         observers = self.observers
-        if observers is None or not observers.finished:
+        if observers is None:
             for task, value, pid, start, end, payload, became, follower in rows:
                 one(task, value, pid, start, end, payload, became)
                 if follower >= 0:
-                    starting(follower, pid)
+                    self.starting(follower, pid)
             return
-        followers = []
+        notify = not observers.finished
+        followers: dict[int | None, list[int]] = {}
         for task, value, pid, start, end, payload, became, follower in rows:
-            one(task, value, pid, start, end, payload, became, False)
+            one(task, value, pid, start, end, payload, became, notify)
             if follower >= 0:
-                followers.append((follower, pid))
-        observers.tasks_finished(FinishedBatch(rows, self.names, self.state.is_io, self.attempts))
-        for follower, pid in followers:
-            starting(follower, pid)
+                followers.setdefault(pid, []).append(follower)
+        if not notify:
+            observers.tasks_finished(FinishedBatch(rows, self.names, self.state.is_io, self.attempts))
+        for pid, tasks in followers.items():
+            self.started_together(tasks, pid)
 
     def _take_output(self, i: int, name) -> None:
         """graph.output[name]: what task i wrote in this run, or nothing."""
