@@ -257,6 +257,22 @@ class Bookkeeper:
         as one batch per worker."""
         one = self.recorded_success
         observers = self.observers
+        log = self.log
+        if self.elements is None and not (self.collector.kept or self.outputs or log.worker_on or log.manager_on):
+            # (the common case: values into the graph in a few C-level passes)
+            names = self.names
+            done = [names[row[0]] for row in rows]
+            self.results.update(zip(done, [row[1] for row in rows]))
+            self.done.extend_new(done)
+            followers: dict[int | None, list[int]] = {}
+            for row in rows:
+                if row[7] >= 0:
+                    followers.setdefault(row[2], []).append(row[7])
+            if observers is not None and observers.finished:
+                observers.tasks_finished(FinishedBatch(rows, names, self.state.is_io, self.attempts))
+            for pid, tasks in followers.items():
+                self.started_together(tasks, pid)
+            return
         if observers is None:
             for task, value, pid, start, end, payload, became, follower in rows:
                 one(task, value, pid, start, end, payload, became)
@@ -264,7 +280,7 @@ class Bookkeeper:
                     self.starting(follower, pid)
             return
         notify = not observers.finished
-        followers: dict[int | None, list[int]] = {}
+        followers = {}
         for task, value, pid, start, end, payload, became, follower in rows:
             one(task, value, pid, start, end, payload, became, notify)
             if follower >= 0:

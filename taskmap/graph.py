@@ -45,6 +45,15 @@ class DoneList(list[Task]):
         for task in tasks:
             self.append(task)
 
+    def extend_new(self, tasks: list[Task]) -> None:
+        """Append ``tasks`` (distinct), in one pass of C code when none is
+        here yet: a runner records a batch of outcomes."""
+        if self._index.isdisjoint(tasks):
+            self._index.update(tasks)
+            super().extend(tasks)
+        else:
+            self.extend(tasks)
+
     # (list's own __iadd__ takes any iterable too; mypy holds it to list's
     # overloaded __add__, which only takes lists)
     def __iadd__(self, tasks: Iterable[Task]) -> Self:  # type: ignore[misc]
