@@ -26,6 +26,13 @@ def make_adder(k, offset=0):
     return adder
 
 
+def make_plain(k):
+    def plain(x):
+        return x * k
+
+    return plain
+
+
 def make_recursive():
     def fact(n):
         return 1 if n <= 1 else n * fact(n - 1)
@@ -68,6 +75,14 @@ def test_closures_of_one_code_share_one_template_and_keep_defaults():
     assert {e[0] for e in shipment.entries.values()} == {F.CLOSURE}
     assert [f(1) for f in built] == [f(1) for f in funcs] == [1, 12, 69, 34]
     assert built[1].__qualname__ == funcs[1].__qualname__
+
+
+def test_a_closure_without_defaults_carries_none_for_them():
+    funcs = [make_plain(k) for k in range(3)]
+    shipment, built = roundtrip(funcs)
+    assert all(e[3] is None and e[4] is None for e in shipment.entries.values())
+    assert [f(2) for f in built] == [0, 2, 4]
+    assert built[0].__defaults__ is None and built[0].__kwdefaults__ is None
 
 
 def test_what_the_codec_cannot_carry_is_pickled_whole():
