@@ -539,3 +539,18 @@ def test_a_task_that_raises_cancelled_error_fails_like_any_other(runner, io):
     assert isinstance(graph.results["awaited"], asyncio.CancelledError)
     assert graph.results["child"] == "Ancestor task own failed; task not run"
     assert graph.results["ok"] == 5
+
+
+async def _collector_settings():
+    import gc
+
+    return gc.get_threshold()[0], gc.get_freeze_count() > 0
+
+
+def test_a_worker_collects_young_objects_less_often_and_freezes_its_imports():
+    # (thousands of io tasks in flight are walked at every young collection)
+    from taskmap.runtime.worker import GC_YOUNG
+
+    graph = taskmap.create_graph({"gc": _collector_settings}, {"gc": []}, io_bound=["gc"])
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert graph.results["gc"] == (GC_YOUNG, True)
