@@ -46,6 +46,7 @@ a chain of big values holds about one input and one output at a time.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import gc
 import inspect
 import logging
@@ -56,6 +57,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -514,7 +516,12 @@ class Worker:
             func, args, release = self.prepare(sub, parent_value)
             value = func(*args)
             del args  # the inputs' mappings go before the result is written
-            if inspect.isawaitable(value):
+            # (inspect.isawaitable by type, remembered: its ABC check cost
+            # more than a trivial task's call)
+            awaitable = _AWAITABLE.get(type(value))
+            if awaitable is None:
+                awaitable = _awaitable_type(type(value))
+            if awaitable and inspect.isawaitable(value):
                 value = coroutine_loop.run_until_complete(_await(value))
         except _StageError as err:
             shm.unlink(release)
@@ -686,6 +693,18 @@ def _begin(flags: memoryview, flag: int, func, args, owned: tuple):
         return func(*args)
     finally:
         capture.owner.reset(token)
+
+
+# type -> whether its values may be awaitable (a generator only with the
+# iterable-coroutine flag: inspect.isawaitable tells, per value)
+_AWAITABLE: dict[type, bool] = {}
+
+
+def _awaitable_type(kind: type) -> bool:
+    maybe = issubclass(kind, (collections.abc.Awaitable, types.GeneratorType))
+    if len(_AWAITABLE) < 4096:  # (types made at run time could grow it forever)
+        _AWAITABLE[kind] = maybe
+    return maybe
 
 
 def success(task: int, value, start: float, segments: shm.TaskSegments | None = None) -> list:
