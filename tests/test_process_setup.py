@@ -205,6 +205,49 @@ def test_a_directory_added_to_sys_path_late_is_seen_by_warm_workers(runner, tmp_
         sys.modules.pop(name, None)
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_module_the_workers_find_through_a_symlink_is_the_callers_own(runner, tmp_path, monkeypatch):
+    # the caller imported it from its directory; later a symlink to that
+    # directory comes first on sys.path, so a worker importing it fresh
+    # finds the same file under another name: the same code, not stale
+    run(runner, spread_graph(where_am_i))
+    name = f"linkedmod_{uuid.uuid4().hex[:8]}"
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / f"{name}.py").write_text(MODULE.format(version="linked"))
+    monkeypatch.syspath_prepend(str(real))
+    module = importlib.import_module(name)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("link")  # (relative, as a script's own directory often is)
+    try:
+        graph = run(runner, spread_graph(module.where))
+        assert {v for v, _ in graph.results.values()} == {"linked"}, graph.results
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_module_the_workers_would_find_in_another_file_is_refused_naming_both(runner, tmp_path, monkeypatch):
+    run(runner, spread_graph(where_am_i))
+    name = f"shadowedmod_{uuid.uuid4().hex[:8]}"
+    for folder, version in (("first", "caller's"), ("other", "another")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(MODULE.format(version=version))
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    module = importlib.import_module(name)
+    monkeypatch.syspath_prepend(str(tmp_path / "other"))  # a fresh import now finds the other file
+    try:
+        graph = run(runner, spread_graph(module.where))
+        errors = set(map(str, graph.results.values()))
+        assert len(errors) == 1, errors
+        (error,) = errors
+        assert f"the worker found it in {tmp_path / 'other' / name}.py" in error, error
+        assert f"the caller has it from {tmp_path / 'first' / name}.py" in error, error
+    finally:
+        sys.modules.pop(name, None)
+
+
 def close_stdout():
     sys.stdout.close()
     return "closed"

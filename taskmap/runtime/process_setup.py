@@ -89,11 +89,14 @@ def user_module_file(name: str, module: Any) -> str | None:
 
 
 def file_version(path: str) -> Version | None:
+    """(the file's real path, mtime, size): one file reached by two
+    spellings (a symlinked directory, a relative ``sys.path`` entry) is one
+    version, so a worker that imported it through the other is not stale."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (path, st.st_mtime_ns, st.st_size)
+    return (os.path.realpath(path), st.st_mtime_ns, st.st_size)
 
 
 class CallerModules:
@@ -374,10 +377,16 @@ class WorkerSetup:
     def _check(self, name: str, version: Version | None) -> None:
         wanted = self.caller_modules.get(name)
         if wanted is not None and version != wanted:
-            self.broken[name] = (
-                f"its file {wanted[0]} changed after the caller loaded it; "
-                "reload it in the caller (importlib.reload) so both run the same code"
-            )
+            if version is not None and version[0] != wanted[0]:
+                self.broken[name] = (
+                    f"the worker found it in {version[0]}, the caller has it from {wanted[0]} "
+                    "(sys.path now finds another file first); import it from where the caller did"
+                )
+            else:
+                self.broken[name] = (
+                    f"its file {wanted[0]} changed after the caller loaded it; "
+                    "reload it in the caller (importlib.reload) so both run the same code"
+                )
         else:
             self.broken.pop(name, None)
 
