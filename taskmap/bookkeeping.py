@@ -253,10 +253,8 @@ class Bookkeeper:
         """One results message's successes, the state already told: the
         ledger's rows ``(task, value, pid, start, end, payload, became,
         follower)``; a ``follower`` >= 0 (the task pinned behind it) starts
-        now.  The observers hear the outcomes as one batch, then the starts
-        as one batch per worker."""
-        one = self.recorded_success
-        observers = self.observers
+        now.  Observers hear outcomes and starts in batches (see
+        :meth:`_announce`)."""
         log = self.log
         if self.elements is None and not (self.collector.kept or self.outputs or log.worker_on or log.manager_on):
             # (the common case: values into the graph in a few C-level passes)
@@ -264,30 +262,47 @@ class Bookkeeper:
             done = [names[row[0]] for row in rows]
             self.results.update(zip(done, [row[1] for row in rows]))
             self.done.extend_new(done)
-            followers: dict[int | None, list[int]] = {}
+        else:
+            one = self.recorded_success
+            for task, value, pid, start, end, payload, became, _ in rows:
+                one(task, value, pid, start, end, payload, became, False)
+        observers = self.observers
+        if log.worker_on or (observers is not None and (observers.started or observers.finished)):
+            self._announce(rows)
+
+    def _announce(self, rows: list[tuple]) -> None:
+        """The outcomes of ``rows`` and the starts of the tasks pinned behind
+        them, in batches, in an order that keeps each task's start after its
+        parent's end and before its own: outcomes up to one of a task that
+        started in this same message (it ran behind its parent at the
+        worker), then the starts so far, and so on."""
+        observers = self.observers
+        hear = observers is not None and bool(observers.finished)
+        if not hear:  # (starts only: no order with outcomes to keep)
+            by_worker: dict[int | None, list[int]] = {}
             for row in rows:
                 if row[7] >= 0:
-                    followers.setdefault(row[2], []).append(row[7])
-            if observers is not None and observers.finished:
-                observers.tasks_finished(FinishedBatch(rows, names, self.state.is_io, self.attempts))
-            for pid, tasks in followers.items():
+                    by_worker.setdefault(row[2], []).append(row[7])
+            for pid, tasks in by_worker.items():
                 self.started_together(tasks, pid)
             return
-        if observers is None:
-            for task, value, pid, start, end, payload, became, follower in rows:
-                one(task, value, pid, start, end, payload, became)
-                if follower >= 0:
-                    self.starting(follower, pid)
-            return
-        notify = not observers.finished
-        followers = {}
-        for task, value, pid, start, end, payload, became, follower in rows:
-            one(task, value, pid, start, end, payload, became, notify)
-            if follower >= 0:
-                followers.setdefault(pid, []).append(follower)
-        if not notify:
-            observers.tasks_finished(FinishedBatch(rows, self.names, self.state.is_io, self.attempts))
-        for pid, tasks in followers.items():
+        lo = 0
+        waiting: dict[int | None, list[int]] = {}  # starts not told yet, by worker
+        untold: set[int] = set()
+        for k, row in enumerate(rows):
+            if row[0] in untold:
+                self._tell(rows, lo, k, waiting, hear)
+                lo, waiting, untold = k, {}, set()
+            if row[7] >= 0:
+                waiting.setdefault(row[2], []).append(row[7])
+                untold.add(row[7])
+        self._tell(rows, lo, len(rows), waiting, hear)
+
+    def _tell(self, rows: list[tuple], lo: int, hi: int, waiting: dict[int | None, list[int]], hear: bool) -> None:
+        if hear and hi > lo:
+            part = rows if lo == 0 and hi == len(rows) else rows[lo:hi]
+            self.observers.tasks_finished(FinishedBatch(part, self.names, self.state.is_io, self.attempts))  # type: ignore[union-attr]
+        for pid, tasks in waiting.items():
             self.started_together(tasks, pid)
 
     def _take_output(self, i: int, name) -> None:

@@ -714,11 +714,18 @@ def test_worker_crashes_just_after_a_result_next_task_not_lost(delay, tmp_path):
 
 
 def _find_worker():
-    import gc
-
+    """The worker running this task: the ``self`` of a frame on one of its
+    threads' stacks (not ``gc.get_objects()``: a worker freezes its heap, and
+    frozen objects are not listed)."""
     from taskmap.runtime.worker import Worker
 
-    return next(o for o in gc.get_objects() if isinstance(o, Worker))
+    for frame in sys._current_frames().values():
+        while frame is not None:
+            found = frame.f_locals.get("self")
+            if isinstance(found, Worker):
+                return found
+            frame = frame.f_back
+    raise LookupError("no worker on any thread's stack")
 
 
 def crash_while_result_is_sent(size):
