@@ -278,13 +278,17 @@ class Bookkeeper:
         worker), then the starts so far, and so on."""
         observers = self.observers
         hear = observers is not None and bool(observers.finished)
-        if not hear:  # (starts only: no order with outcomes to keep)
-            by_worker: dict[int | None, list[int]] = {}
+        if not hear or not observers.exact_order:  # type: ignore[union-attr]
+            # starts only, or batch observers: a start before its own outcome
+            # is all the order kept (see Observer.tasks_started)
+            early: dict[int | None, list[int]] = {}  # (their outcome is in these rows)
+            late: dict[int | None, list[int]] = {}
+            ended = {row[0] for row in rows} if hear else ()
             for row in rows:
                 if row[7] >= 0:
-                    by_worker.setdefault(row[2], []).append(row[7])
-            for pid, tasks in by_worker.items():
-                self.started_together(tasks, pid)
+                    (early if row[7] in ended else late).setdefault(row[2], []).append(row[7])
+            self._tell(rows, 0, 0, early, False)
+            self._tell(rows, 0, len(rows), late, hear)
             return
         lo = 0
         waiting: dict[int | None, list[int]] = {}  # starts not told yet, by worker

@@ -226,26 +226,54 @@ def test_a_run_calls_only_the_hooks_an_observer_overrides():
     assert not taskmap.observe.observers.Observers([Observer()]).finished
 
 
+class OrderByBatch(Observer):
+    def __init__(self):
+        self.calls = []
+
+    def tasks_started(self, batch):
+        self.calls.extend(("start", name) for name, *_ in batch)
+
+    def tasks_finished(self, batch):
+        self.calls.extend(("end", e.name) for e in batch)
+
+
+class OrderByTask(Observer):
+    def __init__(self):
+        self.calls = []
+
+    def task_started(self, name, worker, lane, when):
+        self.calls.append(("start", name))
+
+    def task_finished(self, event):
+        self.calls.append(("end", event.name))
+
+
 @pytest.mark.parametrize("runner", ["run_parallel", "run_parallel_async"])
-def test_a_batch_of_outcomes_precedes_the_starts_of_the_tasks_sent_behind_them(runner):
+@pytest.mark.parametrize("kind", [OrderByTask, OrderByBatch], ids=["per_task", "batches"])
+def test_a_task_is_told_started_before_its_outcome_and_after_its_parents(runner, kind):
     # a chain: each child is sent pinned behind its parent and starts when the
-    # parent's result arrives; its start is heard after the parent's outcome
-    calls = []
-
-    class Order(Observer):
-        def tasks_started(self, batch):
-            calls.extend(("start", name) for name, *_ in batch)
-
-        def tasks_finished(self, batch):
-            calls.extend(("end", e.name) for e in batch)
-
+    # parent's result arrives, often in the same message as its own result
+    observer = kind()
     funcs = {f"c{i}": ok for i in range(30)}
     deps = {f"c{i}": ([f"c{i - 1}"] if i else []) for i in range(30)}
-    RUNNERS[runner](taskmap.create_graph(funcs, deps), observers=[Order()])
-    for i in range(1, 30):
-        assert calls.index(("end", f"c{i - 1}")) < calls.index(("start", f"c{i}")), calls
-    # and each task's start before its own end, though a pinned task's
-    # outcome may arrive in the same message as its parent's
+    RUNNERS[runner](taskmap.create_graph(funcs, deps), observers=[observer])
+    calls = observer.calls
+    assert len(calls) == 60
     for i in range(30):
         assert calls.index(("start", f"c{i}")) < calls.index(("end", f"c{i}")), calls
-    assert len(calls) == 60
+    if kind is OrderByTask:  # (told per task: the exact order, parents first)
+        for i in range(1, 30):
+            assert calls.index(("end", f"c{i - 1}")) < calls.index(("start", f"c{i}")), calls
+
+
+def test_an_observer_hearing_starts_and_outcomes_per_task_asks_for_the_exact_order():
+    Observers = taskmap.observe.observers.Observers
+    assert not Observers([OrderByBatch()]).exact_order
+    assert Observers([OrderByBatch(), OrderByTask()]).exact_order
+    assert not Observers([Recorder.__base__()]).exact_order
+
+    class OnlyEnds(Observer):
+        def task_finished(self, event):
+            pass
+
+    assert not Observers([OnlyEnds(), OrderByBatch()]).exact_order

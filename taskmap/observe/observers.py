@@ -127,7 +127,14 @@ class Observer:
         """Tasks handed out together (one message to one worker), as
         ``(name, worker, lane, when)`` tuples.  The default calls
         :meth:`task_started` for each; override it to take the batch whole
-        (it may be kept and read later, from any thread)."""
+        (it may be kept and read later, from any thread).
+
+        Order: a task's start is told before its outcome.  A task that ran
+        pinned behind its parent at a worker starts when its parent's
+        outcome arrives, and its own outcome may come in the same message:
+        an observer taking both starts and outcomes in batches may then be
+        told its start before its parent's outcome (never after its own);
+        one taking either per task is told every event in its exact order."""
         for name, worker, lane, when in batch:
             self.task_started(name, worker, lane, when)
 
@@ -254,16 +261,25 @@ class Observers:
     finished: list[Callable[[TaskEvent], None]] = field(init=False)
     started_batch: list[Callable[[Sequence[tuple[Any, int | None, str, float]]], None]] = field(init=False)
     finished_batch: list[Callable[[Sequence[TaskEvent]], None]] = field(init=False)
+    # some observer hears both starts and outcomes, one of them per task: it
+    # is told them in their exact order (see Observer.tasks_started)
+    exact_order: bool = field(init=False)
 
     def __post_init__(self) -> None:
         items, self.items = self.items, []
         self.started, self.finished, self.started_batch, self.finished_batch = [], [], [], []
+        self.exact_order = False
         for o in items:
             self.add(o)
 
     def add(self, o: Observer) -> None:
         """Call ``o`` too, after the others."""
         self.items.append(o)
+        batch_start, batch_end = _overrides(o, "tasks_started"), _overrides(o, "tasks_finished")
+        hears_start = batch_start or _overrides(o, "task_started")
+        hears_end = batch_end or _overrides(o, "task_finished")
+        if hears_start and hears_end and not (batch_start and batch_end):
+            self.exact_order = True
         if _overrides(o, "tasks_started"):
             self.started.append(_start_as_batch(o))
             self.started_batch.append(o.tasks_started)
