@@ -54,7 +54,7 @@ from taskmap.runtime.coordinator import Coordinator, _sigterm_as_interrupt
 from taskmap.runtime.functions import Shipper, UnsendableFunction
 from taskmap.runtime.pool import WorkerPool, take_pool
 from taskmap.scheduling.instances import InstanceState, Shape, shape_of
-from taskmap.scheduling.ledger import CPU_DEADLINE, Dispatch, TimerDue, WorkerJoined
+from taskmap.scheduling.ledger import Dispatch, WorkerJoined
 from taskmap.scheduling.limits import TaskLimits, _check_retries, _check_timeout
 from taskmap.scheduling.resources import ResourceGate
 
@@ -349,25 +349,18 @@ class LoadCoordinator(Coordinator):
         if self.istate.completed and not self.applying:
             self.retire_completed()
 
-    def fire_timers(self) -> None:
-        now = time.monotonic()
-        timers = self.timers
-        slots: dict[Hashable, tuple[int, int]] | None = None
-        while timers and timers[0][0] <= now:
-            when, _, kind, i = heapq.heappop(timers)
-            if kind == ARRIVAL:
-                self.arrive(i, when)
-                self.arm_arrival()
-            elif kind == TICK:
-                assert self.live_table is not None
-                self.live_table.show(self.report, self.istate.in_flight, now - self.t0)
-                self.arm(when + 1.0, TICK)
-            elif kind == GRACE:
-                raise _GraceOver()
-            else:
-                if kind == CPU_DEADLINE and slots is None:
-                    slots = {w: (w.slot.value, w.slot.started_ns) for w in self.pool.workers if w.slot is not None}
-                self.apply(self.ledger.handle(TimerDue(kind, i, now, slots or {})))
+    def timer_due(self, when: float, kind: int, i: int, now: float) -> None:
+        if kind == ARRIVAL:
+            self.arrive(i, when)
+            self.arm_arrival()
+        elif kind == TICK:
+            assert self.live_table is not None
+            self.live_table.show(self.report, self.istate.in_flight, now - self.t0)
+            self.arm(when + 1.0, TICK)
+        elif kind == GRACE:
+            raise _GraceOver()
+        else:
+            super().timer_due(when, kind, i, now)
 
     # -- instances ------------------------------------------------------------
 

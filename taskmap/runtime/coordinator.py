@@ -433,12 +433,18 @@ class Coordinator:
     def fire_timers(self) -> None:
         now = time.monotonic()
         timers = self.timers
-        slots: dict[Hashable, tuple[int, int]] | None = None
         while timers and timers[0][0] <= now:
-            _, _, kind, i = heapq.heappop(timers)
-            if kind == CPU_DEADLINE and slots is None:
-                slots = {w: (w.slot.value, w.slot.started_ns) for w in self.pool.workers if w.slot is not None}
-            self.apply(self.ledger.handle(TimerDue(kind, i, now, slots or {})))
+            when, _, kind, i = heapq.heappop(timers)
+            self.timer_due(when, kind, i, now)
+
+    def timer_due(self, when: float, kind: int, i: int, now: float) -> None:
+        """A timer armed for ``when`` is due: the ledger's (a cpu task's time
+        limit, with what each worker's slot says it runs; a delayed retry; a
+        rate's next slot).  A subclass adds kinds of its own."""
+        slots: dict[Hashable, tuple[int, int]] = {}
+        if kind == CPU_DEADLINE:
+            slots = {w: (w.slot.value, w.slot.started_ns) for w in self.pool.workers if w.slot is not None}
+        self.apply(self.ledger.handle(TimerDue(kind, i, now, slots)))
 
     def send(self, w: WorkerHandle, subs: list) -> None:
         setup = None
