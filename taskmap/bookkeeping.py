@@ -272,10 +272,14 @@ class Bookkeeper:
 
     def _announce(self, rows: list[tuple]) -> None:
         """The outcomes of ``rows`` and the starts of the tasks pinned behind
-        them, in batches, in an order that keeps each task's start after its
-        parent's end and before its own: outcomes up to one of a task that
-        started in this same message (it ran behind its parent at the
-        worker), then the starts so far, and so on."""
+        them, in batches.  A task's start is always told before its own
+        outcome (which may be in the same rows: it ran behind its parent at
+        the worker).  When an observer takes starts or outcomes one at a
+        time (``observers.exact_order``), each start also comes after its
+        parent's outcome: outcomes up to one of a task started in these
+        rows, then the starts so far, and so on; else three batches: the
+        starts of tasks whose outcomes are in the rows, the outcomes, the
+        other starts."""
         observers = self.observers
         hear = observers is not None and bool(observers.finished)
         if not hear or not observers.exact_order:  # type: ignore[union-attr]
