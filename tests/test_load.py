@@ -166,6 +166,78 @@ def test_retire_refuses_an_unfinished_instance():
     assert state.state[0] != DONE
 
 
+SHAPES = [
+    SHAPE,
+    shape_of({"a": [], "b": [], "c": ["a", "b"]}, ["a", "b", "c"]),  # io, joining
+    shape_of({"x": [], "y": ["x"], "z": ["y"]}, []),  # a cpu chain
+    shape_of({"one": []}, []),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 99)), min_size=1, max_size=120))
+def test_any_interleaving_of_arrivals_outcomes_and_retirement_keeps_the_instances_apart(steps):
+    # arrivals of random shapes, tasks taken from either queue and ended
+    # (done or failed, skipping their descendants), completed instances
+    # retired at any point: every task of every instance ends exactly once,
+    # in its own instance, and a slot is reused only once it is free
+    state = InstanceState()
+    ended: dict[tuple, str] = {}
+    running: list[int] = []
+    shape_of_instance: dict[int, object] = {}
+    next_k = 0
+    peak = 0
+
+    def end(i: int, ok: bool) -> None:
+        name = state.names[i]
+        assert name not in ended, name
+        if ok:
+            ended[name] = "done"
+            state.finished(i)
+        else:
+            ended[name] = "failed"
+            for s in state.failed(i):
+                assert state.names[s][0] == name[0]  # (skips stay in their instance)
+                assert state.names[s] not in ended
+                ended[state.names[s]] = "skipped"
+
+    for action, n in steps + [(4, 0)] * 400:  # (then drain: run everything, retire)
+        if action == 0 and next_k < 40:
+            live = {e for slots in state.slots_of.values() for e in slots}
+            slots = state.add(next_k, SHAPES[n % len(SHAPES)])
+            assert not live & set(slots)  # a slot in use is never handed out again
+            shape_of_instance[next_k] = SHAPES[n % len(SHAPES)]
+            state.start_instance(next_k)
+            next_k += 1
+        elif action in (1, 2):
+            i = state.pop_io() if action == 1 else state.pop_cpu()
+            if i is not None:
+                state.started(i)
+                running.append(i)
+        elif action == 3 and running:
+            end(running.pop(n % len(running)), ok=n % 5 != 0)
+        elif action == 4:
+            i = state.pop_io()
+            if i is None:
+                i = state.pop_cpu()
+            if i is not None:
+                state.started(i)
+                running.append(i)
+            elif running:
+                end(running.pop(), ok=True)
+        for k in list(state.completed):
+            if n % 3 == 0 or action == 4:
+                state.completed.remove(k)
+                state.retire(k)
+        peak = max(peak, sum(len(slots) for slots in state.slots_of.values()))
+        state.validate_instances()
+    assert not running and state.unfinished == 0 and state.in_flight == 0
+    for k, shape in shape_of_instance.items():
+        assert {ended[(k, name)] for name in shape.names} <= {"done", "failed", "skipped"}
+        assert all((k, name) in ended for name in shape.names), k
+    assert len(state.names) <= peak  # (the tables never outgrow the most live at once)
+
+
 # -- the report and thresholds ------------------------------------------------------
 
 
