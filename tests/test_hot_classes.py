@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from taskmap.bookkeeping import Bookkeeper
+from taskmap.dask.runner import _DaskRun
 from taskmap.loadmode.runner import LoadCoordinator
 from taskmap.runtime.coordinator import Coordinator
 from taskmap.runtime.pool import WorkerHandle
@@ -26,6 +27,7 @@ from taskmap.scheduling.state import SchedulingState
         Worker,
         Coordinator,
         Ledger,
+        _DaskRun,
         LoadCoordinator,
         WorkerHandle,
         Bookkeeper,

@@ -357,6 +357,41 @@ RATE_SHIFT = 0.25
 class _DaskRun:
     """One run of a graph on a Dask client (see the module docstring)."""
 
+    # (slots: see taskmap.runtime.worker.Worker; it holds 30 attributes, the
+    # most an instance dict shares its keys for)
+    __slots__ = (
+        "attempts",
+        "book",
+        "cancellation",
+        "client",
+        "clock_offset",
+        "code_versions",
+        "collectors",
+        "cpu_resource",
+        "dask_priority",
+        "early",
+        "funcs",
+        "gated",
+        "given",
+        "graph",
+        "in_run",
+        "inbox",
+        "later",
+        "limits",
+        "live",
+        "names",
+        "output",
+        "output_topic",
+        "rank",
+        "running",
+        "state",
+        "submissions",
+        "timers",
+        "token",
+        "unfinished_children",
+        "wanted",
+    )
+
     def __init__(
         self,
         graph: Graph,
