@@ -15,9 +15,12 @@ only a reference cycle among them that becomes garbage during the run waits
 for the run's end to be collected.
 
 Runs at once (:func:`taskmap.start`, threads) share one freeze: the first to
-start freezes, the last to end unfreezes.  A process that froze objects
-itself (``gc.get_freeze_count()`` above 0 before), or that disabled the
-collector, is left as it is.
+start freezes, the last to end unfreezes.  So in a process that always has a
+run going (a service starting runs that overlap), a cycle among objects that
+were alive when the first of them started, and became garbage since, is
+collected only once no run is going.  A process that froze objects itself
+(``gc.get_freeze_count()`` above 0 before), or that disabled the collector,
+is left as it is.
 """
 
 from __future__ import annotations
