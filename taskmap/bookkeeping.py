@@ -59,6 +59,7 @@ class Bookkeeper:
         "record",
         "results",
         "runner",
+        "start_batches",
         "started_at",
         "state",
     )
@@ -88,8 +89,11 @@ class Bookkeeper:
         self.ncores = ncores
         # the runner writes graph.durations[task] for every task it runs
         self.measures_durations = measures_durations
-        # when each task was last started (only kept when someone observes)
+        # when each task was last started (only kept when someone observes);
+        # tasks handed out together are kept as (tasks, when) until a start
+        # time is looked up (rarely: a failure with no times of its worker's)
         self.started_at: dict[int, float] = {}
+        self.start_batches: list[tuple[list[int], float]] = []
         # attempts per task, for runners that retry (the coordinator's list)
         self.attempts: list[int] | None = None
         self.record: RunRecord | None = None
@@ -133,10 +137,11 @@ class Bookkeeper:
         )
         if self.observers:
             names, st = state.names, state.state
+            done = TaskState.DONE
             info = RunInfo(
                 runner=self.runner,
                 ncores=self.ncores,
-                tasks=[names[i] for i in range(len(names)) if st[i] != TaskState.DONE],
+                tasks=[name for name, s in zip(names, st) if s != done] if done in st else list(names),
                 started=now,
                 coordinator_pid=os.getpid(),
                 waiting_for_resources=state.waiting_in_gate if state.gate is not None else None,
@@ -168,7 +173,7 @@ class Bookkeeper:
         observers = self.observers
         if observers is not None:
             now = time.monotonic()
-            self.started_at.update(dict.fromkeys(tasks, now))
+            self.start_batches.append((tasks, now))
             if observers.started:
                 observers.tasks_started(StartedBatch(tasks, self.names, self.state.is_io, pid or os.getpid(), now))
 
@@ -186,6 +191,10 @@ class Bookkeeper:
 
     def _event(self, i, status, value, pid, start, end, payload=None) -> TaskEvent:
         if start is None:
+            if self.start_batches:
+                for tasks, when in self.start_batches:
+                    self.started_at.update(dict.fromkeys(tasks, when))
+                self.start_batches.clear()
             start = self.started_at.get(i)
             end = time.monotonic()
         # positional: a keyword call of the dataclass costs 4x as much (1.2 us)
@@ -271,28 +280,24 @@ class Bookkeeper:
             self._announce(rows)
 
     def _announce(self, rows: list[tuple]) -> None:
-        """The outcomes of ``rows`` and the starts of the tasks pinned behind
-        them, in batches.  A task's start is always told before its own
-        outcome (which may be in the same rows: it ran behind its parent at
-        the worker).  When an observer takes starts or outcomes one at a
-        time (``observers.exact_order``), each start also comes after its
-        parent's outcome: outcomes up to one of a task started in these
-        rows, then the starts so far, and so on; else three batches: the
-        starts of tasks whose outcomes are in the rows, the outcomes, the
-        other starts."""
+        """The outcomes of ``rows`` (one message's: one worker's) and the
+        starts of the tasks pinned behind them.  A task's start is always
+        told before its own outcome (which may be in the same rows: it ran
+        behind its parent at the worker).  When an observer takes starts or
+        outcomes one at a time (``observers.exact_order``), each start also
+        comes after its parent's outcome: outcomes up to one of a task
+        started in these rows, then the starts so far, and so on; else two
+        batches: the starts, then the outcomes."""
         observers = self.observers
         hear = observers is not None and bool(observers.finished)
         if not hear or not observers.exact_order:  # type: ignore[union-attr]
             # starts only, or batch observers: a start before its own outcome
             # is all the order kept (see Observer.tasks_started)
-            early: dict[int | None, list[int]] = {}  # (their outcome is in these rows)
-            late: dict[int | None, list[int]] = {}
-            ended = {row[0] for row in rows} if hear else ()
-            for row in rows:
-                if row[7] >= 0:
-                    (early if row[7] in ended else late).setdefault(row[2], []).append(row[7])
-            self._tell(rows, 0, 0, early, False)
-            self._tell(rows, 0, len(rows), late, hear)
+            followers = [row[7] for row in rows if row[7] >= 0]
+            if followers:
+                self.started_together(followers, rows[0][2])
+            if hear:
+                self.observers.tasks_finished(FinishedBatch(rows, self.names, self.state.is_io, self.attempts))  # type: ignore[union-attr]
             return
         lo = 0
         waiting: dict[int | None, list[int]] = {}  # starts not told yet, by worker

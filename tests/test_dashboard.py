@@ -69,8 +69,23 @@ def inet_sockets() -> list:
     return sorted(map(str, psutil.Process().net_connections(kind="inet")))
 
 
-def dashboard_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("taskmap-dashboard") or "process_request" in t.name]
+def dashboard_threads() -> list[object]:
+    """What ended pages left behind: a request thread, a page thread other
+    than the process's one, or a page that process's thread still serves
+    (it is kept between runs, as the worker pool is, and must then serve
+    nothing: its select then has no timeout, see the test of polling)."""
+    from taskmap.observe import dashboard_server
+
+    kept = dashboard_server._page_thread
+    left: list[object] = [
+        t
+        for t in threading.enumerate()
+        if "process_request" in t.name
+        or (t.name.startswith("taskmap-dashboard") and (kept is None or t is not kept.thread))
+    ]
+    if kept is not None:
+        left.extend(kept.pages)
+    return left
 
 
 def gated_graph(release: Path, gates: int = 2):
@@ -174,7 +189,7 @@ def test_the_page_is_served_during_the_run_and_gone_after(runner, tmp_path):
         for n, v in graph.results.items()
     }
     assert final == {"gate0": "d", "gate1": "d", "first": "d", "bad": "f", "after_bad": "s", "last": "d"}
-    # the run's end took the server down: no thread, no socket, no port
+    # the run's end took the page down: no request thread, no socket, no port
     assert not dashboard_threads()
     assert inet_sockets() == sockets_before
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -222,6 +237,32 @@ def test_a_viewer_gets_pushed_updates_at_most_five_a_second_and_the_end(tmp_path
     assert all(b[1] == os.getpid() and b[2] == "cpu" and b[3] <= b[4] and b[5] == "d" for b in bars)
 
 
+def test_a_watched_run_of_many_quick_tasks_still_gets_at_most_five_updates_a_second(tmp_path):
+    # tens of thousands of events a second: the queue passes DRAIN_AT many
+    # times, which must not add states to the viewer's five a second
+    release = tmp_path / "release"
+    funcs: dict = {"gate": _partial(wait_for_file, str(release))}
+    deps: dict = {"gate": []}
+    for i in range(30_000):
+        funcs[f"q{i}"] = quick
+        deps[f"q{i}"] = ["gate"]
+    graph = taskmap.create_graph(funcs, deps, logging_config={"level": "WARNING"})
+    run = taskmap.start(graph, runner="run", dashboard=True)
+    url = run.dashboard_url
+    assert url is not None
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
+    reader.start()
+    time.sleep(0.5)
+    release.touch()
+    reader.join(60)
+    run.wait(timeout=60)
+    states = [data["elapsed"] for _, e, data in box["events"] if e == "state"]
+    pushed = states[1:-1]
+    gaps = [b - a for a, b in zip(pushed, pushed[1:])]
+    assert all(g >= 0.199 for g in gaps), gaps
+
+
 def test_a_fixed_port_and_announcing_the_address(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -262,6 +303,79 @@ def test_the_command_line_prints_the_address(tmp_path, capsys):
     assert main(["run", str(pipeline), "--runner", "sequential", "--dashboard", "--no-summary"]) == 0
     assert re.search(r"live page of .* at http://127\.0\.0\.1:\d+/\?token=", capsys.readouterr().err)
     assert main(["run", str(pipeline), "--runner", "sequential", "--dashboard-port", "70000"]) == 2
+    assert not dashboard_threads()
+
+
+def test_concurrent_runs_each_have_their_own_page_served_by_one_thread_that_never_polls(tmp_path):
+    from taskmap.observe.dashboard_server import page_thread
+
+    releases = [tmp_path / "r0", tmp_path / "r1"]
+    graphs = [gated_graph(release) for release in releases]
+    runs = [taskmap.start(graph, runner="run_async", dashboard=True) for graph in graphs]
+    urls = [run.dashboard_url for run in runs]
+    assert all(urls) and urls[0] != urls[1]
+    ports = [u.split(":")[2].split("/")[0] for u in urls]  # type: ignore[union-attr]
+    assert ports[0] != ports[1]
+    # each page is its own run's, with its own token: the other's is refused
+    assert get(urls[0])[0] == get(urls[1])[0] == 200  # type: ignore[arg-type]
+    crossed = urls[0].replace(ports[0], ports[1])  # type: ignore[union-attr]
+    assert get(crossed)[0] == 403
+    served = page_thread()
+    assert len(served.pages) == 2
+    assert [t for t in threading.enumerate() if t.name == "taskmap-dashboard"] == [served.thread]
+    for release, run in zip(releases, runs):
+        release.touch()
+        run.wait(timeout=30)
+    assert not dashboard_threads()
+    # a page of a later run is served by the same thread
+    graph = taskmap.create_graph({"a": quick}, {"a": []})
+    taskmap.run(graph, dashboard=True)
+    assert page_thread() is served and served.thread.is_alive()
+    assert not dashboard_threads()
+    # with no page live it sleeps in select without a timeout: no wake-up at all
+    before = served.wakeups
+    time.sleep(0.6)  # (three ticks' worth, were it ticking)
+    assert served.wakeups == before
+
+
+class _WatchedSource:
+    def snapshot(self) -> dict:
+        return {}
+
+    def subscribe(self):
+        yield b""
+
+    def wants_ticks(self) -> bool:
+        return True
+
+
+def test_a_page_whose_tick_raises_is_dropped_and_the_others_are_still_served(capsys):
+    from taskmap.observe.dashboard_server import PageServer
+
+    ticks: list[float] = []
+
+    def tick_ok() -> None:
+        ticks.append(time.monotonic())
+
+    def tick_broken() -> None:
+        raise RuntimeError("a bug in a page")
+
+    good = PageServer(0, _WatchedSource(), tick_ok, 0.05)  # type: ignore[arg-type]
+    bad = PageServer(0, _WatchedSource(), tick_broken, 0.05)  # type: ignore[arg-type]
+    good.start()
+    bad.start()
+    good.tick_in(0.0)
+    bad.tick_in(0.0)
+    try:
+        deadline = time.monotonic() + 10
+        while len(ticks) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert get(good.url)[0] == 200
+        assert "a bug in a page" in capsys.readouterr().err
+    finally:
+        bad.stop()  # (already dropped: returns at once)
+        good.stop()
     assert not dashboard_threads()
 
 

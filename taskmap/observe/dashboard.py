@@ -15,16 +15,18 @@ Where the work happens, so that the run pays little:
 * the coordinator's thread only calls the hooks below, which append the
   batch of starts or outcomes one message carried to a queue (a ``deque``:
   safe between threads without a lock) -- the batch makes its events when
-  the server's thread reads it --, and starts and stops the server at the
-  run's start and end;
-* the server's own thread (:mod:`taskmap.observe.dashboard_server`) takes the
-  queued events into a :class:`~taskmap.observe.dashboard_view.RunView` every
-  tick while someone watches (and builds the state message once per tick for
-  every viewer), otherwise only when :data:`DRAIN_AT` batches have queued up; the
-  graph's layout is computed when the first viewer asks for it.
+  the page thread reads it --, binds the page's socket when the run starts
+  and closes it when the run ends;
+* the process's page thread (:mod:`taskmap.observe.dashboard_server`, one
+  for every page, kept between runs) makes the run's
+  :class:`~taskmap.observe.dashboard_view.RunView` when first needed and
+  takes the queued events into it every tick while someone watches (and
+  builds the state message once per tick for every viewer), otherwise only
+  when :data:`DRAIN_AT` batches have queued up; the graph's layout is
+  computed when the first viewer asks for it.
 * At the run's end the last events are applied and pushed only if someone has
   watched (nobody else could see them), the streams end, and :meth:`Dashboard.run_finished`
-  returns once the server's threads have ended and its socket is closed.
+  returns once the page's request threads have ended and its socket is closed.
 
 The page's address is printed on stderr when the run starts (``announce``),
 and is :attr:`taskmap.Run.dashboard_url` on a run started with
@@ -102,7 +104,8 @@ class Dashboard(Observer, PageSource):
         self.on_url: list[Callable[[str | None], None]] = []
         self._events: deque[Any] = deque()
         self._changed = threading.Condition()  # guards everything below
-        self._view: RunView | None = None
+        self._run: tuple[Graph, RunInfo] | None = None  # the run being shown
+        self._view: RunView | None = None  # its view, once someone needs it
         self._server: PageServer | None = None
         self._state: bytes = b""  # the latest state message, as an event
         self._version = 0  # bumped at each state message
@@ -115,7 +118,9 @@ class Dashboard(Observer, PageSource):
     def run_started(self, graph: Graph, info: RunInfo) -> None:
         with self._changed:
             self._events.clear()
-            self._view = RunView(graph, info, self.limits, self.rates)
+            # (the view is made on the page thread when first needed: not on the run's time)
+            self._run = (graph, info)
+            self._view = None
             self._state, self._version = b"", 0
             self._closing = self._watched = False
         try:
@@ -124,7 +129,7 @@ class Dashboard(Observer, PageSource):
             # a page that cannot be served (its port is taken) must not stop
             # the run it would have shown: the run goes on without it
             with self._changed:
-                self._view = None
+                self._run = None
             warnings.warn(
                 f"taskmap: no live page for this run: 127.0.0.1:{self.port}: {error}", RuntimeWarning, stacklevel=2
             )
@@ -143,33 +148,53 @@ class Dashboard(Observer, PageSource):
     # the run pays nothing for the page)
     def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
         self._events.append(batch)
+        if len(self._events) == DRAIN_AT:
+            self._ask_drain()
 
     def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
         self._events.append(batch)
+        if len(self._events) == DRAIN_AT:
+            self._ask_drain()
 
     def tasks_added(self, task: Any, elements: list) -> None:
         self._events.append((Added(task, len(elements)),))
+        if len(self._events) == DRAIN_AT:
+            self._ask_drain()
+
+    def _ask_drain(self) -> None:
+        # a run nobody watches: its queue stays bounded (while someone
+        # watches, the ticks drain it, and a tick more would push a state more)
+        server = self._server
+        if server is not None and not self._viewers:
+            server.tick_in(0.0)
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         server, self._server = self._server, None
         with self._changed:
-            view = self._view
-            if view is not None:
-                if self._watched:
+            if self._watched:
+                view = self._view_now()
+                if view is not None:
                     self._drain(view)
-                else:  # nobody could see them: not worth the run's time
-                    self._events.clear()
-                view.end(error)
-                if self._watched:
+                    view.end(error)
                     self._publish(view)
             self._closing = True
             self._changed.notify_all()
         if server is not None:
             server.stop()
         with self._changed:
-            self._view = None  # (the graph and the last events are not kept alive)
+            # the graph and the last events are not kept alive (nobody could
+            # see the unread ones: not worth the run's time)
+            self._events.clear()
+            self._run = self._view = None
 
-    # -- the server's thread ------------------------------------------------------
+    # -- the page thread ----------------------------------------------------------
+
+    def _view_now(self) -> RunView | None:
+        """The run's view (the lock held), made on first use; None without a run."""
+        if self._view is None and self._run is not None:
+            graph, info = self._run
+            self._view = RunView(graph, info, self.limits, self.rates)
+        return self._view
 
     def _drain(self, view: RunView) -> None:
         events = self._events
@@ -184,14 +209,16 @@ class Dashboard(Observer, PageSource):
         self._version += 1
         self._changed.notify_all()
 
+    def wants_ticks(self) -> bool:
+        """Ticks go on while someone watches."""
+        return self._viewers > 0
+
     def _tick(self) -> None:
-        """Every :data:`TICK` seconds: while someone watches, take the queued
-        events and push a new state; while nobody does, take them only when
-        :data:`DRAIN_AT` batches have queued up."""
-        if not self._viewers and len(self._events) < DRAIN_AT:
-            return  # (read without the lock: a viewer who just came drains them himself)
+        """Every :data:`TICK` seconds while someone watches: take the queued
+        events and push a new state.  Also when :data:`DRAIN_AT` batches have
+        queued up while nobody watches: take them."""
         with self._changed:
-            view = self._view
+            view = self._view_now()
             if view is None or self._closing:
                 return
             self._drain(view)
@@ -201,7 +228,7 @@ class Dashboard(Observer, PageSource):
     def snapshot(self) -> dict[str, Any]:
         """The graph and the state now (``/state``)."""
         with self._changed:
-            view = self._view
+            view = self._view_now()
             if view is None:
                 return {"ended": True}
             self._drain(view)
@@ -217,12 +244,15 @@ class Dashboard(Observer, PageSource):
         """A viewer's stream: ``graph`` once, then ``state`` and ``bars`` at
         each tick, then ``end`` when the run has ended."""
         with self._changed:
-            view = self._view
+            view = self._view_now()
             if view is None:
                 yield sse("end", None)
                 return
             self._viewers += 1
             self._watched = True
+            server = self._server
+            if self._viewers == 1 and server is not None:
+                server.tick_in(TICK)  # (the page thread ticks while someone watches)
             self._drain(view)
             first = [sse("graph", view.graph_message()), sse("state", view.state_message())]
             bars, seq = view.bars_since(0)

@@ -2,15 +2,23 @@
 that serves the page's files, a JSON snapshot and a Server-Sent Events
 stream, to requests that carry the run's token.
 
-One thread of its own (``taskmap-dashboard``) accepts connections and calls
-a ``tick`` callback on a fixed period (the dashboard's coalescing clock);
-each request is handled in a thread of ``ThreadingHTTPServer``.  Nothing here
-runs on the coordinator's thread except :meth:`PageServer.start` and
-:meth:`PageServer.stop`.  :meth:`stop` returns once the accepting thread and
-every request thread have ended and the listening socket is closed: a run
-leaves no thread and no socket behind.  It does not wait for the
-``serve_forever`` poll interval (half a second): a socket pair wakes the
-accepting thread at once.
+Each run with a page has its own listening socket (:class:`PageServer`),
+open exactly while the run lasts: bound when the run starts, closed before
+the run returns.  One thread per process (``taskmap-dashboard``,
+:class:`PageThread`, started with the first page and kept, as the worker
+pool is) accepts connections on every live page's socket and calls each
+page's ``tick`` callback (the dashboard's coalescing clock) while someone
+watches it; each request is handled in a thread of ``ThreadingHTTPServer``.
+A run thus pays no thread start, join or hand-over for its page: starting
+and stopping a page registers and unregisters its socket from the run's own
+thread (about a tenth of a millisecond in all, socket included).  With
+nobody watching, the thread sleeps in ``select`` with no timeout: it never
+polls.
+
+Nothing here runs on the coordinator's thread except :meth:`PageServer.start`,
+:meth:`PageServer.stop` and :meth:`PageServer.tick_in`.  :meth:`stop`
+returns once the page's socket is closed and every request thread of the
+page has ended: a run leaves no socket and no request thread behind.
 
 Every response says ``Cache-Control: no-store`` and ``Referrer-Policy:
 no-referrer`` (the token is in the URL), and the page's
@@ -26,8 +34,10 @@ import secrets
 import selectors
 import socket
 import socketserver
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,12 +83,18 @@ class PageSource:
         """The ``/events`` stream: Server-Sent Events, ending with the run."""
         raise NotImplementedError
 
+    def wants_ticks(self) -> bool:
+        """Whether ``tick`` should go on being called (someone watches)."""
+        raise NotImplementedError
+
 
 class PageServer(ThreadingHTTPServer):
     """Serves one run's page on ``127.0.0.1:port`` (0: a free port) to
     requests whose query holds ``token=<token>``; others get 403.
 
-    ``tick`` is called every ``period`` seconds on the server's thread
+    The socket is bound by the constructor (``OSError`` when the port is
+    taken).  ``tick`` is called on the page thread after :meth:`tick_in`
+    and then every ``period`` seconds while ``source.wants_ticks()``,
     between :meth:`start` and :meth:`stop`.
     """
 
@@ -92,17 +108,10 @@ class PageServer(ThreadingHTTPServer):
         self.source = source
         self.tick = tick
         self.period = period
-        self._files = {name: asset(name) for name in ASSETS}
-        # the page links its script and style with the token (or they would be refused)
-        self._files["index.html"] = self._files["index.html"].replace(b"{{token}}", self.token.encode())
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._thread: threading.Thread | None = None
-        try:
-            super().__init__((HOST, port), _Handler)
-        except BaseException:
-            self._wake_r.close()
-            self._wake_w.close()
-            raise
+        self.due: float | None = None  # when the page thread calls tick next (None: not before asked)
+        self._files = _page_files(self.token)
+        self._started = False
+        super().__init__((HOST, port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks the resolver for the host's full name
@@ -117,45 +126,146 @@ class PageServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.server_port}/?token={self.token}"
 
     def start(self) -> None:
-        """Start accepting connections (and ticking) in a thread of its own."""
-        self._thread = threading.Thread(target=self._serve, name="taskmap-dashboard", daemon=True)
-        self._thread.start()
+        """Start accepting connections on the page thread; returns at once."""
+        self._started = True
+        page_thread().add(self)
+
+    def tick_in(self, seconds: float = 0.0) -> None:
+        """Call ``tick`` on the page thread in ``seconds``, then every
+        ``period`` while the source wants ticks.  Any thread."""
+        self.due = time.monotonic() + seconds
+        page_thread().wake()
 
     def stop(self) -> None:
-        """Stop accepting, wait for every request thread, close every socket.
+        """Stop accepting, wait for every request thread, close the socket.
         Call once the source's streams have been told to end."""
-        if self._thread is not None:
-            try:
-                self._wake_w.send(b"x")
-            except OSError:  # (its reader is gone: the thread has ended already)
-                pass
-            self._thread.join()
-            self._thread = None
         try:
-            self.server_close()  # closes the listening socket, joins request threads
+            if self._started:
+                self._started = False
+                page_thread().remove(self)
         finally:
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def _serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.socket, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            due = time.monotonic() + self.period
-            while True:
-                ready = selector.select(max(0.0, due - time.monotonic()))
-                if any(key.fileobj is self._wake_r for key, _ in ready):
-                    return
-                if ready:
-                    self.handle_request()  # (readable: it accepts at once; see ``timeout``)
-                if time.monotonic() >= due:
-                    self.tick()
-                    due = time.monotonic() + self.period
+            self.server_close()  # closes the listening socket, joins request threads
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a viewer that went away mid-response is not an error of the run;
         # the server prints nothing (taskmap writes to stderr only when asked)
         pass
+
+
+@functools.cache
+def _page_template() -> tuple[bytes, bytes, bytes]:
+    return asset("index.html"), asset("dashboard.js"), asset("dashboard.css")
+
+
+def _page_files(token: str) -> dict[str, bytes]:
+    html, js, css = _page_template()
+    # the page links its script and style with the token (or they would be refused)
+    return {"index.html": html.replace(b"{{token}}", token.encode()), "dashboard.js": js, "dashboard.css": css}
+
+
+class PageThread:
+    """The one thread of this process that serves every live page: it
+    waits in ONE ``select`` over a wake-up socket and each page's listening
+    socket, with the nearest due tick as its timeout; a page is ticked only
+    while its source :meth:`~PageSource.wants_ticks` (someone watches) or
+    after :meth:`PageServer.tick_in`, so with nobody watching it sleeps
+    without a timeout: it never polls.
+
+    :meth:`add` and :meth:`remove` are called from the run's thread and do
+    not wake the thread: the socket is registered with the epoll selector
+    directly (the kernel takes a registration while another thread waits),
+    and ``_lock``, which the thread holds only while it serves or ticks a
+    page, keeps a page from being removed in the middle of either.  If the
+    thread ever dies (a bug), pages are neither served nor ticked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        # (other selectors do not see a socket registered while they wait)
+        self._wake_on_add = not isinstance(self._selector, selectors.EpollSelector)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self.pages: dict[PageServer, None] = {}  # the live ones (the tests read it)
+        self.alive = True
+        self.wakeups = 0  # (how often select returned: the tests' check that it does not poll)
+        self.thread = threading.Thread(target=self._serve, name="taskmap-dashboard", daemon=True)
+        self.thread.start()
+
+    def add(self, server: PageServer) -> None:
+        """Serve ``server`` from now on (returns at once)."""
+        with self._lock:
+            self.pages[server] = None
+            self._selector.register(server.socket, selectors.EVENT_READ, server)
+        if self._wake_on_add:
+            self.wake()
+
+    def remove(self, server: PageServer) -> None:
+        """Stop serving ``server``; once this returns the thread no longer
+        touches it (it waits only if the thread is serving or ticking it)."""
+        with self._lock:
+            if self.pages.pop(server, 0) is None:
+                self._selector.unregister(server.socket)
+
+    def wake(self) -> None:
+        """Make the thread look again at the pages' ticks."""
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # (its buffer is full: it is awake already)
+            pass
+
+    def _serve(self) -> None:
+        selector, pages, lock = self._selector, self.pages, self._lock
+        try:
+            while True:
+                with lock:
+                    dues = [p.due for p in pages if p.due is not None]
+                ready = selector.select(max(0.0, min(dues) - time.monotonic()) if dues else None)
+                self.wakeups += 1
+                for key, _ in ready:
+                    if key.fileobj is self._wake_r:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    with lock:
+                        if key.data in pages:  # (not removed meanwhile)
+                            self._guarded(key.data, key.data.handle_request)
+                now = time.monotonic()
+                with lock:
+                    for page in [p for p in pages if p.due is not None and p.due <= now]:
+                        self._guarded(page, page.tick)
+                        page.due = time.monotonic() + page.period if page.source.wants_ticks() else None
+        finally:
+            self.alive = False
+
+    def _guarded(self, page: PageServer, call: Callable[[], object]) -> None:
+        """One page's request or tick (``_lock`` held); a page that raises
+        is dropped (its run goes on without it) and says why on stderr, the
+        others go on."""
+        try:
+            call()
+        except Exception:  # noqa: BLE001 - one page's bug must not stop the others
+            if self.pages.pop(page, 0) is None:
+                self._selector.unregister(page.socket)
+            print("taskmap: the live page stopped on an error:", file=sys.stderr)
+            traceback.print_exc()
+
+
+_page_thread: PageThread | None = None
+_page_thread_lock = threading.Lock()
+
+
+def page_thread() -> PageThread:
+    """This process's page thread, started on first use (and again, were it dead)."""
+    global _page_thread
+    with _page_thread_lock:
+        if _page_thread is None or not _page_thread.alive:
+            _page_thread = PageThread()
+        return _page_thread
 
 
 class _Handler(BaseHTTPRequestHandler):

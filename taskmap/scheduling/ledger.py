@@ -152,9 +152,10 @@ SuccessRow = tuple[int, Any, "int | None", float, float, "bytes | None", int, in
 
 
 class Succeeded(NamedTuple):
-    """Record these results, in order (the state says DONE already).  Each
-    row is ``(task, value, pid, start, end, payload, became, follower)``:
-    the task's value, the worker's pid and monotonic clock around the call;
+    """Record these results, in order (the state says DONE already): all
+    from one message, so one worker's (one pid).  Each row is
+    ``(task, value, pid, start, end, payload, became, follower)``: the
+    task's value, the worker's pid and monotonic clock around the call;
     ``payload`` the encoded value when it is one a checkpoint can store
     (not a shared memory handle); ``became`` how many children became
     ready; ``follower`` the task pinned behind it, which starts now on the
