@@ -258,12 +258,12 @@ class Bookkeeper:
         if elements is not None:
             elements.after_event()
 
-    def recorded_successes(self, rows: list[tuple]) -> None:
+    def recorded_successes(self, rows: list[tuple], followers: list[int]) -> None:
         """One results message's successes, the state already told: the
         ledger's rows ``(task, value, pid, start, end, payload, became,
         follower)``; a ``follower`` >= 0 (the task pinned behind it) starts
-        now.  Observers hear outcomes and starts in batches (see
-        :meth:`_announce`)."""
+        now; ``followers`` are those.  Observers hear outcomes and starts in
+        batches (see :meth:`_announce`)."""
         log = self.log
         if self.elements is None and not (self.collector.kept or self.outputs or log.worker_on or log.manager_on):
             # (the common case: values into the graph in a few C-level passes)
@@ -277,9 +277,9 @@ class Bookkeeper:
                 one(task, value, pid, start, end, payload, became, False)
         observers = self.observers
         if log.worker_on or (observers is not None and (observers.started or observers.finished)):
-            self._announce(rows)
+            self._announce(rows, followers)
 
-    def _announce(self, rows: list[tuple]) -> None:
+    def _announce(self, rows: list[tuple], followers: list[int]) -> None:
         """The outcomes of ``rows`` (one message's: one worker's) and the
         starts of the tasks pinned behind them.  A task's start is always
         told before its own outcome (which may be in the same rows: it ran
@@ -293,7 +293,6 @@ class Bookkeeper:
         if not hear or not observers.exact_order:  # type: ignore[union-attr]
             # starts only, or batch observers: a start before its own outcome
             # is all the order kept (see Observer.tasks_started)
-            followers = [row[7] for row in rows if row[7] >= 0]
             if followers:
                 self.started_together(followers, rows[0][2])
             if hear:

@@ -141,6 +141,8 @@ class Harness:
                 for row in ins.rows:
                     done = Done(*row)
                     self.records.setdefault(done.task, []).append(done)
+                # (the observers' starts of pinned tasks are told from this list)
+                assert ins.followers == [Done(*row).follower for row in ins.rows if Done(*row).follower >= 0]
             if isinstance(ins, Failed):
                 self.records.setdefault(ins.task, []).append(ins)
             if isinstance(ins, Failed):

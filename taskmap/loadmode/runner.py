@@ -107,7 +107,7 @@ class LoadBook:
     def started_together(self, tasks: list[int], pid: int | None) -> None:
         pass
 
-    def recorded_successes(self, rows: list[tuple]) -> None:
+    def recorded_successes(self, rows: list[tuple], followers: list[int]) -> None:
         one = self.recorded_success
         for task, value, pid, start, end, payload, became, _follower in rows:
             one(task, value, pid, start, end, payload, became)

@@ -339,7 +339,7 @@ class Coordinator:
         # written out, and it costs what one ``kind = type(ins)`` did
         for ins in instructions:
             if type(ins) is Succeeded:
-                book.recorded_successes(ins.rows)
+                book.recorded_successes(ins.rows, ins.followers)
             elif type(ins) is Send:
                 # (the ledger keys workers as Hashable; they are this pool's handles)
                 self.send(cast(WorkerHandle, ins.worker), ins.subs)

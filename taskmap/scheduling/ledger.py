@@ -159,11 +159,13 @@ class Succeeded(NamedTuple):
     ``payload`` the encoded value when it is one a checkpoint can store
     (not a shared memory handle); ``became`` how many children became
     ready; ``follower`` the task pinned behind it, which starts now on the
-    same worker (-1: none).  (Rows, not one instruction per task: a plain
+    same worker (-1: none).  ``followers``: those tasks (every follower >= 0
+    of the rows, in order).  (Rows, not one instruction per task: a plain
     tuple costs a fraction of a NamedTuple, and this is the path every task
     takes.)"""
 
     rows: list[SuccessRow]
+    followers: list[int]
 
 
 class Failed(NamedTuple):
@@ -530,6 +532,7 @@ class Ledger:
         pinned, pinned_behind, ahead_of = self.pinned, self.pinned_behind, self.ahead_of
         encoded, keep, shm_on, decode = self.encoded, segments.keep, self.shm, values.decode
         rows: list[SuccessRow] = []
+        followers: list[int] = []  # (of these rows)
         for outcome in ev.outcomes:
             i = outcome[OUT_TASK]
             start, end = outcome[OUT_START], outcome[OUT_END]
@@ -557,8 +560,8 @@ class Ledger:
             payload = outcome[OUT_PAYLOAD]
             if not outcome[OUT_OK]:
                 if rows:
-                    out.append(Succeeded(rows))
-                    rows = []
+                    out.append(Succeeded(rows, followers))
+                    rows, followers = [], []
                 if self._fail(i, values.error(i, payload), pid, start, end, out) and self.stop_on_failure:
                     return
                 continue
@@ -569,8 +572,8 @@ class Ledger:
                 value = decode(payload) if keep is None or i in keep else values.not_kept(i)
             except Exception as error:  # noqa: BLE001 - the task's error
                 if rows:
-                    out.append(Succeeded(rows))
-                    rows = []
+                    out.append(Succeeded(rows, followers))
+                    rows, followers = [], []
                 failure = values.unreadable(i, outcome, error)
                 if self._fail(i, failure, pid, None, None, out) and self.stop_on_failure:
                     return
@@ -582,14 +585,15 @@ class Ledger:
                 if entry is not None:
                     follower = entry[0]
                     del pinned_behind[follower]
+                    followers.append(follower)
             # (a handle is no value to store: a checkpoint encodes the value)
             rows.append((i, value, pid, start, end, None if segs else payload, state.finished(i), follower))
             if segments.users:
-                out.append(Succeeded(rows))
-                rows = []
+                out.append(Succeeded(rows, followers))
+                rows, followers = [], []
                 segments.read_inputs(i, out)
         if rows:
-            out.append(Succeeded(rows))
+            out.append(Succeeded(rows, followers))
 
     def _fail(
         self,
