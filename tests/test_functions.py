@@ -107,6 +107,26 @@ def test_one_function_object_is_one_entry():
     assert len(shipment.entries) == 1
 
 
+def test_a_run_of_partials_over_the_same_arguments_is_one_entry():
+    url, limit = 5, 3
+    storm = [functools.partial(add, url, limit) for _ in range(4)]
+    # 1 == 1.0 == True, but the codec keeps each type: three entries
+    typed = [functools.partial(add, 1), functools.partial(add, 1.0), functools.partial(add, True)]
+    # equal arguments that are other objects: other entries (identity is what is compared)
+    equal_lists = [functools.partial(add, [1]), functools.partial(add, [1])]
+    keywords = [functools.partial(add, 1, scale=2), functools.partial(add, 1, scale=3)]
+    other_func = [functools.partial(add, url), functools.partial(make_plain, url)]
+    shipment, built = roundtrip(storm + typed + equal_lists + keywords + other_func + storm[:1])
+    fids = shipment.func_of
+    assert len(set(fids[:4])) == 1 and fids[-1] == fids[0]
+    assert len(set(fids[4:7])) == 3 and len(set(fids[7:9])) == 2
+    assert len(set(fids[9:11])) == 2 and len(set(fids[11:13])) == 2
+    assert len(shipment.entries) == 1 + 3 + 2 + 2 + 2
+    assert [type(f.args[0]) for f in built[4:7]] == [int, float, bool]  # type: ignore[attr-defined]
+    assert [f(0) for f in built[9:11]] == [f(0) for f in keywords] == [2, 3]
+    assert built[0]() == storm[0]() and built[12]()(2) == other_func[1]()(2) == 10
+
+
 def test_code_named_is_looked_up_again_after_a_reload():
     table = F.FunctionTable()
     entry = [F.REF, f"{__name__}:add"]

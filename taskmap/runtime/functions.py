@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import operator
 import sys
 import types
 import weakref
@@ -257,21 +258,42 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
     needs: dict[int, tuple[int, ...]] = {}
     code_by_fid: list[int] = []
     fids: dict[int, int] = {}  # id(function object) -> fid (the graph keeps them alive)
+    # a partial of the same function over the very same argument objects as
+    # the one before it (a storm of `partial(fetch, url)`): the same entry,
+    # split once and built once by a worker (only the one before is looked
+    # at: a miss costs a few identity tests)
+    before: Any = None
+    before_func: Any = None
+    before_args: Any = None
+    before_fid = -1  # (-1 also when the partial before had keywords)
     templates: dict[Any, tuple[int, Any]] = {}
+    partial = functools.partial
     for i, func in enumerate(funcs):
         if func is None:
             continue
         fid = fids.get(id(func))
         if fid is None:
-            fid = fids[id(func)] = len(code_by_fid)
-            try:
-                entry, number = _split(func, codes, templates)
-            except Exception as error:
-                raise UnsendableFunction(i) from error
-            entries[fid] = entry
-            code_by_fid.append(number)
-            if type(entry[1]) is int:
-                needs[fid] = (entry[1],)
+            if type(func) is partial:
+                args = func.args
+                # (== first: C-level, and it fails at once on other arguments;
+                # then the same objects, since 1 == 1.0 and the codec keeps types)
+                if args == before_args and func.func is before_func and not func.keywords and before_fid >= 0:
+                    if all(map(operator.is_, args, before_args)):
+                        fid = before_fid
+                before, before_func, before_args = func, func.func, args
+            if fid is None:
+                fid = len(code_by_fid)
+                try:
+                    entry, number = _split(func, codes, templates)
+                except Exception as error:
+                    raise UnsendableFunction(i) from error
+                entries[fid] = entry
+                code_by_fid.append(number)
+                if type(entry[1]) is int:
+                    needs[fid] = (entry[1],)
+            if before is func:
+                before_fid = -1 if func.keywords else fid
+            fids[id(func)] = fid
         func_of[i] = fid
         code_of[i] = code_by_fid[fid]
     digests = {n: _digest(blob) for n, blob in codes.blobs.items()}
