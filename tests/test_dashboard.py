@@ -69,7 +69,7 @@ def inet_sockets() -> list:
     return sorted(map(str, psutil.Process().net_connections(kind="inet")))
 
 
-def dashboard_threads() -> list[object]:
+def left_by_pages() -> list[object]:
     """What ended pages left behind: a request thread, a page thread other
     than the process's one, or a page that process's thread still serves
     (it is kept between runs, as the worker pool is, and must then serve
@@ -190,7 +190,7 @@ def test_the_page_is_served_during_the_run_and_gone_after(runner, tmp_path):
     }
     assert final == {"gate0": "d", "gate1": "d", "first": "d", "bad": "f", "after_bad": "s", "last": "d"}
     # the run's end took the page down: no request thread, no socket, no port
-    assert not dashboard_threads()
+    assert not left_by_pages()
     assert inet_sockets() == sockets_before
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
@@ -285,7 +285,7 @@ def test_a_fixed_port_and_announcing_the_address(tmp_path, capsys):
             run = taskmap.start(graph, runner="run", dashboard=taken)
             assert run.dashboard_url is None
             assert run.wait(timeout=30).results == {"a": 1}
-    assert not dashboard_threads()
+    assert not left_by_pages()
 
 
 def test_a_run_without_a_dashboard_has_no_url():
@@ -303,7 +303,7 @@ def test_the_command_line_prints_the_address(tmp_path, capsys):
     assert main(["run", str(pipeline), "--runner", "sequential", "--dashboard", "--no-summary"]) == 0
     assert re.search(r"live page of .* at http://127\.0\.0\.1:\d+/\?token=", capsys.readouterr().err)
     assert main(["run", str(pipeline), "--runner", "sequential", "--dashboard-port", "70000"]) == 2
-    assert not dashboard_threads()
+    assert not left_by_pages()
 
 
 def test_concurrent_runs_each_have_their_own_page_served_by_one_thread_that_never_polls(tmp_path):
@@ -326,12 +326,12 @@ def test_concurrent_runs_each_have_their_own_page_served_by_one_thread_that_neve
     for release, run in zip(releases, runs):
         release.touch()
         run.wait(timeout=30)
-    assert not dashboard_threads()
+    assert not left_by_pages()
     # a page of a later run is served by the same thread
     graph = taskmap.create_graph({"a": quick}, {"a": []})
     taskmap.run(graph, dashboard=True)
     assert page_thread() is served and served.thread.is_alive()
-    assert not dashboard_threads()
+    assert not left_by_pages()
     # with no page live it sleeps in select without a timeout: no wake-up at all
     before = served.wakeups
     time.sleep(0.6)  # (three ticks' worth, were it ticking)
@@ -376,7 +376,7 @@ def test_a_page_whose_tick_raises_is_dropped_and_the_others_are_still_served(cap
     finally:
         bad.stop()  # (already dropped: returns at once)
         good.stop()
-    assert not dashboard_threads()
+    assert not left_by_pages()
 
 
 # -- the page's files -----------------------------------------------------------------

@@ -13,7 +13,7 @@ import distributed
 import taskmap
 from taskmap.observe.status import statuses
 
-from test_dashboard import dashboard_threads, gated_graph, get, page, read_events  # noqa: E402
+from test_dashboard import left_by_pages, gated_graph, get, page, read_events  # noqa: E402
 from test_dask_runner import local_cluster  # noqa: E402
 
 
@@ -50,4 +50,4 @@ def test_run_dask_serves_the_page_while_it_runs(tmp_path):
         }
         == {"done": 4, "failed": 1, "skipped": 1}
     )
-    assert not dashboard_threads()
+    assert not left_by_pages()
