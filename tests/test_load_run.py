@@ -191,3 +191,60 @@ def test_the_warm_up_instance_runs_before_the_clock_and_is_not_measured(warmup):
     assert served["/login"]["count"] == 10 + warmup
     if warmup:
         assert served["/login"]["arrivals"][1] - served["/login"]["arrivals"][0] > 0.04  # (before the clock)
+
+
+async def timed_login(log: str, base: str, *parents: object) -> int:
+    """The example's login, its start and end written to ``log`` (monotonic)."""
+    start = time.monotonic()
+    status = await example.call(base, "/login")
+    with open(log, "a") as out:
+        out.write(f"{start} {time.monotonic()}\n")
+    return status
+
+
+@pytest.mark.timeout(60)
+def test_stages_end_to_end_set_the_rate_the_service_sees_per_stage(service):
+    # 40 a second for half a second, then 120 a second for half a second (a stage of 0 s jumps)
+    def make_scenario(i: int) -> taskmap.Graph:
+        return taskmap.create_graph(
+            {"login": functools.partial(example.call, service.url, "/login")}, {"login": []}, io_bound=["login"]
+        )
+
+    stages = [(0.0, 40), (0.5, 40), (0.0, 120), (0.5, 120)]
+    report = taskmap.load(make_scenario, stages=stages, ncores=1, live=False)
+    assert report.scheduled == report.started == report.completed == 80
+    times = service.stats()["/login"]["arrivals"][1:]  # (the warm-up's first)
+    assert len(times) == 80
+    first = times[0]
+    per_stage = [sum(1 for t in times if lo <= t - first < hi) for lo, hi in ((0.0, 0.495), (0.503, 1.0))]
+    assert per_stage[0] == pytest.approx(20, abs=1) and per_stage[1] == pytest.approx(60, abs=2), per_stage
+
+
+@pytest.mark.timeout(60)
+def test_a_limit_holds_across_every_instance_of_a_load(tmp_path):
+    # 100 instances a second for half a second, each one 50 ms request using "db": with a
+    # limit of 2, never more than 2 requests at once, and the limit reached
+    log = tmp_path / "spans"
+    with example.service(delay=0.05) as s:
+
+        def make_scenario(i: int) -> taskmap.Graph:
+            return taskmap.create_graph(
+                {"query": functools.partial(timed_login, str(log), s.url)},
+                {"query": []},
+                io_bound=["query"],
+                uses={"query": "db"},
+            )
+
+        report = taskmap.load(make_scenario, rate=100, duration=0.5, ncores=2, limits={"db": 2}, live=False, grace=10)
+    assert report.started == report.completed == 50 and report.scenario.error_count == 0
+    spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(spans) == 50 + 2  # (and one warm-up instance per worker)
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    at_once = peak = 0
+    for _, step in events:
+        at_once += step
+        peak = max(peak, at_once)
+    assert peak == 2
+    # 50 requests of 50 ms, two at a time: about 1.25 s, so the instances
+    # queued for the limit: the scenario's p90 is far above one request's
+    assert report.summary["scenario"]["p90"] > 0.5, report.summary["scenario"]
