@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from taskmap.errors import TaskFailedError
@@ -49,12 +50,14 @@ class Bookkeeper:
         "done",
         "elements",
         "graph",
+        "held_flush",
         "log",
         "measures_durations",
         "names",
         "ncores",
         "observers",
         "outputs",
+        "pid",
         "raise_errors",
         "record",
         "results",
@@ -94,6 +97,8 @@ class Bookkeeper:
         # time is looked up (rarely: a failure with no times of its worker's)
         self.started_at: dict[int, float] = {}
         self.start_batches: list[tuple[list[int], float]] = []
+        self.held_flush: Callable[[], None] | None = None  # see hold_events
+        self.pid = os.getpid()  # (the in-process runners' worker, in every event)
         # attempts per task, for runners that retry (the coordinator's list)
         self.attempts: list[int] | None = None
         self.record: RunRecord | None = None
@@ -121,6 +126,13 @@ class Bookkeeper:
                 out.append(value)
         return out
 
+    def hold_events(self) -> None:
+        """An in-process runner's: let the observers hold per-task events and
+        hear them in batches when they all can (:meth:`Observers.hold`).
+        Before :meth:`start`."""
+        if self.observers is not None:
+            self.held_flush = self.observers.hold()
+
     def start(self) -> None:
         """Start the scheduling state, tell the observers, log the queued tasks."""
         state = self.state
@@ -145,6 +157,7 @@ class Bookkeeper:
                 started=now,
                 coordinator_pid=os.getpid(),
                 waiting_for_resources=state.waiting_in_gate if state.gate is not None else None,
+                flush=self.held_flush,
             )
             self.observers.run_started(self.graph, info)
         if self.log.manager_on:
@@ -160,7 +173,7 @@ class Bookkeeper:
             now = time.monotonic()
             self.started_at[i] = now
             if observers.started:
-                observers.task_started(self.names[i], pid or os.getpid(), IO if self.state.is_io[i] else CPU, now)
+                observers.task_started(self.names[i], pid or self.pid, IO if self.state.is_io[i] else CPU, now)
 
     def started_together(self, tasks: list[int], pid: int | None) -> None:
         """``tasks`` were handed to worker ``pid`` in one message: the
@@ -175,7 +188,7 @@ class Bookkeeper:
             now = time.monotonic()
             self.start_batches.append((tasks, now))
             if observers.started:
-                observers.tasks_started(StartedBatch(tasks, self.names, self.state.is_io, pid or os.getpid(), now))
+                observers.tasks_started(StartedBatch(tasks, self.names, self.state.is_io, pid or self.pid, now))
 
     def finish(self, error: BaseException | None = None) -> None:
         """The run ended (``error``: what it raises); tell the observers."""
@@ -204,7 +217,7 @@ class Bookkeeper:
             IO if self.state.is_io[i] else CPU,  # lane
             start,
             end,
-            pid or os.getpid(),  # worker
+            pid or self.pid,  # worker
             self.attempts[i] if self.attempts is not None else 1,  # attempts
             value,
             payload,

@@ -93,6 +93,7 @@ def _run(graph: Graph, opts: RunOptions) -> Graph:
     plain function runs to its end: it cannot be stopped in this thread)."""
     state = state_for(graph, opts.resources)
     book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run", output=opts.output)
+    book.hold_events()  # (one task at a time: observers that can take events in batches do)
     loop: asyncio.AbstractEventLoop | None = None
     funcs = functions_of(graph)
     names = state.names
@@ -242,6 +243,7 @@ async def _run_async(graph: Graph, opts: RunOptions) -> None:
     running are cancelled and :class:`taskmap.RunCancelled` is raised."""
     state = state_for(graph, opts.resources)
     book = Bookkeeper(graph, state, opts.raise_errors, opts.observers, "run_async", output=opts.output)
+    book.hold_events()
     loop = asyncio.get_running_loop()
     cancel = opts.cancel
     forget = None

@@ -277,3 +277,82 @@ def test_an_observer_hearing_starts_and_outcomes_per_task_asks_for_the_exact_ord
             pass
 
     assert not Observers([OnlyEnds(), OrderByBatch()]).exact_order
+
+
+class AnyThreadBatches(BatchRecorder):
+    """A batch observer that may be handed batches from any thread (as the
+    live page): the in-process runners hold events for it."""
+
+    _batches_from_any_thread = True
+
+    def run_started(self, graph, info):
+        self.flush = info.flush
+
+
+@pytest.mark.parametrize("runner", ["run", "run_async"])
+def test_in_process_runs_hold_events_for_any_thread_batch_observers_in_order(runner):
+    held = AnyThreadBatches()
+    graph = RUNNERS[runner](wide(), observers=[held])
+    assert held.flush is not None  # (the observer may ask for what is held)
+    from taskmap.observe.observers import HELD_BATCH
+
+    # every start and outcome once, in batches of at most HELD_BATCH ...
+    batches = held.started_batches + held.finished_batches
+    assert all(len(b) <= HELD_BATCH for b in batches)
+    assert len(batches) < len(graph.dependencies) / 2
+    started = [name for b in held.started_batches for name, *_ in b]
+    finished = [e.name for b in held.finished_batches for e in b]
+    assert sorted(started) == sorted(n for n in graph.dependencies if n != "after_bad")
+    assert sorted(finished) == sorted(graph.dependencies)
+    # ... that are the same events as told one at a time
+    single = Recorder()
+    RUNNERS[runner](wide(), observers=[single])
+    assert {e.name: (e.status, repr(e.value), e.lane) for b in held.finished_batches for e in b} == {
+        n: (e.status, repr(e.value), e.lane) for n, e in single.events.items()
+    }
+
+
+def test_held_events_keep_their_order_and_a_flush_from_another_thread_hands_them_over():
+    import threading
+
+    from taskmap.observe.observers import HELD_BATCH, Observers, TaskEvent
+
+    observer = AnyThreadBatches()
+    calls = []
+    observer.tasks_started = lambda batch: calls.append(("start", [item[0] for item in batch]))
+    observer.tasks_finished = lambda batch: calls.append(("end", [e.name for e in batch]))
+    observers = Observers([observer])
+    flush = observers.hold()
+    assert flush is not None
+    observers.task_started("a", 1, "cpu", 0.0)
+    observers.task_finished(TaskEvent("a", "done", "cpu", 0.0, 1.0, 1))
+    observers.task_started("b", 1, "cpu", 1.0)
+    assert calls == []  # held
+    t = threading.Thread(target=flush)  # (what the live page's thread does)
+    t.start()
+    t.join()
+    # the starts, then the outcomes (a task's start before its own outcome)
+    assert calls == [("start", ["a", "b"]), ("end", ["a"])]
+    # a batch fills up: handed over at once; another event first hands over the held ones
+    for k in range(HELD_BATCH):
+        observers.task_started(f"s{k}", 1, "cpu", 2.0)
+    assert calls[-1] == ("start", [f"s{k}" for k in range(HELD_BATCH)])
+    observers.task_finished(TaskEvent("b", "failed", "cpu", 1.0, 2.0, 1))
+    observers.tasks_added("x", ["x[0]"])
+    assert calls[-1] == ("end", ["b"])
+    observers.task_started("c", 1, "cpu", 3.0)
+    observers.run_finished(None, None)  # type: ignore[arg-type]
+    assert calls[-1] == ("start", ["c"])
+    flush()  # (late, from the page: nothing more, and nothing held any more)
+    observers.task_started("d", 1, "cpu", 4.0)
+    assert calls[-1] == ("start", ["d"])
+
+
+def test_events_are_told_as_they_come_when_some_observer_cannot_take_them_from_another_thread():
+    from taskmap.observe.observers import Observers
+
+    assert Observers([AnyThreadBatches()]).hold() is not None
+    assert Observers([AnyThreadBatches(), BatchRecorder()]).hold() is None  # (its hooks: the run's thread only)
+    assert Observers([AnyThreadBatches(), OrderByTask()]).hold() is None
+    assert Observers([AnyThreadBatches(), Observer()]).hold() is not None  # (hears nothing)
+    assert Observers([Observer()]).hold() is None  # (nobody to hold them for)

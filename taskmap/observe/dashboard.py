@@ -113,6 +113,10 @@ class Dashboard(Observer, PageSource):
         self._viewers = 0
         self._watched = False  # someone opened the stream during this run
 
+    # its batch hooks only queue: an in-process run may hold its events and
+    # hand them over from the page thread (RunInfo.flush)
+    _batches_from_any_thread = True
+
     # -- the hooks (coordinator's thread) ---------------------------------------
 
     def run_started(self, graph: Graph, info: RunInfo) -> None:
@@ -189,6 +193,13 @@ class Dashboard(Observer, PageSource):
 
     # -- the page thread ----------------------------------------------------------
 
+    def _take_held(self) -> None:
+        """Have an in-process run hand over the events it holds (not under
+        the lock: handing over appends to the queue, and may ask for a drain)."""
+        run = self._run
+        if run is not None and run[1].flush is not None:
+            run[1].flush()
+
     def _view_now(self) -> RunView | None:
         """The run's view (the lock held), made on first use; None without a run."""
         if self._view is None and self._run is not None:
@@ -217,6 +228,7 @@ class Dashboard(Observer, PageSource):
         """Every :data:`TICK` seconds while someone watches: take the queued
         events and push a new state.  Also when :data:`DRAIN_AT` batches have
         queued up while nobody watches: take them."""
+        self._take_held()
         with self._changed:
             view = self._view_now()
             if view is None or self._closing:
@@ -227,6 +239,7 @@ class Dashboard(Observer, PageSource):
 
     def snapshot(self) -> dict[str, Any]:
         """The graph and the state now (``/state``)."""
+        self._take_held()
         with self._changed:
             view = self._view_now()
             if view is None:
@@ -243,6 +256,7 @@ class Dashboard(Observer, PageSource):
     def subscribe(self) -> Generator[bytes, None, None]:
         """A viewer's stream: ``graph`` once, then ``state`` and ``bars`` at
         each tick, then ``end`` when the run has ended."""
+        self._take_held()
         with self._changed:
             view = self._view_now()
             if view is None:

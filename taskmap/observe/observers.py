@@ -30,6 +30,8 @@ items only when read, which may be later and in the observer's own thread
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,9 @@ from taskmap.observe.status import SKIPPED as SKIPPED
 # lanes a task runs in
 IO = "io"
 CPU = "cpu"
+
+# events an in-process runner holds back before handing them over (Observers.hold)
+HELD_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -66,6 +71,12 @@ class RunInfo:
     # rates=); None when the run bounds no resource.  Safe to call from an
     # observer's own thread (it reads one int).
     waiting_for_resources: Callable[[], int] | None = None
+    # the in-process runners hold starts and outcomes back and hand them over
+    # in batches when every observer hearing them takes batches from any
+    # thread (the live page); such an observer calls this, from any thread,
+    # to be handed what is held now (a task that has run long is shown
+    # running).  None otherwise.
+    flush: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +120,11 @@ class Observer:
     The progress bar, the trace, the live page and the checkpoint store are
     observers.
     """
+
+    # (internal) True: this observer's batch hooks may be called from any
+    # thread, which lets the in-process runners hold events for it (see
+    # RunInfo.flush); only for observers that merely queue what they are given
+    _batches_from_any_thread = False
 
     def run_started(self, graph: Graph, info: RunInfo) -> None:
         """The run is about to start its first task."""
@@ -264,11 +280,23 @@ class Observers:
     # some observer hears both starts and outcomes, one of them per task: it
     # is told them in their exact order (see Observer.tasks_started)
     exact_order: bool = field(init=False)
+    # every observer hearing starts or outcomes takes them in batches, from any thread
+    batches_anywhere: bool = field(init=False)
+    # held starts ((name, worker, lane, when) tuples) and outcomes (TaskEvent),
+    # in order, while an in-process runner holds them (see hold); else None.
+    # The run's thread appends without a lock (deque appends and pops are
+    # atomic); whoever hands them over takes the lock, so that two hand-overs
+    # (the run's, the page thread's) keep their order
+    held: deque[Any] | None = field(init=False)
+    hold_lock: threading.Lock = field(init=False)
 
     def __post_init__(self) -> None:
         items, self.items = self.items, []
         self.started, self.finished, self.started_batch, self.finished_batch = [], [], [], []
         self.exact_order = False
+        self.batches_anywhere = True
+        self.held = None
+        self.hold_lock = threading.Lock()
         for o in items:
             self.add(o)
 
@@ -280,6 +308,10 @@ class Observers:
         hears_end = batch_end or _overrides(o, "task_finished")
         if hears_start and hears_end and not (batch_start and batch_end):
             self.exact_order = True
+        if (hears_start or hears_end) and not (
+            o._batches_from_any_thread and (batch_start or not hears_start) and (batch_end or not hears_end)
+        ):
+            self.batches_anywhere = False
         if _overrides(o, "tasks_started"):
             self.started.append(_start_as_batch(o))
             self.started_batch.append(o.tasks_started)
@@ -296,31 +328,93 @@ class Observers:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def hold(self) -> Callable[[], None] | None:
+        """For an in-process runner, which starts and ends tasks one at a
+        time: when every observer hearing starts or outcomes takes batches
+        from any thread (the live page), hold the per-task events and hand
+        them over in batches of :data:`HELD_BATCH` (and before any other
+        event); returns the thread-safe flush (for :attr:`RunInfo.flush`),
+        or None when the events are told as they come."""
+        if not self.batches_anywhere or not (self.started or self.finished):
+            return None
+        self.held = deque()
+        return self.flush
+
+    def flush(self) -> None:
+        """Hand over the events held so far (any thread)."""
+        with self.hold_lock:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        """Hand over what is held (``hold_lock`` held)."""
+        held = self.held
+        if not held:
+            return
+        popleft = held.popleft
+        taken = [popleft() for _ in range(len(held))]
+        # the starts, then the outcomes: each task's start comes before its
+        # own outcome, which is all the order batches keep (see
+        # Observer.tasks_started); one task at a time, the held events
+        # alternate, and in their exact order would be batches of one
+        starts = [e for e in taken if type(e) is tuple]
+        if starts:
+            for take_starts in self.started_batch:
+                take_starts(starts)
+        if len(starts) < len(taken):
+            ends = [e for e in taken if type(e) is not tuple] if starts else taken
+            for take_ends in self.finished_batch:
+                take_ends(ends)
+
+    def _tell_held(self) -> None:
+        # (before any other event: the held ones come first)
+        if self.held is not None:
+            with self.hold_lock:
+                self._flush_held()
+
     def run_started(self, graph: Graph, info: RunInfo) -> None:
         for o in self.items:
             o.run_started(graph, info)
 
     def task_started(self, name: Any, worker: int | None, lane: str, when: float) -> None:
+        held = self.held
+        if held is not None:
+            held.append((name, worker, lane, when))
+            if len(held) >= HELD_BATCH:
+                self.flush()
+            return
         for hook in self.started:
             hook(name, worker, lane, when)
 
     def task_finished(self, event: TaskEvent) -> None:
+        held = self.held
+        if held is not None:
+            held.append(event)
+            if len(held) >= HELD_BATCH:
+                self.flush()
+            return
         for hook in self.finished:
             hook(event)
 
     def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
+        self._tell_held()
         for hook in self.started_batch:
             hook(batch)
 
     def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
+        self._tell_held()
         for hook in self.finished_batch:
             hook(batch)
 
     def tasks_added(self, task: Any, elements: list) -> None:
+        self._tell_held()
         for o in self.items:
             o.tasks_added(task, elements)
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
+        if self.held is not None:
+            with self.hold_lock:
+                self._flush_held()
+                self.held = None  # (a late flush from another thread finds nothing)
         # every observer hears the end, even when an earlier one raises
         first: BaseException | None = None
         for o in self.items:
