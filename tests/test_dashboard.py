@@ -237,6 +237,45 @@ def test_a_viewer_gets_pushed_updates_at_most_five_a_second_and_the_end(tmp_path
     assert all(b[1] == os.getpid() and b[2] == "cpu" and b[3] <= b[4] and b[5] == "d" for b in bars)
 
 
+def test_a_plain_run_holds_its_events_for_the_page_and_hands_them_over_at_each_tick(tmp_path):
+    # `run` with the page as its only observer holds its events back (64 at
+    # a time); the page takes what is held at each tick, so what it shows
+    # moves with the run: one task running at every tick (each takes 50 ms),
+    # about four more done than at the tick before
+    import queue
+
+    release = tmp_path / "release"
+    funcs = {"gate": _partial(wait_for_file, str(release))}
+    deps: dict = {"gate": []}
+    for i in range(40):
+        funcs[f"t{i}"] = nap
+        deps[f"t{i}"] = ["gate"] if i == 0 else [f"t{i - 1}"]
+    graph = taskmap.create_graph(funcs, deps)
+    page_ = Dashboard(0, announce=None)
+    urls: queue.Queue = queue.Queue()
+    page_.on_url.append(urls.put)
+    runner = threading.Thread(target=lambda: taskmap.run(graph, observers=[page_]))
+    runner.start()
+    try:
+        url = urls.get(timeout=30)
+        box: dict = {}
+        reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
+        reader.start()
+        time.sleep(0.5)
+    finally:
+        release.touch()
+    reader.join(30)
+    runner.join(30)
+    states = [data for _, e, data in box["events"] if e == "state"]
+    assert states[0]["counts"]["running"] == 1  # the gate, told when the viewer came
+    pushed = states[1:-1]
+    assert len(pushed) >= 5, len(pushed)
+    assert all(s["counts"]["running"] == 1 for s in pushed), [s["counts"] for s in pushed]
+    done = [s["counts"]["done"] for s in pushed]
+    assert len(set(done)) >= 0.7 * len(done), done
+    assert states[-1]["counts"]["done"] == 41
+
+
 def test_a_watched_run_of_many_quick_tasks_still_gets_at_most_five_updates_a_second(tmp_path):
     # tens of thousands of events a second: the queue passes DRAIN_AT many
     # times, which must not add states to the viewer's five a second
