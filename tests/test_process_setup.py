@@ -8,6 +8,7 @@ flight; each result carries the worker's pid)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -37,23 +38,33 @@ def plain(*_):
 """
 
 
+@contextlib.contextmanager
+def imported(folder, prefix: str, version: str, monkeypatch):
+    """A fresh module ``<prefix>_<random>`` (MODULE at ``version``) written in
+    ``folder``, which goes first on sys.path, and imported; forgotten after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(MODULE.format(version=version))
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """A fresh user module in its own directory on sys.path; ``write(v)``
     rewrites its file (each version a different size, so no stale bytecode
     can pass for it)."""
-    name = f"usermod_{uuid.uuid4().hex[:8]}"
-    path = tmp_path / f"{name}.py"
+    with imported(tmp_path, "usermod", "v1", monkeypatch) as module:
+        path = tmp_path / f"{module.__name__}.py"
 
-    def write(version: str) -> None:
-        path.write_text(MODULE.format(version=version))
+        def write(version: str) -> None:
+            path.write_text(MODULE.format(version=version))
 
-    write("v1")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    module.write = write
-    yield module
-    sys.modules.pop(name, None)
+        module.write = write
+        yield module
 
 
 def spread_graph(func, n: int = 2 * IO_CHUNK):
@@ -194,15 +205,9 @@ def test_environment_values_that_are_not_utf8_arrive_as_bytes(runner, monkeypatc
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_a_directory_added_to_sys_path_late_is_seen_by_warm_workers(runner, tmp_path, monkeypatch):
     run(runner, spread_graph(where_am_i))
-    name = f"latemod_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(MODULE.format(version="late"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    try:
+    with imported(tmp_path, "latemod", "late", monkeypatch) as module:
         graph = run(runner, spread_graph(module.where))
         assert {v for v, _ in graph.results.values()} == {"late"}
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -211,41 +216,29 @@ def test_a_module_the_workers_find_through_a_symlink_is_the_callers_own(runner, 
     # directory comes first on sys.path, so a worker importing it fresh
     # finds the same file under another name: the same code, not stale
     run(runner, spread_graph(where_am_i))
-    name = f"linkedmod_{uuid.uuid4().hex[:8]}"
     real = tmp_path / "real"
-    real.mkdir()
-    (real / f"{name}.py").write_text(MODULE.format(version="linked"))
-    monkeypatch.syspath_prepend(str(real))
-    module = importlib.import_module(name)
-    (tmp_path / "link").symlink_to(real)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend("link")  # (relative, as a script's own directory often is)
-    try:
+    with imported(real, "linkedmod", "linked", monkeypatch) as module:
+        (tmp_path / "link").symlink_to(real)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend("link")  # (relative, as a script's own directory often is)
         graph = run(runner, spread_graph(module.where))
         assert {v for v, _ in graph.results.values()} == {"linked"}, graph.results
-    finally:
-        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_a_module_the_workers_would_find_in_another_file_is_refused_naming_both(runner, tmp_path, monkeypatch):
     run(runner, spread_graph(where_am_i))
-    name = f"shadowedmod_{uuid.uuid4().hex[:8]}"
-    for folder, version in (("first", "caller's"), ("other", "another")):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / f"{name}.py").write_text(MODULE.format(version=version))
-    monkeypatch.syspath_prepend(str(tmp_path / "first"))
-    module = importlib.import_module(name)
-    monkeypatch.syspath_prepend(str(tmp_path / "other"))  # a fresh import now finds the other file
-    try:
+    with imported(tmp_path / "first", "shadowedmod", "caller's", monkeypatch) as module:
+        name = module.__name__
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / f"{name}.py").write_text(MODULE.format(version="another"))
+        monkeypatch.syspath_prepend(str(tmp_path / "other"))  # a fresh import now finds the other file
         graph = run(runner, spread_graph(module.where))
         errors = set(map(str, graph.results.values()))
         assert len(errors) == 1, errors
         (error,) = errors
         assert f"the worker found it in {tmp_path / 'other' / name}.py" in error, error
         assert f"the caller has it from {tmp_path / 'first' / name}.py" in error, error
-    finally:
-        sys.modules.pop(name, None)
 
 
 def close_stdout():

@@ -151,26 +151,23 @@ class Dashboard(Observer, PageSource):
     # (batches are queued whole and read in the server's thread: per task,
     # the run pays nothing for the page)
     def tasks_started(self, batch: Sequence[tuple[Any, int | None, str, float]]) -> None:
-        self._events.append(batch)
-        if len(self._events) == DRAIN_AT:
-            self._ask_drain()
+        self._queue(batch)
 
     def tasks_finished(self, batch: Sequence[TaskEvent]) -> None:
-        self._events.append(batch)
-        if len(self._events) == DRAIN_AT:
-            self._ask_drain()
+        self._queue(batch)
 
     def tasks_added(self, task: Any, elements: list) -> None:
-        self._events.append((Added(task, len(elements)),))
-        if len(self._events) == DRAIN_AT:
-            self._ask_drain()
+        self._queue((Added(task, len(elements)),))
 
-    def _ask_drain(self) -> None:
-        # a run nobody watches: its queue stays bounded (while someone
-        # watches, the ticks drain it, and a tick more would push a state more)
-        server = self._server
-        if server is not None and not self._viewers:
-            server.tick_in(0.0)
+    def _queue(self, batch: Sequence[Any]) -> None:
+        events = self._events
+        events.append(batch)
+        if len(events) == DRAIN_AT:
+            # a run nobody watches: its queue stays bounded (while someone
+            # watches, the ticks drain it, and a tick more would push a state more)
+            server = self._server
+            if server is not None and not self._viewers:
+                server.tick_in(0.0)
 
     def run_finished(self, graph: Graph, error: BaseException | None) -> None:
         server, self._server = self._server, None

@@ -152,15 +152,11 @@ class PageServer(ThreadingHTTPServer):
         pass
 
 
-@functools.cache
-def _page_template() -> tuple[bytes, bytes, bytes]:
-    return asset("index.html"), asset("dashboard.js"), asset("dashboard.css")
-
-
 def _page_files(token: str) -> dict[str, bytes]:
-    html, js, css = _page_template()
+    files = {name: asset(name) for name in ASSETS}
     # the page links its script and style with the token (or they would be refused)
-    return {"index.html": html.replace(b"{{token}}", token.encode()), "dashboard.js": js, "dashboard.css": css}
+    files["index.html"] = files["index.html"].replace(b"{{token}}", token.encode())
+    return files
 
 
 class PageThread:

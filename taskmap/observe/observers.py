@@ -368,8 +368,7 @@ class Observers:
     def _tell_held(self) -> None:
         # (before any other event: the held ones come first)
         if self.held is not None:
-            with self.hold_lock:
-                self._flush_held()
+            self.flush()
 
     def run_started(self, graph: Graph, info: RunInfo) -> None:
         for o in self.items:

@@ -262,7 +262,6 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
     # the one before it (a storm of `partial(fetch, url)`): the same entry,
     # split once and built once by a worker (only the one before is looked
     # at: a miss costs a few identity tests)
-    before: Any = None
     before_func: Any = None
     before_args: Any = None
     before_fid = -1  # (-1 also when the partial before had keywords)
@@ -273,14 +272,14 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
             continue
         fid = fids.get(id(func))
         if fid is None:
-            if type(func) is partial:
-                args = func.args
+            part = func if type(func) is partial else None
+            if part is not None:
+                args = part.args
                 # (== first: C-level, and it fails at once on other arguments;
                 # then the same objects, since 1 == 1.0 and the codec keeps types)
-                if args == before_args and func.func is before_func and not func.keywords and before_fid >= 0:
+                if args == before_args and part.func is before_func and not part.keywords and before_fid >= 0:
                     if all(map(operator.is_, args, before_args)):
                         fid = before_fid
-                before, before_func, before_args = func, func.func, args
             if fid is None:
                 fid = len(code_by_fid)
                 try:
@@ -291,8 +290,9 @@ def ship(funcs: Sequence[Callable[..., Any] | None]) -> Shipment:
                 code_by_fid.append(number)
                 if type(entry[1]) is int:
                     needs[fid] = (entry[1],)
-            if before is func:
-                before_fid = -1 if func.keywords else fid
+            if part is not None:
+                before_func, before_args = part.func, part.args
+                before_fid = -1 if part.keywords else fid
             fids[id(func)] = fid
         func_of[i] = fid
         code_of[i] = code_by_fid[fid]
