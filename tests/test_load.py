@@ -209,6 +209,8 @@ def test_any_interleaving_of_arrivals_outcomes_and_retirement_keeps_the_instance
             shape_of_instance[next_k] = SHAPES[n % len(SHAPES)]
             state.start_instance(next_k)
             next_k += 1
+            # (live at once now, before this step's retirements below)
+            peak = max(peak, sum(len(slots) for slots in state.slots_of.values()))
         elif action in (1, 2):
             i = state.pop_io() if action == 1 else state.pop_cpu()
             if i is not None:
